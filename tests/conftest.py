@@ -1,0 +1,82 @@
+"""Shared fixtures and input generators of the test suite.
+
+Inputs are fresh random draws: every test gets its own seed, printed in the failure report
+(`TOOD_TEST_SEED=<seed>` reproduces a run).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU"))]
+
+# (rtol, atol) against a float64 reference evaluated on the same inputs
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (1e-2, 5e-3),
+    torch.bfloat16: (5e-2, 3e-2),
+}
+
+
+def dtypes_for(device: str):
+    if device == "cuda":
+        return [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    return [torch.float32, torch.float64]
+
+
+@pytest.fixture
+def gen(request) -> torch.Generator:
+    """A CPU generator with a fresh seed (or TOOD_TEST_SEED), shown on failure."""
+    seed = int(os.environ.get("TOOD_TEST_SEED", random.randrange(2**31)))
+    request.node.user_properties.append(("seed", seed))
+    g = torch.Generator().manual_seed(seed)
+    return g
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        seeds = [v for k, v in item.user_properties if k == "seed"]
+        if seeds:
+            report.sections.append(("random seed", f"TOOD_TEST_SEED={seeds[0]}"))
+
+
+def random_boxes(gen: torch.Generator, *shape: int, size: float = 100.0, min_wh: float = 0.5,
+                 max_wh: float = 60.0, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Valid xyxy boxes (x2 > x1, y2 > y1) in a size x size canvas, shape (*shape, 4)."""
+    xy = torch.rand(*shape, 2, generator=gen, dtype=torch.float64) * size
+    wh = min_wh + torch.rand(*shape, 2, generator=gen, dtype=torch.float64) * (max_wh - min_wh)
+    return torch.cat([xy, xy + wh], dim=-1).to(dtype=dtype, device=device)
+
+
+def metric_inputs(gen: torch.Generator, B: int, A: int, C: int, G: int, dtype=torch.float32,
+                  device="cpu", pad_frac: float = 0.25):
+    """Random inputs of alignment_metric / TAL: predictions near GTs so that overlaps vary."""
+    size = 200.0
+    pred_scores = torch.rand(B, A, C, generator=gen, dtype=torch.float64)
+    anchor_points = torch.rand(A, 2, generator=gen, dtype=torch.float64) * size
+    half = 2 + torch.rand(B, A, 2, generator=gen, dtype=torch.float64) * 40
+    centres = anchor_points[None] + torch.randn(B, A, 2, generator=gen, dtype=torch.float64) * 5
+    pred_boxes = torch.cat([centres - half, centres + half], dim=-1)
+    gt_boxes = random_boxes(gen, B, G, size=size, min_wh=4, max_wh=120, dtype=torch.float64)
+    gt_labels = torch.randint(0, max(C, 1), (B, G), generator=gen)
+    gt_mask = torch.rand(B, G, generator=gen) >= pad_frac
+    # padding GTs hold junk, as real padded batches may
+    gt_labels = torch.where(gt_mask, gt_labels, torch.full_like(gt_labels, -7))
+    cast = dict(dtype=dtype, device=device)
+    return (pred_scores.to(**cast), pred_boxes.to(**cast), anchor_points.to(**cast),
+            gt_labels.to(device), gt_boxes.to(**cast), gt_mask.to(device))
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype=None, msg: str = "") -> None:
+    rtol, atol = TOL[dtype or actual.dtype]
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol,
+                               equal_nan=True, msg=lambda m: f"{msg}\n{m}" if msg else m)

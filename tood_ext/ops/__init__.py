@@ -1,0 +1,7 @@
+"""Ops backed by the compiled kernels (``torch.ops.tood_ext``), with autograd and fake kernels.
+
+Every function here has a pure-PyTorch twin of the same signature in :mod:`tood_ext.reference`.
+"""
+from .box_ops import IOU_MODES, alignment_metric, box_iou, giou_loss, iou_loss
+
+__all__ = ["IOU_MODES", "alignment_metric", "box_iou", "giou_loss", "iou_loss"]

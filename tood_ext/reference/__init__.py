@@ -1,0 +1,9 @@
+"""Pure-PyTorch references of every tood_ext op, with the same signatures as :mod:`tood_ext.ops`.
+
+Straightforward broadcast implementations written from each op's documented semantics: the
+ground truth of the tests, the baseline of the benchmarks, and a fallback without compiled
+kernels.
+"""
+from .box_ops import alignment_metric, box_iou, giou_loss, iou_loss
+
+__all__ = ["alignment_metric", "box_iou", "giou_loss", "iou_loss"]
