@@ -49,26 +49,30 @@ TOOD_HOST_DEVICE_INLINE double atan2_(double y, double x) { return atan2(y, x); 
 TOOD_HOST_DEVICE_INLINE float pow_(float x, float p) { return powf(x, p); }
 TOOD_HOST_DEVICE_INLINE double pow_(double x, double p) { return pow(x, p); }
 
-// x^p where p is a run-time exponent. When the host found p to be a small
-// non-negative integer (int_p >= 0) we multiply by squaring: exact, and far
-// cheaper than pow() in the hot loop of the metric (beta = 6 by default).
+TOOD_HOST_DEVICE_INLINE float sqrt_(float x) { return sqrtf(x); }
+TOOD_HOST_DEVICE_INLINE double sqrt_(double x) { return sqrt(x); }
+
+// x^p for a run-time exponent p. When the host found 2p to be a small
+// non-negative integer (twice_p >= 0: beta = 6, alpha = 1 or 0.5 as in TOOD
+// and YOLOv8) we multiply by squaring and take one sqrt for the half: far
+// cheaper than pow() in the hot loop of the metric, and within a few ulps.
 template <typename T>
-TOOD_HOST_DEVICE_INLINE T pow_fast(T x, T p, int int_p) {
-  if (int_p < 0) return pow_(x, p);
-  T result = T(1);
+TOOD_HOST_DEVICE_INLINE T pow_fast(T x, T p, int twice_p) {
+  if (twice_p < 0) return pow_(x, p);
+  T result = (twice_p & 1) ? sqrt_(x) : T(1);
   T base = x;
-  while (int_p > 0) {
-    if (int_p & 1) result *= base;
+  for (int n = twice_p >> 1; n > 0; n >>= 1) {
+    if (n & 1) result *= base;
     base *= base;
-    int_p >>= 1;
   }
   return result;
 }
 
-// Host-side helper: the integer exponent for pow_fast, or -1.
-inline int integer_exponent(double p) {
-  if (p >= 0.0 && p <= 64.0 && p == static_cast<double>(static_cast<int>(p))) {
-    return static_cast<int>(p);
+// Host-side helper: 2p when it is an integer in [0, 128], else -1.
+inline int twice_exponent(double p) {
+  const double twice = 2.0 * p;
+  if (twice >= 0.0 && twice <= 128.0 && twice == static_cast<double>(static_cast<int>(twice))) {
+    return static_cast<int>(twice);
   }
   return -1;
 }
@@ -89,30 +93,26 @@ TOOD_HOST_DEVICE_INLINE void load_box(const scalar_t* p, T out[4]) {
 // (reverse mode written out by hand; one body for forward and backward).
 template <typename T, IoUMode kMode, bool kGrad>
 TOOD_HOST_DEVICE_INLINE T pair_iou(const T a[4], const T b[4], T eps, T ga[4], T gb[4]) {
-  bool finite = true;
-TOOD_UNROLL
-  for (int k = 0; k < 4; ++k) finite = finite && is_finite(a[k]) && is_finite(b[k]);
-  if (!finite) {
-    const T nan = std::numeric_limits<T>::quiet_NaN();
-    if (kGrad) {
-TOOD_UNROLL
-      for (int k = 0; k < 4; ++k) ga[k] = gb[k] = nan;
-    }
-    return nan;
-  }
+  // Branch-free with every coordinate in a register first (the CPU loops
+  // vectorise it): non-finite pairs are computed through like any other and
+  // replaced by NaN at the end.
+  const T ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
+  const T bx1 = b[0], by1 = b[1], bx2 = b[2], by2 = b[3];
+  const bool finite = is_finite(ax1) & is_finite(ay1) & is_finite(ax2) & is_finite(ay2) &
+                      is_finite(bx1) & is_finite(by1) & is_finite(bx2) & is_finite(by2);
 
   // sides, clamped at zero
-  const T aw_raw = a[2] - a[0], ah_raw = a[3] - a[1];
-  const T bw_raw = b[2] - b[0], bh_raw = b[3] - b[1];
+  const T aw_raw = ax2 - ax1, ah_raw = ay2 - ay1;
+  const T bw_raw = bx2 - bx1, bh_raw = by2 - by1;
   const T aw = clamp0(aw_raw), ah = clamp0(ah_raw);
   const T bw = clamp0(bw_raw), bh = clamp0(bh_raw);
   const T area_a = aw * ah, area_b = bw * bh;
 
   // intersection: ix1 = max(a0, b0), ix2 = min(a2, b2), ... (ties -> a)
-  const bool ix1_a = a[0] >= b[0], iy1_a = a[1] >= b[1];
-  const bool ix2_a = a[2] <= b[2], iy2_a = a[3] <= b[3];
-  const T ix1 = ix1_a ? a[0] : b[0], iy1 = iy1_a ? a[1] : b[1];
-  const T ix2 = ix2_a ? a[2] : b[2], iy2 = iy2_a ? a[3] : b[3];
+  const bool ix1_a = ax1 >= bx1, iy1_a = ay1 >= by1;
+  const bool ix2_a = ax2 <= bx2, iy2_a = ay2 <= by2;
+  const T ix1 = ix1_a ? ax1 : bx1, iy1 = iy1_a ? ay1 : by1;
+  const T ix2 = ix2_a ? ax2 : bx2, iy2 = iy2_a ? ay2 : by2;
   const T iw_raw = ix2 - ix1, ih_raw = iy2 - iy1;
   const T iw = clamp0(iw_raw), ih = clamp0(ih_raw);
   const T inter = iw * ih;
@@ -127,12 +127,12 @@ TOOD_UNROLL
   bool ex1_a = false, ey1_a = false, ex2_a = false, ey2_a = false;
   T cw_raw = T(0), ch_raw = T(0), cw = T(0), ch = T(0);
   if (kMode != IoUMode::kIoU) {
-    ex1_a = a[0] <= b[0];
-    ey1_a = a[1] <= b[1];
-    ex2_a = a[2] >= b[2];
-    ey2_a = a[3] >= b[3];
-    cw_raw = (ex2_a ? a[2] : b[2]) - (ex1_a ? a[0] : b[0]);
-    ch_raw = (ey2_a ? a[3] : b[3]) - (ey1_a ? a[1] : b[1]);
+    ex1_a = ax1 <= bx1;
+    ey1_a = ay1 <= by1;
+    ex2_a = ax2 >= bx2;
+    ey2_a = ay2 >= by2;
+    cw_raw = (ex2_a ? ax2 : bx2) - (ex1_a ? ax1 : bx1);
+    ch_raw = (ey2_a ? ay2 : by2) - (ey1_a ? ay1 : by1);
     cw = clamp0(cw_raw);
     ch = clamp0(ch_raw);
   }
@@ -152,8 +152,8 @@ TOOD_UNROLL
   T theta_diff = T(0);
   const T four_over_pi2 = T(0.40528473456935108577551785283891);  // 4 / pi^2
   if (kMode == IoUMode::kDIoU || kMode == IoUMode::kCIoU) {
-    dx = (a[0] + a[2]) - (b[0] + b[2]);  // twice the centre offset
-    dy = (a[1] + a[3]) - (b[1] + b[3]);
+    dx = (ax1 + ax2) - (bx1 + bx2);  // twice the centre offset
+    dy = (ay1 + ay2) - (by1 + by2);
     rho2 = T(0.25) * (dx * dx + dy * dy);
     c2 = cw * cw + ch * ch + eps;
     value = iou - rho2 / c2;
@@ -230,8 +230,12 @@ TOOD_UNROLL
     if (ah_raw > T(0)) { ga[3] += g_ah; ga[1] -= g_ah; }
     if (bw_raw > T(0)) { gb[2] += g_bw; gb[0] -= g_bw; }
     if (bh_raw > T(0)) { gb[3] += g_bh; gb[1] -= g_bh; }
+    if (!finite) {
+      TOOD_UNROLL
+      for (int k = 0; k < 4; ++k) ga[k] = gb[k] = std::numeric_limits<T>::quiet_NaN();
+    }
   }
-  return value;
+  return finite ? value : std::numeric_limits<T>::quiet_NaN();
 }
 
 // Calls fn.template operator()<kMode>() for a run-time mode: host code picks
@@ -271,19 +275,19 @@ TOOD_HOST_DEVICE_INLINE T metric_overlap(const T pred[4], const T gt[4], T eps) 
 template <typename T>
 struct MetricExponents {
   T alpha, beta;
-  int int_alpha, int_beta;  // >= 0 when the exponent is a small integer
+  int twice_alpha, twice_beta;  // >= 0 when 2 * exponent is a small integer
 };
 
 template <typename T>
 inline MetricExponents<T> make_metric_exponents(double alpha, double beta) {
-  return {static_cast<T>(alpha), static_cast<T>(beta), integer_exponent(alpha),
-          integer_exponent(beta)};
+  return {static_cast<T>(alpha), static_cast<T>(beta), twice_exponent(alpha),
+          twice_exponent(beta)};
 }
 
 // t = s^alpha * u^beta
 template <typename T>
 TOOD_HOST_DEVICE_INLINE T alignment_metric_value(T score, T overlap, const MetricExponents<T>& e) {
-  return pow_fast(score, e.alpha, e.int_alpha) * pow_fast(overlap, e.beta, e.int_beta);
+  return pow_fast(score, e.alpha, e.twice_alpha) * pow_fast(overlap, e.beta, e.twice_beta);
 }
 
 }  // namespace box_ops

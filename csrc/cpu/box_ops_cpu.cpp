@@ -83,16 +83,20 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::
         pair_values_cpu<scalar_t, kMode>(p1, p2, nullptr, false, po, shape.n, eps);
         return;
       }
+      // boxes2 as structure-of-arrays (batch, 4, M) so that the inner loop over
+      // j loads each coordinate contiguously and vectorises.
       const int64_t n = shape.n, mm = shape.m;
+      const at::Tensor soa = b2.reshape({shape.batch, mm, 4}).transpose(1, 2).contiguous();
+      const scalar_t* ps = soa.const_data_ptr<scalar_t>();
       at::parallel_for(0, shape.batch * n, grain_for(mm), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           acc_t ba[4];
           load_box(p1 + 4 * r, ba);
-          const scalar_t* row2 = p2 + (r / n) * mm * 4;
+          const scalar_t* x1 = ps + (r / n) * 4 * mm;
+          const scalar_t *y1 = x1 + mm, *x2 = y1 + mm, *y2 = x2 + mm;
           scalar_t* orow = po + r * mm;
           for (int64_t j = 0; j < mm; ++j) {
-            acc_t bb[4];
-            load_box(row2 + 4 * j, bb);
+            const acc_t bb[4] = {x1[j], y1[j], x2[j], y2[j]};
             orow[j] = static_cast<scalar_t>(
                 pair_iou<acc_t, kMode, false>(ba, bb, acc_t(eps), nullptr, nullptr));
           }
