@@ -88,14 +88,25 @@ TOOD_HOST_DEVICE_INLINE void load_box(const scalar_t* p, T out[4]) {
 
 // ---- the pair function ------------------------------------------------------
 
+// Aspect angle atan2(w, h) of a box (w, h clamped at 0), the CIoU term's
+// input. Callers that meet a box many times compute it once and pass it to
+// pair_iou_angles (atan2 dominates CIoU's cost).
+template <typename T>
+TOOD_HOST_DEVICE_INLINE T aspect_angle(T x1, T y1, T x2, T y2) {
+  return atan2_(clamp0(x2 - x1), clamp0(y2 - y1));
+}
+
 // Returns the IoU-family value of boxes a and b (xyxy). When kGrad, also
 // writes d value / d a[k] into ga[k] and d value / d b[k] into gb[k]
 // (reverse mode written out by hand; one body for forward and backward).
+// theta_a, theta_b: aspect_angle of a and b, read only in CIoU mode.
+//
+// Branch-free, every coordinate in a register first, gradients routed with
+// selects: the CPU loops vectorise it. Non-finite pairs are computed through
+// like any other and replaced by NaN at the end.
 template <typename T, IoUMode kMode, bool kGrad>
-TOOD_HOST_DEVICE_INLINE T pair_iou(const T a[4], const T b[4], T eps, T ga[4], T gb[4]) {
-  // Branch-free with every coordinate in a register first (the CPU loops
-  // vectorise it): non-finite pairs are computed through like any other and
-  // replaced by NaN at the end.
+TOOD_HOST_DEVICE_INLINE T pair_iou_angles(const T a[4], const T b[4], T theta_a, T theta_b,
+                                          T eps, T ga[4], T gb[4]) {
   const T ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
   const T bx1 = b[0], by1 = b[1], bx2 = b[2], by2 = b[3];
   const bool finite = is_finite(ax1) & is_finite(ay1) & is_finite(ax2) & is_finite(ay2) &
@@ -158,7 +169,7 @@ TOOD_HOST_DEVICE_INLINE T pair_iou(const T a[4], const T b[4], T eps, T ga[4], T
     c2 = cw * cw + ch * ch + eps;
     value = iou - rho2 / c2;
     if (kMode == IoUMode::kCIoU) {
-      theta_diff = atan2_(bw, bh) - atan2_(aw, ah);
+      theta_diff = theta_b - theta_a;
       v = four_over_pi2 * theta_diff * theta_diff;
       alpha = v / (T(1) - iou + v + eps);
       value -= alpha * v;
@@ -167,18 +178,16 @@ TOOD_HOST_DEVICE_INLINE T pair_iou(const T a[4], const T b[4], T eps, T ga[4], T
 
   if (kGrad) {
     // adjoints of the intermediates, starting from d value = 1
-    T g_iou = T(1), g_uni = T(0), g_cw = T(0), g_ch = T(0);
+    T g_uni = T(0), g_cw = T(0), g_ch = T(0);
     T g_aw = T(0), g_ah = T(0), g_bw = T(0), g_bh = T(0);
-TOOD_UNROLL
-    for (int k = 0; k < 4; ++k) ga[k] = gb[k] = T(0);
+    T ga0 = T(0), ga1 = T(0), ga2 = T(0), ga3 = T(0);
+    T gb0 = T(0), gb1 = T(0), gb2 = T(0), gb3 = T(0);
 
     if (kMode == IoUMode::kGIoU) {
       g_uni += T(1) / c_area;
-      if (!c_area_clamped) {
-        const T g_c = -uni / (c_area * c_area);
-        g_cw += g_c * ch;
-        g_ch += g_c * cw;
-      }
+      const T g_c = c_area_clamped ? T(0) : -uni / (c_area * c_area);
+      g_cw += g_c * ch;
+      g_ch += g_c * cw;
     }
     if (kMode == IoUMode::kDIoU || kMode == IoUMode::kCIoU) {
       const T g_rho2 = -T(1) / c2;
@@ -187,55 +196,69 @@ TOOD_UNROLL
       g_ch += g_c2 * T(2) * ch;
       // rho2 = (dx^2 + dy^2) / 4, d dx / d a0 = d dx / d a2 = 1
       const T gx = g_rho2 * T(0.5) * dx, gy = g_rho2 * T(0.5) * dy;
-      ga[0] += gx; ga[2] += gx; gb[0] -= gx; gb[2] -= gx;
-      ga[1] += gy; ga[3] += gy; gb[1] -= gy; gb[3] -= gy;
+      ga0 += gx; ga2 += gx; gb0 -= gx; gb2 -= gx;
+      ga1 += gy; ga3 += gy; gb1 -= gy; gb3 -= gy;
       if (kMode == IoUMode::kCIoU) {
         // value -= alpha * v with alpha constant: d/d theta_b = -alpha * 2k (tb - ta)
         const T g_tb = -alpha * T(2) * four_over_pi2 * theta_diff;
         const T g_ta = -g_tb;
         // theta = atan2(w, h): d/dw = h / (w^2 + h^2), d/dh = -w / (w^2 + h^2)
         const T ra = aw * aw + ah * ah, rb = bw * bw + bh * bh;
-        if (ra > T(0)) { g_aw += g_ta * ah / ra; g_ah -= g_ta * aw / ra; }
-        if (rb > T(0)) { g_bw += g_tb * bh / rb; g_bh -= g_tb * bw / rb; }
+        const T ka = ra > T(0) ? g_ta / ra : T(0);
+        const T kb = rb > T(0) ? g_tb / rb : T(0);
+        g_aw += ka * ah; g_ah -= ka * aw;
+        g_bw += kb * bh; g_bh -= kb * bw;
       }
     }
 
     // iou = inter / uni
-    T g_inter = g_iou / uni;
-    g_uni -= g_iou * iou / uni;
-    if (!union_clamped) {
-      // uni = area_a + area_b - inter
-      g_aw += g_uni * ah; g_ah += g_uni * aw;
-      g_bw += g_uni * bh; g_bh += g_uni * bw;
-      g_inter -= g_uni;
-    }
-    // inter = iw * ih, iw = clamp0(ix2 - ix1)
+    T g_inter = T(1) / uni;
+    g_uni -= iou / uni;
+    // uni = area_a + area_b - inter (no gradient where clamped)
+    const T gu = union_clamped ? T(0) : g_uni;
+    g_aw += gu * ah; g_ah += gu * aw;
+    g_bw += gu * bh; g_bh += gu * bw;
+    g_inter -= gu;
+    // inter = iw * ih, iw = clamp0(ix2 - ix1); each side goes to the box it came from
     const T g_iw = iw_raw > T(0) ? g_inter * ih : T(0);
     const T g_ih = ih_raw > T(0) ? g_inter * iw : T(0);
-    (ix2_a ? ga[2] : gb[2]) += g_iw;
-    (ix1_a ? ga[0] : gb[0]) -= g_iw;
-    (iy2_a ? ga[3] : gb[3]) += g_ih;
-    (iy1_a ? ga[1] : gb[1]) -= g_ih;
+    ga2 += ix2_a ? g_iw : T(0); gb2 += ix2_a ? T(0) : g_iw;
+    ga0 -= ix1_a ? g_iw : T(0); gb0 -= ix1_a ? T(0) : g_iw;
+    ga3 += iy2_a ? g_ih : T(0); gb3 += iy2_a ? T(0) : g_ih;
+    ga1 -= iy1_a ? g_ih : T(0); gb1 -= iy1_a ? T(0) : g_ih;
     // enclosing sides
     if (kMode != IoUMode::kIoU) {
       const T gcw = cw_raw > T(0) ? g_cw : T(0);
       const T gch = ch_raw > T(0) ? g_ch : T(0);
-      (ex2_a ? ga[2] : gb[2]) += gcw;
-      (ex1_a ? ga[0] : gb[0]) -= gcw;
-      (ey2_a ? ga[3] : gb[3]) += gch;
-      (ey1_a ? ga[1] : gb[1]) -= gch;
+      ga2 += ex2_a ? gcw : T(0); gb2 += ex2_a ? T(0) : gcw;
+      ga0 -= ex1_a ? gcw : T(0); gb0 -= ex1_a ? T(0) : gcw;
+      ga3 += ey2_a ? gch : T(0); gb3 += ey2_a ? T(0) : gch;
+      ga1 -= ey1_a ? gch : T(0); gb1 -= ey1_a ? T(0) : gch;
     }
     // box sides w = clamp0(x2 - x1)
-    if (aw_raw > T(0)) { ga[2] += g_aw; ga[0] -= g_aw; }
-    if (ah_raw > T(0)) { ga[3] += g_ah; ga[1] -= g_ah; }
-    if (bw_raw > T(0)) { gb[2] += g_bw; gb[0] -= g_bw; }
-    if (bh_raw > T(0)) { gb[3] += g_bh; gb[1] -= g_bh; }
-    if (!finite) {
-      TOOD_UNROLL
-      for (int k = 0; k < 4; ++k) ga[k] = gb[k] = std::numeric_limits<T>::quiet_NaN();
-    }
+    const T gaw = aw_raw > T(0) ? g_aw : T(0), gah = ah_raw > T(0) ? g_ah : T(0);
+    const T gbw = bw_raw > T(0) ? g_bw : T(0), gbh = bh_raw > T(0) ? g_bh : T(0);
+    ga2 += gaw; ga0 -= gaw; ga3 += gah; ga1 -= gah;
+    gb2 += gbw; gb0 -= gbw; gb3 += gbh; gb1 -= gbh;
+
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    ga[0] = finite ? ga0 : nan; ga[1] = finite ? ga1 : nan;
+    ga[2] = finite ? ga2 : nan; ga[3] = finite ? ga3 : nan;
+    gb[0] = finite ? gb0 : nan; gb[1] = finite ? gb1 : nan;
+    gb[2] = finite ? gb2 : nan; gb[3] = finite ? gb3 : nan;
   }
   return finite ? value : std::numeric_limits<T>::quiet_NaN();
+}
+
+// pair_iou_angles computing the aspect angles itself (CIoU) when needed.
+template <typename T, IoUMode kMode, bool kGrad>
+TOOD_HOST_DEVICE_INLINE T pair_iou(const T a[4], const T b[4], T eps, T ga[4], T gb[4]) {
+  T theta_a = T(0), theta_b = T(0);
+  if (kMode == IoUMode::kCIoU) {
+    theta_a = aspect_angle(a[0], a[1], a[2], a[3]);
+    theta_b = aspect_angle(b[0], b[1], b[2], b[3]);
+  }
+  return pair_iou_angles<T, kMode, kGrad>(a, b, theta_a, theta_b, eps, ga, gb);
 }
 
 // Calls fn.template operator()<kMode>() for a run-time mode: host code picks
@@ -266,9 +289,12 @@ TOOD_HOST_DEVICE_INLINE bool centre_inside(T px, T py, const T gt[4], T inside_e
 
 // Overlap u used by the metric: the IoU-family value of (pred, gt), clamped
 // at 0 (ultralytics clamps CIoU the same way; plain IoU is already >= 0).
+// The aspect angles are read in CIoU mode only.
 template <typename T, IoUMode kMode>
-TOOD_HOST_DEVICE_INLINE T metric_overlap(const T pred[4], const T gt[4], T eps) {
-  return clamp0(pair_iou<T, kMode, false>(pred, gt, eps, nullptr, nullptr));
+TOOD_HOST_DEVICE_INLINE T metric_overlap(const T pred[4], const T gt[4], T theta_pred,
+                                         T theta_gt, T eps) {
+  return clamp0(
+      pair_iou_angles<T, kMode, false>(pred, gt, theta_pred, theta_gt, eps, nullptr, nullptr));
 }
 
 // Exponents of the metric, prepared once on the host.

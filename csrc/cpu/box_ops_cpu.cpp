@@ -8,6 +8,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "../box_ops/box_ops.h"
 
 namespace tood_ext {
@@ -17,6 +20,37 @@ namespace {
 // Iterations per parallel chunk so that a chunk does ~32k pair evaluations.
 inline int64_t grain_for(int64_t inner) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(inner, 1));
+}
+
+// boxes (batch, M, 4) as structure-of-arrays (batch, R, M): rows x1, y1, x2,
+// y2 and, for CIoU, the aspect angle of each box (computed once per box
+// instead of once per pair). Inner loops over j then read each coordinate
+// contiguously and vectorise. Extra memory: R / 4 times the boxes.
+template <typename scalar_t, IoUMode kMode>
+at::Tensor box_columns(const at::Tensor& boxes, int64_t batch, int64_t m) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t rows = kMode == IoUMode::kCIoU ? 5 : 4;
+  at::Tensor soa = at::empty({batch, rows, m}, boxes.options());
+  const scalar_t* src = boxes.const_data_ptr<scalar_t>();
+  scalar_t* dst = soa.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, batch, grain_for(m), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t j = 0; j < m; ++j) {
+        const scalar_t* box = src + 4 * (b * m + j);
+        for (int64_t c = 0; c < 4; ++c) dst[(b * rows + c) * m + j] = box[c];
+        if (rows == 5) {
+          dst[(b * rows + 4) * m + j] = static_cast<scalar_t>(aspect_angle<acc_t>(
+              box[0], box[1], box[2], box[3]));
+        }
+      }
+    }
+  });
+  return soa;
+}
+
+template <IoUMode kMode, typename T>
+inline T angle_of(const T box[4]) {
+  return kMode == IoUMode::kCIoU ? aspect_angle(box[0], box[1], box[2], box[3]) : T(0);
 }
 
 // ---- element-wise pair values: aligned box_iou and iou_loss ----------------
@@ -83,22 +117,23 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::
         pair_values_cpu<scalar_t, kMode>(p1, p2, nullptr, false, po, shape.n, eps);
         return;
       }
-      // boxes2 as structure-of-arrays (batch, 4, M) so that the inner loop over
-      // j loads each coordinate contiguously and vectorises.
       const int64_t n = shape.n, mm = shape.m;
-      const at::Tensor soa = b2.reshape({shape.batch, mm, 4}).transpose(1, 2).contiguous();
+      constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
+      const at::Tensor soa = box_columns<scalar_t, kMode>(b2, shape.batch, mm);
       const scalar_t* ps = soa.const_data_ptr<scalar_t>();
       at::parallel_for(0, shape.batch * n, grain_for(mm), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           acc_t ba[4];
           load_box(p1 + 4 * r, ba);
-          const scalar_t* x1 = ps + (r / n) * 4 * mm;
+          const acc_t ta = angle_of<kMode>(ba);
+          const scalar_t* x1 = ps + (r / n) * R * mm;
           const scalar_t *y1 = x1 + mm, *x2 = y1 + mm, *y2 = x2 + mm;
+          const scalar_t* th = R == 5 ? y2 + mm : x1;  // read in CIoU mode only
           scalar_t* orow = po + r * mm;
           for (int64_t j = 0; j < mm; ++j) {
             const acc_t bb[4] = {x1[j], y1[j], x2[j], y2[j]};
-            orow[j] = static_cast<scalar_t>(
-                pair_iou<acc_t, kMode, false>(ba, bb, acc_t(eps), nullptr, nullptr));
+            orow[j] = static_cast<scalar_t>(pair_iou_angles<acc_t, kMode, false>(
+                ba, bb, ta, static_cast<acc_t>(th[j]), acc_t(eps), nullptr, nullptr));
           }
         }
       });
@@ -138,36 +173,67 @@ std::tuple<at::Tensor, at::Tensor> box_iou_backward_cpu(const at::Tensor& grad,
         return;
       }
       const int64_t n = shape.n, mm = shape.m;
-      // Pass 1: rows (grad of boxes1), summing over j in a fixed order.
+      constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
+      const at::Tensor soa = box_columns<scalar_t, kMode>(b2, shape.batch, mm);
+      const scalar_t* ps = soa.const_data_ptr<scalar_t>();
+      // Pass 1, grad of boxes1: per row, the products g * d iou / d a go to a
+      // scratch row (a vectorised loop over j), then are summed in order.
       at::parallel_for(0, shape.batch * n, grain_for(mm), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> scratch(4 * mm);
         for (int64_t r = begin; r < end; ++r) {
-          acc_t ba[4], acc[4] = {0, 0, 0, 0};
+          acc_t ba[4];
           load_box(p1 + 4 * r, ba);
-          const scalar_t* row2 = p2 + (r / n) * mm * 4;
+          const acc_t ta = angle_of<kMode>(ba);
+          const scalar_t* x1 = ps + (r / n) * R * mm;
+          const scalar_t *y1 = x1 + mm, *x2 = y1 + mm, *y2 = x2 + mm;
+          const scalar_t* th = R == 5 ? y2 + mm : x1;
+          const scalar_t* grow = pg + r * mm * gstride;
           for (int64_t j = 0; j < mm; ++j) {
-            acc_t bb[4], ga[4], gb[4];
-            load_box(row2 + 4 * j, bb);
-            pair_iou<acc_t, kMode, true>(ba, bb, acc_t(eps), ga, gb);
-            const acc_t gij = static_cast<acc_t>(pg[(r * mm + j) * gstride]);
-            for (int c = 0; c < 4; ++c) acc[c] += gij * ga[c];
+            const acc_t bb[4] = {x1[j], y1[j], x2[j], y2[j]};
+            acc_t ga[4], gb[4];
+            pair_iou_angles<acc_t, kMode, true>(ba, bb, ta, static_cast<acc_t>(th[j]),
+                                                acc_t(eps), ga, gb);
+            const acc_t g = static_cast<acc_t>(grow[j * gstride]);
+            for (int c = 0; c < 4; ++c) scratch[c * mm + j] = g * ga[c];
           }
-          for (int c = 0; c < 4; ++c) pg1[4 * r + c] = static_cast<scalar_t>(acc[c]);
+          for (int c = 0; c < 4; ++c) {
+            acc_t sum = 0;
+            for (int64_t j = 0; j < mm; ++j) sum += scratch[c * mm + j];
+            pg1[4 * r + c] = static_cast<scalar_t>(sum);
+          }
         }
       });
-      // Pass 2: columns (grad of boxes2), summing over i in a fixed order.
-      at::parallel_for(0, shape.batch * mm, grain_for(n), [&](int64_t begin, int64_t end) {
-        for (int64_t cidx = begin; cidx < end; ++cidx) {
-          const int64_t bi = cidx / mm, j = cidx % mm;
-          acc_t bb[4], acc[4] = {0, 0, 0, 0};
-          load_box(p2 + 4 * cidx, bb);
+      // Pass 2, grad of boxes2: tiles of kTile columns; rows i in order, the
+      // columns of the tile in a vectorised inner loop, one accumulator each.
+      constexpr int64_t kTile = 64;
+      const int64_t tiles = (mm + kTile - 1) / kTile;
+      at::parallel_for(0, shape.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t bi = t / tiles, j0 = (t - bi * tiles) * kTile;
+          const int64_t jn = std::min(kTile, mm - j0);
+          acc_t acc[4][kTile] = {};
+          const scalar_t* x1 = ps + bi * R * mm + j0;
+          const scalar_t *y1 = x1 + mm, *x2 = y1 + mm, *y2 = x2 + mm;
+          const scalar_t* th = R == 5 ? y2 + mm : x1;
           for (int64_t i = 0; i < n; ++i) {
-            acc_t ba[4], ga[4], gb[4];
+            acc_t ba[4];
             load_box(p1 + 4 * (bi * n + i), ba);
-            pair_iou<acc_t, kMode, true>(ba, bb, acc_t(eps), ga, gb);
-            const acc_t gij = static_cast<acc_t>(pg[((bi * n + i) * mm + j) * gstride]);
-            for (int c = 0; c < 4; ++c) acc[c] += gij * gb[c];
+            const acc_t ta = angle_of<kMode>(ba);
+            const scalar_t* grow = pg + ((bi * n + i) * mm + j0) * gstride;
+            for (int64_t jj = 0; jj < jn; ++jj) {
+              const acc_t bb[4] = {x1[jj], y1[jj], x2[jj], y2[jj]};
+              acc_t ga[4], gb[4];
+              pair_iou_angles<acc_t, kMode, true>(ba, bb, ta, static_cast<acc_t>(th[jj]),
+                                                  acc_t(eps), ga, gb);
+              const acc_t g = static_cast<acc_t>(grow[jj * gstride]);
+              for (int c = 0; c < 4; ++c) acc[c][jj] += g * gb[c];
+            }
           }
-          for (int c = 0; c < 4; ++c) pg2[4 * cidx + c] = static_cast<scalar_t>(acc[c]);
+          for (int64_t jj = 0; jj < jn; ++jj) {
+            for (int c = 0; c < 4; ++c) {
+              pg2[4 * (bi * mm + j0 + jj) + c] = static_cast<scalar_t>(acc[c][jj]);
+            }
+          }
         }
       });
     });
@@ -259,6 +325,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cpu(
     bool* pin = inside.mutable_data_ptr<bool>();
     dispatch_iou_mode(m, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
+      // CIoU: the aspect angle of every predicted box once (B, A), not per GT.
+      at::Tensor theta = at::zeros({kMode == IoUMode::kCIoU ? s.batch * A : 1}, sc.options());
+      scalar_t* pth_mut = theta.mutable_data_ptr<scalar_t>();
+      if (kMode == IoUMode::kCIoU) {
+        at::parallel_for(0, s.batch * A, grain_for(1), [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            acc_t box[4];
+            load_box(ppb + 4 * i, box);
+            pth_mut[i] = static_cast<scalar_t>(angle_of<kMode>(box));
+          }
+        });
+      }
+      const scalar_t* pth = pth_mut;
       at::parallel_for(0, s.batch * G, grain_for(A), [&](int64_t begin, int64_t end) {
         for (int64_t bg = begin; bg < end; ++bg) {
           scalar_t* met_row = pmet + bg * A;
@@ -273,12 +352,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cpu(
           const int64_t b = bg / G;
           acc_t gt[4];
           load_box(pgb + 4 * bg, gt);
+          const acc_t theta_gt = angle_of<kMode>(gt);
           const scalar_t* score_col = psc + b * A * C + pgl[bg];
           const scalar_t* boxes = ppb + b * A * 4;
+          const scalar_t* theta_row = kMode == IoUMode::kCIoU ? pth + b * A : pth;
           for (int64_t a = 0; a < A; ++a) {
             acc_t pred[4];
             load_box(boxes + 4 * a, pred);
-            const acc_t u = metric_overlap<acc_t, kMode>(pred, gt, acc_t(eps));
+            const acc_t u = metric_overlap<acc_t, kMode>(
+                pred, gt, kMode == IoUMode::kCIoU ? static_cast<acc_t>(theta_row[a]) : acc_t(0),
+                theta_gt, acc_t(eps));
             const acc_t score = static_cast<acc_t>(score_col[a * C]);
             met_row[a] = static_cast<scalar_t>(alignment_metric_value(score, u, expo));
             ov_row[a] = static_cast<scalar_t>(u);
