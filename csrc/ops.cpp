@@ -51,6 +51,17 @@ TORCH_LIBRARY(tood_ext, m) {
         "Tensor gt_labels, Tensor gt_boxes, Tensor gt_mask, float alpha=1.0, float beta=6.0, "
         "str iou_mode=\"iou\", float inside_eps=0.01, float eps=1e-07) "
         "-> (Tensor, Tensor, Tensor)");
+  // --- deformable sampling (csrc/deform) ---
+  m.def("deform_sampling(Tensor input, Tensor offset, Tensor? mask=None) -> Tensor");
+  m.def("_deform_sampling_backward(Tensor grad, Tensor input, Tensor offset, Tensor? mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // --- task-aligned assignment (csrc/tal) ---
+  m.def("task_aligned_assign(Tensor pred_scores, Tensor pred_boxes, Tensor anchor_points, "
+        "Tensor gt_labels, Tensor gt_boxes, Tensor gt_mask, int topk=13, float alpha=1.0, "
+        "float beta=6.0, str candidates=\"topk_then_inside\", str iou_mode=\"iou\", "
+        "float inside_eps=0.01, float norm_eps=1e-07) "
+        "-> (Tensor assigned_gt, Tensor fg_mask, Tensor labels, Tensor boxes, Tensor iou, "
+        "Tensor metric, Tensor soft_target)");
   // --- build information ---
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_cuda_archs() -> str", &cuda_archs);

@@ -6,9 +6,12 @@ says what this installation was compiled with.
 """
 from . import reference
 from ._loader import build_info, has_ops
-from .ops import IOU_MODES, alignment_metric, box_iou, giou_loss, iou_loss
+from ._types import TALResult
+from .ops import (IOU_MODES, alignment_metric, box_iou, deform_sampling, giou_loss, iou_loss,
+                  task_aligned_assign)
 
 __version__ = "0.1.0"
 
-__all__ = ["IOU_MODES", "alignment_metric", "box_iou", "build_info", "giou_loss", "has_ops",
-           "iou_loss", "reference"]
+__all__ = ["IOU_MODES", "TALResult", "alignment_metric", "box_iou", "build_info",
+           "deform_sampling", "giou_loss", "has_ops", "iou_loss", "reference",
+           "task_aligned_assign"]

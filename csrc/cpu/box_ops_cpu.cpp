@@ -12,46 +12,15 @@
 #include <vector>
 
 #include "../box_ops/box_ops.h"
+#include "cpu_utils.h"
 
 namespace tood_ext {
 namespace box_ops {
 namespace {
 
-// Iterations per parallel chunk so that a chunk does ~32k pair evaluations.
-inline int64_t grain_for(int64_t inner) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(inner, 1));
-}
-
-// boxes (batch, M, 4) as structure-of-arrays (batch, R, M): rows x1, y1, x2,
-// y2 and, for CIoU, the aspect angle of each box (computed once per box
-// instead of once per pair). Inner loops over j then read each coordinate
-// contiguously and vectorise. Extra memory: R / 4 times the boxes.
-template <typename scalar_t, IoUMode kMode>
-at::Tensor box_columns(const at::Tensor& boxes, int64_t batch, int64_t m) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t rows = kMode == IoUMode::kCIoU ? 5 : 4;
-  at::Tensor soa = at::empty({batch, rows, m}, boxes.options());
-  const scalar_t* src = boxes.const_data_ptr<scalar_t>();
-  scalar_t* dst = soa.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, batch, grain_for(m), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t j = 0; j < m; ++j) {
-        const scalar_t* box = src + 4 * (b * m + j);
-        for (int64_t c = 0; c < 4; ++c) dst[(b * rows + c) * m + j] = box[c];
-        if (rows == 5) {
-          dst[(b * rows + 4) * m + j] = static_cast<scalar_t>(aspect_angle<acc_t>(
-              box[0], box[1], box[2], box[3]));
-        }
-      }
-    }
-  });
-  return soa;
-}
-
-template <IoUMode kMode, typename T>
-inline T angle_of(const T box[4]) {
-  return kMode == IoUMode::kCIoU ? aspect_angle(box[0], box[1], box[2], box[3]) : T(0);
-}
+using cpu::angle_of;
+using cpu::box_columns;
+using cpu::grain_for;
 
 // ---- element-wise pair values: aligned box_iou and iou_loss ----------------
 // out[i] = v(a_i, b_i)                      (weight == nullptr, is_loss == false)
@@ -313,9 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cpu(
   const int64_t A = s.num_anchors, C = s.num_classes, G = s.num_gts;
   AT_DISPATCH_FLOATING_TYPES(sc.scalar_type(), "alignment_metric_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto expo = make_metric_exponents<acc_t>(alpha, beta);
     const scalar_t* psc = sc.const_data_ptr<scalar_t>();
-    const scalar_t* ppb = pb.const_data_ptr<scalar_t>();
     const scalar_t* pap = ap.const_data_ptr<scalar_t>();
     const scalar_t* pgb = gb.const_data_ptr<scalar_t>();
     const int64_t* pgl = gl.const_data_ptr<int64_t>();
@@ -325,48 +292,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cpu(
     bool* pin = inside.mutable_data_ptr<bool>();
     dispatch_iou_mode(m, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
-      // CIoU: the aspect angle of every predicted box once (B, A), not per GT.
-      at::Tensor theta = at::zeros({kMode == IoUMode::kCIoU ? s.batch * A : 1}, sc.options());
-      scalar_t* pth_mut = theta.mutable_data_ptr<scalar_t>();
-      if (kMode == IoUMode::kCIoU) {
-        at::parallel_for(0, s.batch * A, grain_for(1), [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            acc_t box[4];
-            load_box(ppb + 4 * i, box);
-            pth_mut[i] = static_cast<scalar_t>(angle_of<kMode>(box));
-          }
-        });
-      }
-      const scalar_t* pth = pth_mut;
+      const at::Tensor cols = box_columns<scalar_t, kMode>(pb, s.batch, A);
+      const cpu::MetricInputs<scalar_t> in{
+          psc, cols.const_data_ptr<scalar_t>(), pap, pgl, pgb, pgm, G, A, C,
+          make_metric_exponents<acc_t>(alpha, beta), acc_t(inside_eps), acc_t(eps)};
       at::parallel_for(0, s.batch * G, grain_for(A), [&](int64_t begin, int64_t end) {
         for (int64_t bg = begin; bg < end; ++bg) {
           scalar_t* met_row = pmet + bg * A;
           scalar_t* ov_row = pov + bg * A;
           bool* in_row = pin + bg * A;
-          if (!pgm[bg]) {  // padding GT: metric 0, overlap 0, not inside
+          if (pgm[bg]) {
+            cpu::metric_row<scalar_t, kMode>(in, bg, met_row, ov_row, in_row);
+          } else {  // padding GT: metric 0, overlap 0, not inside
             std::fill(met_row, met_row + A, scalar_t(0));
             std::fill(ov_row, ov_row + A, scalar_t(0));
             std::fill(in_row, in_row + A, false);
-            continue;
-          }
-          const int64_t b = bg / G;
-          acc_t gt[4];
-          load_box(pgb + 4 * bg, gt);
-          const acc_t theta_gt = angle_of<kMode>(gt);
-          const scalar_t* score_col = psc + b * A * C + pgl[bg];
-          const scalar_t* boxes = ppb + b * A * 4;
-          const scalar_t* theta_row = kMode == IoUMode::kCIoU ? pth + b * A : pth;
-          for (int64_t a = 0; a < A; ++a) {
-            acc_t pred[4];
-            load_box(boxes + 4 * a, pred);
-            const acc_t u = metric_overlap<acc_t, kMode>(
-                pred, gt, kMode == IoUMode::kCIoU ? static_cast<acc_t>(theta_row[a]) : acc_t(0),
-                theta_gt, acc_t(eps));
-            const acc_t score = static_cast<acc_t>(score_col[a * C]);
-            met_row[a] = static_cast<scalar_t>(alignment_metric_value(score, u, expo));
-            ov_row[a] = static_cast<scalar_t>(u);
-            in_row[a] = centre_inside(static_cast<acc_t>(pap[2 * a]),
-                                      static_cast<acc_t>(pap[2 * a + 1]), gt, acc_t(inside_eps));
           }
         }
       });

@@ -23,37 +23,11 @@
 #include <limits>
 
 #include "../box_ops/box_ops.h"
+#include "cuda_utils.cuh"
 
 namespace tood_ext {
 namespace box_ops {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-inline int64_t num_blocks(int64_t work, int threads = kThreads) {
-  return std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, kMaxBlocks));
-}
-
-// Calls fn(index_t{}) with int32_t when every index fits, else int64_t.
-template <typename Fn>
-inline void with_index_type(int64_t max_index, Fn&& fn) {
-  if (max_index < std::numeric_limits<int32_t>::max()) {
-    fn(int32_t{});
-  } else {
-    fn(int64_t{});
-  }
-}
-
-template <typename index_t>
-__device__ __forceinline__ index_t global_thread() {
-  return static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
-template <typename index_t>
-__device__ __forceinline__ index_t grid_stride() {
-  return static_cast<index_t>(gridDim.x) * blockDim.x;
-}
 
 // ---- element-wise pair values (aligned box_iou, iou_loss) ----------------------
 
@@ -392,6 +366,8 @@ __global__ void alignment_metric_kernel(
     const index_t b = bg / num_gts;
     acc_t gt[4];
     load_box(gt_boxes + 4 * bg, gt);
+    const acc_t theta_gt =
+        kMode == IoUMode::kCIoU ? aspect_angle(gt[0], gt[1], gt[2], gt[3]) : acc_t(0);
     const index_t label = valid ? static_cast<index_t>(labels[bg]) : 0;
     for (index_t a = global_thread<index_t>(); a < num_anchors; a += grid_stride<index_t>()) {
       const index_t out = bg * num_anchors + a;
@@ -403,7 +379,9 @@ __global__ void alignment_metric_kernel(
       }
       acc_t pred[4];
       load_box(boxes + 4 * (b * num_anchors + a), pred);
-      const acc_t u = metric_overlap<acc_t, kMode>(pred, gt, eps);
+      const acc_t theta_pred =
+          kMode == IoUMode::kCIoU ? aspect_angle(pred[0], pred[1], pred[2], pred[3]) : acc_t(0);
+      const acc_t u = metric_overlap<acc_t, kMode>(pred, gt, theta_pred, theta_gt, eps);
       const acc_t s = static_cast<acc_t>(scores[(b * num_anchors + a) * num_classes + label]);
       metric[out] = static_cast<scalar_t>(alignment_metric_value(s, u, expo));
       overlaps[out] = static_cast<scalar_t>(u);

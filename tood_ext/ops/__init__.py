@@ -3,5 +3,8 @@
 Every function here has a pure-PyTorch twin of the same signature in :mod:`tood_ext.reference`.
 """
 from .box_ops import IOU_MODES, alignment_metric, box_iou, giou_loss, iou_loss
+from .deform_ops import deform_sampling
+from .tal import task_aligned_assign
 
-__all__ = ["IOU_MODES", "alignment_metric", "box_iou", "giou_loss", "iou_loss"]
+__all__ = ["IOU_MODES", "alignment_metric", "box_iou", "deform_sampling", "giou_loss",
+           "iou_loss", "task_aligned_assign"]

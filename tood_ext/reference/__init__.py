@@ -5,5 +5,8 @@ ground truth of the tests, the baseline of the benchmarks, and a fallback withou
 kernels.
 """
 from .box_ops import alignment_metric, box_iou, giou_loss, iou_loss
+from .deform_ops import deform_sampling
+from .tal import task_aligned_assign
 
-__all__ = ["alignment_metric", "box_iou", "giou_loss", "iou_loss"]
+__all__ = ["alignment_metric", "box_iou", "deform_sampling", "giou_loss", "iou_loss",
+           "task_aligned_assign"]

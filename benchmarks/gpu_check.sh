@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# One-shot check of tood-ext on a fresh GPU machine (torch preinstalled, system python3, offline):
+# build the CUDA kernels for the local GPU, run the test suite, run the benchmarks, and (when
+# $OUT is set) copy the logs and the benchmark results there.
+#
+#   bash benchmarks/gpu_check.sh          # from the repository root
+#
+# Environment knobs (all optional):
+#   CUDA_HOME              CUDA toolkit (default /usr/local/cuda)
+#   TORCH_CUDA_ARCH_LIST   archs to compile for (default: setup.py targets the visible GPU)
+#   FORCE_CUDA             default 1: the build fails unless the CUDA kernels are built
+#   PYTEST_ARGS            default "-q -ra tests"
+#   BENCH_ARGS             default "--device all"
+#   OUT                    directory that receives the logs and results (flat, <= 8 files)
+# Exit status: 0 when build, tests and benchmarks all passed; the build aborts the script, a
+# test or benchmark failure is recorded and the script goes on, then exits non-zero.
+set -euo pipefail
+
+export PYTHONUNBUFFERED=1
+export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+export PIP_BREAK_SYSTEM_PACKAGES=1  # system python3 may be marked externally managed
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export PATH="$CUDA_HOME/bin:$PATH"
+export FORCE_CUDA="${FORCE_CUDA:-1}"
+PY=python3
+PYTEST_ARGS="${PYTEST_ARGS:--q -ra tests}"
+BENCH_ARGS="${BENCH_ARGS:---device all}"
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # repository root, wherever we were called from
+ROOT="$(pwd)"
+LOGDIR="$(mktemp -d /tmp/tood-gpu-check.XXXXXX)"
+BUILD_LOG="$LOGDIR/build.log"
+PYTEST_LOG="$LOGDIR/pytest.log"
+BENCH_LOG="$LOGDIR/bench.log"
+SUMMARY="$LOGDIR/summary.txt"
+STAMP="$LOGDIR/.start-stamp"
+touch "$STAMP"
+sleep 1  # results written from now on are strictly newer than the stamp
+
+BUILD_RC="not run"
+TEST_RC="not run"
+BENCH_RC="not run"
+T0=$(date +%s)
+
+section() { printf '\n========== %s ==========\n' "$*"; }
+
+summary() {
+    {
+        echo "tood-ext gpu_check summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(( $(date +%s) - T0 )) s)"
+        echo "repo: $ROOT  commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || echo unknown)"
+        echo "build (pip install -e . FORCE_CUDA=$FORCE_CUDA): rc=$BUILD_RC"
+        echo "pytest ($PYTEST_ARGS): rc=$TEST_RC"
+        if [ -f "$PYTEST_LOG" ]; then
+            echo "  $(grep -E '(passed|failed|error|skipped)' "$PYTEST_LOG" | tail -1)"
+        fi
+        echo "benchmarks ($BENCH_ARGS): rc=$BENCH_RC"
+        if [ -f "$BENCH_LOG" ]; then
+            grep -E '^(wrote |total |WARNING)' "$BENCH_LOG" | sed 's/^/  /' || true
+        fi
+    } > "$SUMMARY"
+}
+
+collect() {
+    # runs on every exit (also when the build aborts the script): summary, then copy to $OUT
+    local rc=$?
+    set +e
+    [ "$BUILD_RC" = running ] && BUILD_RC="FAILED (script aborted, rc=$rc)"
+    summary
+    section "summary"
+    cat "$SUMMARY"
+    if [ -n "${OUT:-}" ]; then
+        mkdir -p "$OUT"
+        local n=0 f base
+        for f in "$SUMMARY" "$BUILD_LOG" "$PYTEST_LOG" "$BENCH_LOG" \
+                 $(find "$ROOT/benchmarks/results" -maxdepth 1 -type f -newer "$STAMP" \
+                       \( -name '*.json' -o -name '*.md' \) 2>/dev/null | sort); do
+            [ -f "$f" ] || continue
+            if [ "$n" -ge 8 ]; then echo "OUT: file limit (8) reached, not copied: $f"; continue; fi
+            base="$(basename "$f" | tr -c 'A-Za-z0-9._\n-' '_')"
+            cp "$f" "$OUT/$base" && n=$((n + 1))
+        done
+        echo "copied $n files to $OUT"
+    fi
+    exit "$rc"
+}
+trap collect EXIT
+
+section "machine"
+nvidia-smi || echo "nvidia-smi failed"
+echo "CUDA_HOME=$CUDA_HOME"; ls "$CUDA_HOME/bin/nvcc" && "$CUDA_HOME/bin/nvcc" --version | tail -2 \
+    || echo "no nvcc under $CUDA_HOME"
+echo "nproc: $(nproc)"
+$PY - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+for i in range(torch.cuda.device_count()):
+    p = torch.cuda.get_device_properties(i)
+    print(f"  cuda:{i} {p.name} sm_{p.major}{p.minor} {p.total_memory / 2**30:.1f} GiB")
+for mod in ("torchvision", "pytest", "numpy", "setuptools", "ninja", "pip"):
+    try:
+        m = __import__(mod)
+        print(f"{mod} {getattr(m, '__version__', '?')}")
+    except Exception as exc:
+        print(f"{mod}: NOT AVAILABLE ({exc})")
+EOF
+
+section "build (FORCE_CUDA=$FORCE_CUDA TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<visible GPU>})"
+BUILD_RC=running
+if $PY -m pip install --no-build-isolation --no-deps -v -e . 2>&1 | tee "$BUILD_LOG"; then
+    BUILD_HOW="pip install -e ."
+else
+    # e.g. a setuptools too old for PEP 660 editables: build in place instead (importable from
+    # the repo root, where pytest and the benchmarks run)
+    echo "pip install -e . failed; falling back to setup.py build_ext --inplace" | tee -a "$BUILD_LOG"
+    $PY setup.py build_ext --inplace 2>&1 | tee -a "$BUILD_LOG"
+    BUILD_HOW="setup.py build_ext --inplace (pip install -e . failed)"
+fi
+$PY -c "import tood_ext, json; print('tood_ext.build_info():', json.dumps(tood_ext.build_info()))"
+if [ "$FORCE_CUDA" = 1 ]; then
+    $PY -c "import tood_ext, sys; sys.exit(0 if tood_ext.build_info()['cuda'] else 'built without CUDA kernels')"
+fi
+BUILD_RC="0, $BUILD_HOW"
+
+section "pytest $PYTEST_ARGS"
+TEST_RC=0
+# shellcheck disable=SC2086
+$PY -m pytest $PYTEST_ARGS 2>&1 | tee "$PYTEST_LOG" || TEST_RC=$?
+
+section "benchmarks $BENCH_ARGS"
+BENCH_RC=0
+# shellcheck disable=SC2086
+$PY -m benchmarks $BENCH_ARGS 2>&1 | tee "$BENCH_LOG" || BENCH_RC=$?
+
+if [ "$TEST_RC" != 0 ] || [ "$BENCH_RC" != 0 ]; then
+    echo "FAILED: pytest rc=$TEST_RC, benchmarks rc=$BENCH_RC"
+    exit 1
+fi
+echo "OK: build, tests and benchmarks passed"

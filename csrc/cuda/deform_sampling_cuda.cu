@@ -1,0 +1,231 @@
+// CUDA kernels of deformable bilinear offset sampling. The per-element math is
+// the one of csrc/deform/deform_sampling_utils.h, shared with the CPU kernels.
+//
+// Design:
+// * forward: a gather, one thread per output element (b, c, i, j), grid-stride
+//   loops, 32-bit indexing unless the sizes need 64-bit. Deterministic.
+// * grad_offset / grad_mask: a gather, one thread per (b, g, i, j) that sums
+//   over the group's channels in channel order. Deterministic.
+// * grad_input: a scatter, one thread per element of the upstream gradient
+//   adding into the (up to) four corners with gpuAtomicAdd. Atomics make the
+//   order of the additions, hence the last bits, vary from run to run: the op
+//   reports itself to at::globalContext().alertNotDeterministic, which raises
+//   under torch.use_deterministic_algorithms(True) (warns with warn_only).
+// * half/bfloat16 are loaded and computed in float32 (at::opmath_type);
+//   grad_input is accumulated in a float32 buffer and cast once at the end.
+// * launches use the current stream under a device guard and are checked.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "../deform/deform_sampling.h"
+#include "cuda_utils.cuh"
+
+namespace tood_ext {
+namespace deform {
+namespace {
+
+// Sizes of one call as the kernels' index type.
+template <typename index_t>
+struct Dims {
+  index_t B, C, G, Cg, H, W, HW;
+};
+
+template <typename index_t>
+Dims<index_t> make_dims(const DeformShape& s) {
+  return {static_cast<index_t>(s.batch), static_cast<index_t>(s.channels),
+          static_cast<index_t>(s.groups), static_cast<index_t>(s.channels_per_group()),
+          static_cast<index_t>(s.height), static_cast<index_t>(s.width),
+          static_cast<index_t>(s.plane())};
+}
+
+// Corners of pixel p of offset block bg = b * G + g.
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ void pixel_corners(const scalar_t* __restrict__ offset, index_t bg,
+                                              index_t p, const Dims<index_t>& d,
+                                              BilinearCorners<at::opmath_type<scalar_t>, index_t>& c) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t i = p / d.W, j = p - (p / d.W) * d.W;
+  const scalar_t* dy = offset + 2 * bg * d.HW;
+  deform_corners(i, j, static_cast<acc_t>(dy[p]), static_cast<acc_t>(dy[d.HW + p]), d.H, d.W, c);
+}
+
+// ---- forward ------------------------------------------------------------------------
+
+template <typename scalar_t, typename index_t>
+__global__ void deform_sampling_forward_kernel(const scalar_t* __restrict__ input,
+                                               const scalar_t* __restrict__ offset,
+                                               const scalar_t* __restrict__ mask,
+                                               scalar_t* __restrict__ out, index_t total,
+                                               Dims<index_t> d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t idx = global_thread<index_t>(); idx < total; idx += grid_stride<index_t>()) {
+    const index_t bc = idx / d.HW, p = idx - bc * d.HW;
+    const index_t b = bc / d.C, c = bc - b * d.C;
+    const index_t bg = b * d.G + c / d.Cg;
+    BilinearCorners<acc_t, index_t> cn;
+    pixel_corners<scalar_t>(offset, bg, p, d, cn);
+    acc_t v[4];
+    load_corners(input + bc * d.HW, cn, v);
+    acc_t value = bilinear_value(cn, v);
+    if (mask) value *= static_cast<acc_t>(mask[bg * d.HW + p]);
+    out[idx] = static_cast<scalar_t>(value);
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------
+
+// grad_input (acc_t buffer, zero-initialised) += the upstream gradient of each
+// output element scattered into its four corners, by atomics.
+template <typename scalar_t, typename index_t>
+__global__ void deform_sampling_grad_input_kernel(const scalar_t* __restrict__ grad,
+                                                  const scalar_t* __restrict__ offset,
+                                                  const scalar_t* __restrict__ mask,
+                                                  at::opmath_type<scalar_t>* __restrict__ grad_input,
+                                                  index_t total, Dims<index_t> d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t idx = global_thread<index_t>(); idx < total; idx += grid_stride<index_t>()) {
+    const index_t bc = idx / d.HW, p = idx - bc * d.HW;
+    const index_t b = bc / d.C, c = bc - b * d.C;
+    const index_t bg = b * d.G + c / d.Cg;
+    acc_t g = static_cast<acc_t>(grad[idx]);
+    if (mask) g *= static_cast<acc_t>(mask[bg * d.HW + p]);
+    if (g == acc_t(0)) continue;  // nothing to add (a NaN gradient still goes through)
+    BilinearCorners<acc_t, index_t> cn;
+    pixel_corners<scalar_t>(offset, bg, p, d, cn);
+    acc_t* plane = grad_input + bc * d.HW;
+    scatter_corners(cn, g, [plane](index_t off, acc_t add) { gpuAtomicAdd(plane + off, add); });
+  }
+}
+
+// grad_offset and grad_mask of pixel (b, g, p), summed over the group's
+// channels in channel order by one thread.
+template <typename scalar_t, typename index_t>
+__global__ void deform_sampling_grad_position_kernel(
+    const scalar_t* __restrict__ grad, const scalar_t* __restrict__ input,
+    const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
+    scalar_t* __restrict__ grad_offset, scalar_t* __restrict__ grad_mask, index_t total,
+    Dims<index_t> d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t idx = global_thread<index_t>(); idx < total; idx += grid_stride<index_t>()) {
+    const index_t bg = idx / d.HW, p = idx - bg * d.HW;
+    const index_t b = bg / d.G, g = bg - b * d.G;
+    BilinearCorners<acc_t, index_t> cn;
+    pixel_corners<scalar_t>(offset, bg, p, d, cn);
+    acc_t acc_y = 0, acc_x = 0, acc_m = 0;
+    const index_t plane0 = (b * d.C + g * d.Cg) * d.HW;
+    for (index_t c = 0; c < d.Cg; ++c) {
+      const index_t plane = plane0 + c * d.HW;
+      const acc_t g_out = static_cast<acc_t>(grad[plane + p]);
+      acc_t v[4], gy, gx;
+      load_corners(input + plane, cn, v);
+      bilinear_position_grad(cn, v, gy, gx);
+      acc_y += g_out * gy;
+      acc_x += g_out * gx;
+      if (mask) acc_m += g_out * bilinear_value(cn, v);
+    }
+    const acc_t m = mask ? static_cast<acc_t>(mask[idx]) : acc_t(1);
+    grad_offset[2 * bg * d.HW + p] = static_cast<scalar_t>(m * acc_y);
+    grad_offset[(2 * bg + 1) * d.HW + p] = static_cast<scalar_t>(m * acc_x);
+    if (mask) grad_mask[idx] = static_cast<scalar_t>(acc_m);
+  }
+}
+
+// ---- ops ----------------------------------------------------------------------------
+
+int64_t max_index_of(const at::Tensor& in, const at::Tensor& off, const at::Tensor& m) {
+  return std::max({in.numel(), off.numel(), m.defined() ? m.numel() : int64_t(0)});
+}
+
+at::Tensor deform_sampling_cuda(const at::Tensor& input, const at::Tensor& offset,
+                                const c10::optional<at::Tensor>& mask) {
+  const DeformShape s = check_deform_sampling_args(input, offset, mask);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor in = input.contiguous(), off = offset.contiguous();
+  const at::Tensor m = has_mask(mask) ? mask->contiguous() : at::Tensor();
+  at::Tensor out = at::empty(in.sizes(), in.options());
+  if (out.numel() == 0) return out;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(),
+                                  "deform_sampling_cuda", [&] {
+    with_index_type(max_index_of(in, off, m), [&](auto index_c) {
+      using index_t = decltype(index_c);
+      const int64_t total = out.numel();
+      deform_sampling_forward_kernel<scalar_t, index_t><<<num_blocks(total), kThreads, 0, stream>>>(
+          in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
+          m.defined() ? m.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+          static_cast<index_t>(total), make_dims<index_t>(s));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& offset,
+    const c10::optional<at::Tensor>& mask) {
+  const DeformShape s = check_deform_sampling_args(input, offset, mask);
+  check_grad(grad, input);
+  at::globalContext().alertNotDeterministic(
+      "tood_ext::deform_sampling backward (grad of input) on CUDA");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor in = input.contiguous(), off = offset.contiguous();
+  const bool with_mask = has_mask(mask);
+  const at::Tensor m = with_mask ? mask->contiguous() : at::Tensor();
+  // grad_input accumulates in the op-math type: float32 for half/bfloat16.
+  const auto acc_type = at::toOpMathType(in.scalar_type());
+  at::Tensor grad_input_acc = at::zeros(in.sizes(), in.options().dtype(acc_type));
+  // Zeros: with C = 0 (or H * W = 0) no kernel writes them.
+  at::Tensor grad_offset = at::zeros(off.sizes(), off.options());
+  at::Tensor grad_mask = with_mask ? at::zeros(m.sizes(), m.options())
+                                   : at::zeros({0}, in.options());
+  if (in.numel() == 0) return {grad_input_acc.to(in.scalar_type()), grad_offset, grad_mask};
+  const at::Tensor g = grad.contiguous();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(),
+                                  "deform_sampling_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    with_index_type(max_index_of(in, off, m), [&](auto index_c) {
+      using index_t = decltype(index_c);
+      const Dims<index_t> d = make_dims<index_t>(s);
+      const scalar_t* pm = with_mask ? m.const_data_ptr<scalar_t>() : nullptr;
+      const int64_t total = in.numel();
+      deform_sampling_grad_input_kernel<scalar_t, index_t>
+          <<<num_blocks(total), kThreads, 0, stream>>>(
+              g.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(), pm,
+              grad_input_acc.mutable_data_ptr<acc_t>(), static_cast<index_t>(total), d);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t pixels = s.batch * s.groups * s.plane();
+      if (pixels == 0) return;
+      deform_sampling_grad_position_kernel<scalar_t, index_t>
+          <<<num_blocks(pixels), kThreads, 0, stream>>>(
+              g.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
+              off.const_data_ptr<scalar_t>(), pm, grad_offset.mutable_data_ptr<scalar_t>(),
+              with_mask ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr,
+              static_cast<index_t>(pixels), d);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  at::Tensor grad_input = grad_input_acc.scalar_type() == in.scalar_type()
+                              ? grad_input_acc
+                              : grad_input_acc.to(in.scalar_type());
+  return {grad_input, grad_offset, grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tood_ext, CUDA, m) {
+  m.impl("deform_sampling", &deform_sampling_cuda);
+  m.impl("_deform_sampling_backward", &deform_sampling_backward_cuda);
+}
+
+}  // namespace deform
+}  // namespace tood_ext

@@ -1,0 +1,261 @@
+// CUDA kernel of task_aligned_assign, never a (B, G, A) tensor:
+//   1. candidates: a warp per (image, GT). Each lane scans anchors lane,
+//      lane + 32, ... computing t, u and the centre test with the shared
+//      math of box_iou_utils.h and keeps its own ranked top-k (registers /
+//      local memory, tal_utils.h's insertion); then k rounds of a warp-wide
+//      arg-best over the 32 list heads (shuffles) merge them in rank order.
+//   2. conflicts: a thread per (image, GT, slot); each positive candidate
+//      atomicMax-es its packed (u, GT) key into the anchor's claim. The max is
+//      order-independent, so the result is deterministic.
+//   3. a thread per (image, GT): maxima of t and u over the anchors it won,
+//      then its positives' outputs (each anchor is written by one thread).
+// Extra memory: candidates (B, G, k) x (index, t, u, flag) and claims (B, A).
+// topk <= 64 on CUDA.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "../tal/tal.h"
+#include "cuda_utils.cuh"
+
+namespace tood_ext {
+namespace tal {
+namespace {
+
+using box_ops::IoUMode;
+constexpr int kMaxTopkCuda = 64;
+
+template <typename scalar_t>
+struct Inputs {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* scores;
+  const scalar_t* boxes;
+  const scalar_t* points;
+  const int64_t* labels;
+  const scalar_t* gt_boxes;
+  const bool* gt_mask;
+  int64_t rows, num_gts, num_anchors, num_classes;
+  int topk;
+  bool inside_first;
+  box_ops::MetricExponents<acc_t> expo;
+  acc_t inside_eps, eps;
+};
+
+template <typename scalar_t, IoUMode kMode, int KMAX>
+__global__ void __launch_bounds__(kThreads)
+    tal_candidates_kernel(const Inputs<scalar_t> in, int32_t* __restrict__ cand_idx,
+                          at::opmath_type<scalar_t>* __restrict__ cand_t,
+                          at::opmath_type<scalar_t>* __restrict__ cand_u,
+                          bool* __restrict__ cand_pos) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x & 31;
+  const int64_t bg = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (bg >= in.rows || !in.gt_mask[bg]) return;  // whole warps; slots stay -1 / false
+  const int64_t A = in.num_anchors, b = bg / in.num_gts, K = in.topk;
+  acc_t gt[4];
+  box_ops::load_box(in.gt_boxes + 4 * bg, gt);
+  const acc_t theta_gt =
+      kMode == IoUMode::kCIoU ? box_ops::aspect_angle(gt[0], gt[1], gt[2], gt[3]) : acc_t(0);
+  const scalar_t* score_col = in.scores + b * A * in.num_classes + in.labels[bg];
+  const scalar_t* boxes = in.boxes + b * A * 4;
+
+  // t, u and the centre test of anchor a for this GT
+  auto evaluate = [&](int64_t a, acc_t& t, acc_t& u, bool& inside) {
+    acc_t pred[4];
+    box_ops::load_box(boxes + 4 * a, pred);
+    const acc_t theta = kMode == IoUMode::kCIoU
+                            ? box_ops::aspect_angle(pred[0], pred[1], pred[2], pred[3])
+                            : acc_t(0);
+    u = box_ops::metric_overlap<acc_t, kMode>(pred, gt, theta, theta_gt, in.eps);
+    t = box_ops::alignment_metric_value(static_cast<acc_t>(score_col[a * in.num_classes]), u,
+                                        in.expo);
+    inside = box_ops::centre_inside(static_cast<acc_t>(in.points[2 * a]),
+                                    static_cast<acc_t>(in.points[2 * a + 1]), gt, in.inside_eps);
+  };
+
+  acc_t vals[KMAX];
+  int32_t idxs[KMAX];
+  int count = 0;
+  for (int64_t a = lane; a < A; a += 32) {
+    acc_t t, u;
+    bool inside;
+    evaluate(a, t, u, inside);
+    if (in.inside_first && !inside) continue;
+    topk_insert(vals, idxs, static_cast<int>(K), &count, t, static_cast<int32_t>(a));
+  }
+
+  // Merge the 32 ranked lists: each round, the best head over the warp (a
+  // butterfly, so every lane agrees) is taken and its lane pops it.
+  const acc_t none_t = -std::numeric_limits<acc_t>::infinity();
+  const int32_t none_a = std::numeric_limits<int32_t>::max();
+  int head = 0;
+  for (int r = 0; r < K; ++r) {
+    const bool has = head < count;
+    acc_t best_t = has ? vals[head] : none_t;
+    int32_t best_a = has ? idxs[head] : none_a;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const acc_t other_t = __shfl_xor_sync(0xffffffffu, best_t, offset);
+      const int32_t other_a = __shfl_xor_sync(0xffffffffu, best_a, offset);
+      if (ranks_before(other_t, other_a, best_t, best_a)) {
+        best_t = other_t;
+        best_a = other_a;
+      }
+    }
+    if (best_a == none_a) break;  // every list is exhausted (uniform over the warp)
+    if (has && idxs[head] == best_a) ++head;
+    if (lane == 0) {
+      acc_t t, u;
+      bool inside;
+      evaluate(best_a, t, u, inside);
+      const int64_t slot = bg * K + r;
+      cand_idx[slot] = best_a;
+      cand_t[slot] = best_t;
+      cand_u[slot] = u;
+      cand_pos[slot] = in.inside_first || (best_t > acc_t(0) && inside);
+    }
+  }
+}
+
+template <typename acc_t>
+__global__ void tal_claim_kernel(const int32_t* __restrict__ cand_idx,
+                                 const acc_t* __restrict__ cand_u,
+                                 const bool* __restrict__ cand_pos, int64_t total, int64_t G,
+                                 int64_t K, int64_t A, unsigned long long* __restrict__ claims) {
+  for (int64_t i = global_thread<int64_t>(); i < total; i += grid_stride<int64_t>()) {
+    if (!cand_pos[i]) continue;
+    const int64_t bg = i / K;
+    const int64_t b = bg / G, g = bg - b * G;
+    atomicMax(claims + b * A + cand_idx[i],
+              static_cast<unsigned long long>(claim_key(cand_u[i], g)));
+  }
+}
+
+template <typename scalar_t>
+__global__ void tal_outputs_kernel(const int32_t* __restrict__ cand_idx,
+                                   const at::opmath_type<scalar_t>* __restrict__ cand_t,
+                                   const at::opmath_type<scalar_t>* __restrict__ cand_u,
+                                   const bool* __restrict__ cand_pos,
+                                   const unsigned long long* __restrict__ claims,
+                                   const int64_t* __restrict__ labels,
+                                   const scalar_t* __restrict__ gt_boxes, int64_t rows, int64_t G,
+                                   int64_t K, int64_t A, double norm_eps, int64_t* o_assigned,
+                                   bool* o_fg, int64_t* o_labels, scalar_t* o_boxes,
+                                   scalar_t* o_iou, scalar_t* o_metric, scalar_t* o_soft) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t bg = global_thread<int64_t>(); bg < rows; bg += grid_stride<int64_t>()) {
+    const int64_t b = bg / G, g = bg - b * G;
+    acc_t max_t = -std::numeric_limits<acc_t>::infinity(), max_u = max_t;
+    bool any = false;
+    for (int64_t s = 0; s < K; ++s) {
+      const int64_t i = bg * K + s;
+      if (!cand_pos[i] || claim_gt(claims[b * A + cand_idx[i]]) != g) continue;
+      any = true;
+      max_t = cand_t[i] > max_t ? cand_t[i] : max_t;
+      max_u = cand_u[i] > max_u ? cand_u[i] : max_u;
+    }
+    if (!any) continue;
+    const acc_t denom = max_t + static_cast<acc_t>(norm_eps);
+    for (int64_t s = 0; s < K; ++s) {
+      const int64_t i = bg * K + s;
+      if (!cand_pos[i] || claim_gt(claims[b * A + cand_idx[i]]) != g) continue;
+      const int64_t ba = b * A + cand_idx[i];
+      o_assigned[ba] = g;
+      o_fg[ba] = true;
+      o_labels[ba] = labels[bg];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) o_boxes[4 * ba + c] = gt_boxes[4 * bg + c];
+      o_iou[ba] = static_cast<scalar_t>(cand_u[i]);
+      o_metric[ba] = static_cast<scalar_t>(cand_t[i]);
+      o_soft[ba] = static_cast<scalar_t>(cand_t[i] * max_u / denom);
+    }
+  }
+}
+
+TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Tensor& pred_boxes,
+                                    const at::Tensor& anchor_points, const at::Tensor& gt_labels,
+                                    const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
+                                    int64_t topk, double alpha, double beta,
+                                    c10::string_view candidates, c10::string_view iou_mode,
+                                    double inside_eps, double norm_eps) {
+  TORCH_CHECK(topk <= kMaxTopkCuda, "task_aligned_assign on CUDA supports topk <= ",
+              kMaxTopkCuda, ", got ", topk);
+  const c10::cuda::CUDAGuard guard(pred_scores.device());
+  const TALArgs args = check_tal_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
+                                      gt_mask, topk, candidates, iou_mode);
+  const int64_t B = args.shape.batch, A = args.shape.num_anchors, G = args.shape.num_gts,
+                C = args.shape.num_classes;
+  TALOutputs out = background_outputs(pred_scores, gt_boxes, B, A);
+  if (B == 0 || A == 0 || G == 0) return out;
+  const int64_t K = std::min<int64_t>(topk, A);
+  const at::Tensor sc = pred_scores.contiguous(), pb = pred_boxes.contiguous(),
+                   ap = anchor_points.contiguous(), gl = gt_labels.contiguous(),
+                   gb = gt_boxes.contiguous(), gm = gt_mask.contiguous();
+  const auto acc_opts = sc.options().dtype(at::toOpMathType(sc.scalar_type()));
+  at::Tensor cand_idx = at::full({B, G, K}, -1, sc.options().dtype(at::kInt));
+  at::Tensor cand_pos = at::zeros({B, G, K}, sc.options().dtype(at::kBool));
+  at::Tensor cand_t = at::empty({B, G, K}, acc_opts);
+  at::Tensor cand_u = at::empty({B, G, K}, acc_opts);
+  at::Tensor claims = at::zeros({B, A}, sc.options().dtype(at::kLong));
+  auto* p_claims = reinterpret_cast<unsigned long long*>(claims.mutable_data_ptr<int64_t>());
+  const int64_t rows = B * G;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  auto& [assigned, fg, labels, boxes, ious, metrics, soft] = out;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(),
+                                  "task_aligned_assign_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Inputs<scalar_t> in{sc.const_data_ptr<scalar_t>(), pb.const_data_ptr<scalar_t>(),
+                              ap.const_data_ptr<scalar_t>(), gl.const_data_ptr<int64_t>(),
+                              gb.const_data_ptr<scalar_t>(), gm.const_data_ptr<bool>(),
+                              rows, G, A, C, static_cast<int>(K),
+                              args.candidates == Candidates::kInsideThenTopk,
+                              box_ops::make_metric_exponents<acc_t>(alpha, beta),
+                              acc_t(inside_eps), acc_t(kOverlapEps)};
+    box_ops::dispatch_iou_mode(args.mode, [&](auto mode_c) {
+      constexpr IoUMode kMode = decltype(mode_c)::value;
+      const int64_t blocks = (rows * 32 + kThreads - 1) / kThreads;
+      if (K <= 16) {
+        tal_candidates_kernel<scalar_t, kMode, 16><<<blocks, kThreads, 0, stream>>>(
+            in, cand_idx.mutable_data_ptr<int32_t>(), cand_t.mutable_data_ptr<acc_t>(),
+            cand_u.mutable_data_ptr<acc_t>(), cand_pos.mutable_data_ptr<bool>());
+      } else {
+        tal_candidates_kernel<scalar_t, kMode, kMaxTopkCuda><<<blocks, kThreads, 0, stream>>>(
+            in, cand_idx.mutable_data_ptr<int32_t>(), cand_t.mutable_data_ptr<acc_t>(),
+            cand_u.mutable_data_ptr<acc_t>(), cand_pos.mutable_data_ptr<bool>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    const int64_t total = rows * K;
+    tal_claim_kernel<acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        cand_idx.const_data_ptr<int32_t>(), cand_u.const_data_ptr<acc_t>(),
+        cand_pos.const_data_ptr<bool>(), total, G, K, A, p_claims);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    tal_outputs_kernel<scalar_t><<<num_blocks(rows), kThreads, 0, stream>>>(
+        cand_idx.const_data_ptr<int32_t>(), cand_t.const_data_ptr<acc_t>(),
+        cand_u.const_data_ptr<acc_t>(), cand_pos.const_data_ptr<bool>(), p_claims,
+        gl.const_data_ptr<int64_t>(), gb.const_data_ptr<scalar_t>(), rows, G, K, A, norm_eps,
+        assigned.mutable_data_ptr<int64_t>(), fg.mutable_data_ptr<bool>(),
+        labels.mutable_data_ptr<int64_t>(), boxes.mutable_data_ptr<scalar_t>(),
+        ious.mutable_data_ptr<scalar_t>(), metrics.mutable_data_ptr<scalar_t>(),
+        soft.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tood_ext, CUDA, m) {
+  m.impl("task_aligned_assign", &task_aligned_assign_cuda);
+}
+
+}  // namespace tal
+}  // namespace tood_ext

@@ -1,0 +1,53 @@
+"""Smoke test of the benchmark entry point: `python -m benchmarks --quick --device cpu`."""
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _expected_case_names() -> list:
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    harness = importlib.import_module("benchmarks.harness")
+    return [c.name for c in harness.collect_cases("cpu", quick=True)]
+
+
+def test_benchmarks_quick_cpu(tmp_path):
+    out_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--out", str(out_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+
+    jsons = glob.glob(str(out_dir / "cpu-*.json"))
+    assert len(jsons) == 1, f"expected one JSON result in {out_dir}, found {jsons}"
+    md = jsons[0][: -len(".json")] + ".md"
+    assert os.path.isfile(md), f"markdown report {md} missing"
+    assert "| case |" in open(md).read()
+
+    with open(jsons[0]) as f:
+        doc = json.load(f)
+    assert doc["device"] == "cpu" and doc["quick"] is True
+    assert doc["machine"]["tood_ext_build_info"]["ops_loaded"] is True
+    by_name = {c["name"]: c for c in doc["cases"]}
+    expected = _expected_case_names()
+    assert expected, "no benchmark case registered"
+    assert sorted(by_name) == sorted(expected)
+    for name, case in by_name.items():
+        assert "error" not in case, (name, case["error"])
+        assert "kernel" in case["impls"] and "reference" in case["impls"], name
+        for impl, entry in case["impls"].items():
+            assert "error" not in entry, (name, impl, entry)
+            assert entry["median_ms"] > 0, (name, impl)
+            assert 1 <= len(entry["times_ms"]) <= case["repeats"]
+            assert entry["peak_extra_mem_bytes"] is None or entry["peak_extra_mem_bytes"] >= 0
+        for ratio in case["ratios"].values():
+            assert ratio > 0

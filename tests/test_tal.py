@@ -1,0 +1,768 @@
+"""task_aligned_assign (TOOD's task-aligned assignment): the kernel op vs the pure-PyTorch
+reference, plus checks that do not trust the reference (a loop oracle, invariants of the outputs,
+hand-computed answers, ultralytics' assigner where installed).
+
+The op is imported lazily (tests skip while ``tood_ext/ops/tal.py`` does not exist).
+``TOOD_TAL_TEST_SELF=1`` points every test at the reference itself: the comparisons with the
+reference are then trivial, the oracle, invariants and hand-computed cases are not.
+
+Random inputs are drawn until they are *well posed*: no decision (the k-th/(k+1)-th place of a
+GT's ranking, the highest u of an anchor claimed by several GTs, t > 0) hinges on a difference
+below 1e-5 relative, which rounding could flip between two correct float32 implementations.
+Exact ties are kept (they are the point of several tests): equal inputs give equal values in
+any implementation, and the tie rules (lower anchor index, lower GT index) decide.
+
+Half types (CUDA only): the op and the reference both compute in float32 from the rounded
+inputs, so assignments are compared exactly on well-posed draws (the well-posedness check runs
+in float64 on the rounded inputs); the float outputs with the half type's TOL; the soft-target
+self-consistency check only on GTs whose largest t is >= 1e-2 (a smaller t rounded to half is too
+coarse for t / max t).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+
+from tood_ext._types import TALResult
+from tood_ext.reference.box_ops import alignment_metric as ref_metric
+from tood_ext.reference.tal import _positive_candidates
+from tood_ext.reference.tal import task_aligned_assign as ref_tal
+
+from conftest import DEVICES, HAS_CUDA, TOL, assert_close, dtypes_for, metric_inputs
+
+SELF_TEST = os.environ.get("TOOD_TAL_TEST_SELF") == "1"
+
+F64 = torch.float64
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+# the two published flavours and two mixed ones; alpha/beta/topk vary with them
+FLAVOURS = {
+    "mmdet": dict(),  # topk_then_inside, iou, topk 13, alpha 1, beta 6, eps 0.01 / 1e-7
+    "mmdet-ciou-a0.5": dict(iou_mode="ciou", alpha=0.5, beta=6.0),
+    "ultralytics": dict(candidates="inside_then_topk", iou_mode="ciou", inside_eps=1e-9,
+                        norm_eps=1e-9, topk=10, alpha=0.5, beta=6.0),  # v8DetectionLoss
+    "inside-iou": dict(candidates="inside_then_topk", topk=5, alpha=2.0, beta=2.5),
+}
+DEFAULTS = dict(topk=13, alpha=1.0, beta=6.0, candidates="topk_then_inside", iou_mode="iou",
+                inside_eps=0.01, norm_eps=1e-7)
+FIELDS = TALResult._fields
+EXACT_FIELDS = ("assigned_gt", "fg_mask", "labels", "boxes")
+FLOAT_FIELDS = ("iou", "metric", "soft_target")
+
+
+def _kw(kw: dict) -> dict:
+    return {**DEFAULTS, **kw}
+
+
+def _load_op():
+    """The op under test: tood_ext.ops.tal.task_aligned_assign (the reference in self-test mode)."""
+    if SELF_TEST:
+        return ref_tal
+    if importlib.util.find_spec("tood_ext.ops.tal") is None:
+        pytest.skip("tood_ext.ops.tal does not exist yet")
+    return importlib.import_module("tood_ext.ops.tal").task_aligned_assign
+
+
+@pytest.fixture
+def tal_op():
+    return _load_op()
+
+
+def _dispatcher_op():
+    if SELF_TEST:
+        pytest.skip("self-test mode: the reference has no dispatcher op")
+    _load_op()  # the Python module registers the fake kernel
+    try:
+        return torch.ops.tood_ext.task_aligned_assign.default
+    except (AttributeError, RuntimeError):
+        pytest.skip("torch.ops.tood_ext.task_aligned_assign is not registered")
+
+
+def _to(inputs, dtype=None, device=None):
+    return tuple(t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                 for t in inputs)
+
+
+def _cpu64(inputs):
+    return _to([t.detach() for t in inputs], F64, "cpu")
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in HALF_TYPES else dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# well-posedness, oracle, invariants
+# ---------------------------------------------------------------------------------------------
+
+
+def _ambiguities(inputs, kw, rel: float = 1e-5) -> int:
+    """Number of decisions that a relative difference of ``rel`` in t or u could flip."""
+    kw = _kw(kw)
+    ps, pb, ap, gl, gb, gm = _cpu64(inputs)
+    B, A, _ = ps.shape
+    if B == 0 or A == 0 or gl.shape[1] == 0:
+        return 0
+    t, u, inside = ref_metric(ps, pb, ap, gl, gb, gm, alpha=kw["alpha"], beta=kw["beta"],
+                              iou_mode=kw["iou_mode"], inside_eps=kw["inside_eps"])
+    eligible = ~torch.isnan(t) & gm[:, :, None]
+    if kw["candidates"] == "inside_then_topk":
+        eligible &= inside
+    key = torch.where(eligible, t, torch.full_like(t, -math.inf))
+    k = kw["topk"]
+    top = key.topk(min(k + 1, A), dim=-1).values
+    bad = int(((top > 0) & (top < 1e-36)).sum())  # near float32 underflow (FLT_MIN 1.2e-38)
+    if A > k:
+        a, b = top[..., k - 1], top[..., k]
+        bad += int(((a != b) & (b > -math.inf) & (a - b <= rel * a.abs())).sum())
+    pos = _positive_candidates(t, inside, gm, k, kw["candidates"])
+    if gl.shape[1] >= 2:
+        uu = torch.where(pos, u, torch.full_like(u, -1.0)).topk(2, dim=1).values  # (B, 2, A)
+        u1, u2 = uu[:, 0], uu[:, 1]
+        bad += int(((u2 >= 0) & (u1 != u2) & (u1 - u2 <= rel * u1)).sum())
+    return bad
+
+
+def _draw(make, kw, dtype, device, tries: int = 25):
+    """Inputs from ``make()`` (float64, CPU), cast, until they are well posed at ``dtype``."""
+    for _ in range(tries):
+        inputs = _to(make(), dtype, device)
+        if _ambiguities(inputs, kw) == 0:
+            return inputs
+    raise AssertionError(f"no well-posed draw in {tries} tries")
+
+
+def _oracle(inputs, kw):
+    """Assignment by plain loops, independent of the reference's tensor algorithm (it shares
+    only alignment_metric, evaluated in the op's compute dtype). Returns (assigned (B, A) list,
+    soft_target (B, A) list of float, t, u as nested lists)."""
+    kw = _kw(kw)
+    cdt = _compute_dtype(inputs[0].dtype)
+    ps, pb, ap, gl, gb, gm = _to([x.detach() for x in inputs], cdt, "cpu")
+    B, A, _ = ps.shape
+    G = gl.shape[1]
+    if B == 0 or A == 0 or G == 0:
+        return [[-1] * A for _ in range(B)], [[0.0] * A for _ in range(B)], None, None
+    t, u, inside = ref_metric(ps, pb, ap, gl, gb, gm, alpha=kw["alpha"], beta=kw["beta"],
+                              iou_mode=kw["iou_mode"], inside_eps=kw["inside_eps"])
+    T, U, U32, IN, M = t.tolist(), u.tolist(), u.float().tolist(), inside.tolist(), gm.tolist()
+    k, mode = kw["topk"], kw["candidates"]
+    assigned, soft = [], []
+    for b in range(B):
+        claims = [[] for _ in range(A)]
+        for g in range(G):
+            if not M[b][g]:
+                continue
+            tg, ig = T[b][g], IN[b][g]
+            ranked = [a for a in range(A) if not math.isnan(tg[a])
+                      and (mode == "topk_then_inside" or ig[a])]
+            ranked.sort(key=lambda a: -tg[a])  # list.sort is stable: ties keep index order
+            for a in ranked[:k]:
+                if mode == "inside_then_topk" or (tg[a] > 0 and ig[a]):
+                    claims[a].append(g)
+        row = [max(c, key=lambda g: (U32[b][g][a], -g)) if c else -1
+               for a, c in enumerate(claims)]
+        max_t, max_u = {}, {}
+        for a, g in enumerate(row):
+            if g >= 0:
+                max_t[g] = max(max_t.get(g, -math.inf), T[b][g][a])
+                max_u[g] = max(max_u.get(g, -math.inf), U[b][g][a])
+        soft.append([T[b][g][a] * max_u[g] / (max_t[g] + kw["norm_eps"]) if g >= 0 else 0.0
+                     for a, g in enumerate(row)])
+        assigned.append(row)
+    return assigned, soft, T, U
+
+
+def _check_format(out, inputs):
+    ps, pb, ap, gl, gb, gm = inputs
+    B, A, _ = ps.shape
+    assert isinstance(out, TALResult), type(out)
+    want = {"assigned_gt": ((B, A), torch.int64), "fg_mask": ((B, A), torch.bool),
+            "labels": ((B, A), torch.int64), "boxes": ((B, A, 4), gb.dtype),
+            "iou": ((B, A), ps.dtype), "metric": ((B, A), ps.dtype),
+            "soft_target": ((B, A), ps.dtype)}
+    for name, (shape, dtype) in want.items():
+        x = getattr(out, name)
+        assert tuple(x.shape) == shape and x.dtype == dtype, (name, x.shape, x.dtype)
+        assert x.device == ps.device, name
+        assert not x.requires_grad, name
+
+
+def _check_invariants(out, inputs, kw):
+    """Properties every correct result has, read off the outputs and the inputs alone."""
+    kw = _kw(kw)
+    ps, pb, ap, gl, gb, gm = [x.detach() for x in inputs]
+    B, A, _ = ps.shape
+    G = gl.shape[1]
+    fg, ag = out.fg_mask, out.assigned_gt
+    assert torch.equal(fg, ag >= 0), "fg_mask != (assigned_gt >= 0)"
+    assert bool((ag >= -1).all()) and bool((ag < max(G, 1)).all())
+    bg = ~fg
+    assert bool((out.labels[bg] == -1).all()) and bool((out.boxes[bg] == 0).all())
+    for name in FLOAT_FIELDS:
+        assert bool((getattr(out, name)[bg] == 0).all()), f"{name} not 0 on background"
+    if not bool(fg.any()):
+        return
+    idx = ag.clamp(min=0)
+    assert bool(gm.gather(1, idx)[fg].all()), "an anchor is assigned to a padding GT"
+    assert torch.equal(out.labels[fg], gl.gather(1, idx)[fg])
+    assert torch.equal(out.boxes[fg], gb.gather(1, idx[..., None].expand(B, A, 4))[fg])
+    counts = torch.zeros(B, G, dtype=torch.int64, device=ag.device).scatter_add_(
+        1, idx, fg.long())
+    assert int(counts.max()) <= kw["topk"], "a GT holds more than topk anchors"
+    # the centre of every positive is inside its GT; t > 0 for topk_then_inside
+    cdt = _compute_dtype(ps.dtype)
+    box = gb.gather(1, idx[..., None].expand(B, A, 4)).to(cdt)
+    pts = ap.to(cdt)[None].expand(B, A, 2)
+    margin = torch.cat([pts - box[..., :2], box[..., 2:] - pts], -1).amin(-1)
+    assert bool((margin[fg] > kw["inside_eps"]).all()), "a positive's centre is outside its GT"
+    half = ps.dtype in HALF_TYPES
+    if kw["candidates"] == "topk_then_inside" and not half:  # a tiny t may round to 0 in half
+        assert bool((out.metric[fg] > 0).all()), "a topk_then_inside positive has t <= 0"
+    # soft_target = t * max u / (max t + eps) over the GT's positives, from the op's own outputs
+    t, u = out.metric.double(), out.iou.double()
+    ninf = torch.full((B, G), -math.inf, dtype=F64, device=t.device)
+    max_t = ninf.scatter_reduce(1, idx, t.where(fg, -math.inf), "amax")
+    max_u = ninf.scatter_reduce(1, idx, u.where(fg, -math.inf), "amax")
+    expected = t * max_u.gather(1, idx) / (max_t.gather(1, idx) + kw["norm_eps"])
+    expected = expected.where(fg, 0.0)
+    # half types: t rounded to half is too coarse below ~1e-2 for t / max_t to be checked
+    check = ~fg | (max_t.gather(1, idx) >= 1e-2) if half else torch.ones_like(fg)
+    assert_close(out.soft_target[check], expected[check], dtype=ps.dtype,
+                 msg="soft_target self-consistency")
+    assert bool((out.soft_target[fg] >= 0).all())
+    rtol, atol = TOL[ps.dtype]
+    assert bool((out.soft_target.double() <= max_u.gather(1, idx) * (1 + rtol) + atol)[fg].all())
+
+
+def _explain(name, got, want, inputs):
+    diff = (got != want)
+    if diff.dim() == 3:
+        diff = diff.any(-1)
+    where = diff.nonzero()[:8].tolist()
+    return (f"{name} differs at {int(diff.sum())} anchors, first (b, a): {where}; "
+            f"got {[got[b][a].tolist() for b, a in where]}, "
+            f"want {[want[b][a].tolist() for b, a in where]}")
+
+
+def _check_equal_assignment(out, exp, inputs, what="reference"):
+    for name in EXACT_FIELDS:
+        got, want = getattr(out, name), getattr(exp, name)
+        assert torch.equal(got, want), f"vs {what}: " + _explain(name, got, want, inputs)
+
+
+def _check_against_oracle(out, inputs, kw):
+    assigned, soft, T, U = _oracle(inputs, kw)
+    got = out.assigned_gt.cpu()
+    want = torch.tensor(assigned, dtype=torch.int64).reshape(got.shape)
+    assert torch.equal(got, want), "vs oracle: " + _explain("assigned_gt", got, want, inputs)
+    dtype = inputs[0].dtype
+    exp_soft = torch.tensor(soft, dtype=F64).reshape(got.shape)
+    assert_close(out.soft_target.cpu(), exp_soft, dtype=dtype, msg="soft_target vs oracle")
+    if T is not None:
+        B, A = got.shape
+        exp_t = torch.tensor([[T[b][g][a] if g >= 0 else 0.0 for a, g in enumerate(row)]
+                              for b, row in enumerate(assigned)], dtype=F64).reshape(B, A)
+        exp_u = torch.tensor([[U[b][g][a] if g >= 0 else 0.0 for a, g in enumerate(row)]
+                              for b, row in enumerate(assigned)], dtype=F64).reshape(B, A)
+        assert_close(out.metric.cpu(), exp_t, dtype=dtype, msg="metric vs oracle")
+        assert_close(out.iou.cpu(), exp_u, dtype=dtype, msg="iou vs oracle")
+
+
+def _run_and_check(op, inputs, kw, oracle=True):
+    """The op vs the reference (same dtype: exact assignment; float outputs vs a float64
+    reference within TOL), invariants, and (optionally) the loop oracle."""
+    out = op(*inputs, **kw)
+    _check_format(out, inputs)
+    exp = ref_tal(*inputs, **kw)
+    _check_equal_assignment(out, exp, inputs)
+    exp64 = exp if inputs[0].dtype == F64 else ref_tal(*_to(inputs, F64), **kw)
+    same = all(torch.equal(getattr(exp, n), getattr(exp64, n).to(getattr(exp, n).dtype))
+               for n in ("assigned_gt", "fg_mask"))
+    base = exp64 if same else exp  # well-posed draws make `same` true; exact ties too
+    for name in FLOAT_FIELDS:
+        assert_close(getattr(out, name), getattr(base, name), dtype=inputs[0].dtype, msg=name)
+    _check_invariants(out, inputs, kw)
+    if oracle:
+        _check_against_oracle(out, inputs, kw)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# scenarios (float64 CPU inputs; cast by _draw)
+# ---------------------------------------------------------------------------------------------
+
+
+def _sparse(gen):  # B = 1, a few GTs
+    return metric_inputs(gen, 1, 400, 5, 4, dtype=F64)
+
+
+def _moderate(gen):
+    return metric_inputs(gen, 2, 2000, 20, 60, dtype=F64)
+
+
+def _crowded(gen):  # G = 500 on 256 anchors
+    return metric_inputs(gen, 2, 256, 6, 500, dtype=F64, pad_frac=0.1)
+
+
+def _overlapping(gen):
+    """Groups of 4 GTs: a box, an exact copy (same label), an exact copy of another label, a
+    copy jittered by up to 2 px: conflicts everywhere, exact u ties among the copies."""
+    ps, pb, ap, gl, gb, gm = metric_inputs(gen, 2, 600, 4, 48, dtype=F64, pad_frac=0.0)
+    gb, gl, gm = gb.clone(), gl.clone(), gm.clone()
+    gb[:, 1::4] = gb[:, 0::4]
+    gl[:, 1::4] = gl[:, 0::4]
+    gb[:, 2::4] = gb[:, 0::4]
+    gl[:, 2::4] = (gl[:, 0::4] + 1) % 4
+    gb[:, 3::4] = gb[:, 0::4] + (torch.rand(2, 12, 4, generator=gen, dtype=F64) * 4 - 2)
+    gm[:, 5] = False  # a padding copy, junk label
+    gl[:, 5] = 99
+    return ps, pb, ap, gl, gb, gm
+
+
+def _ties(gen):
+    """Anchors on a 20 x 20 grid, two predicted boxes shared by all anchors, scores in
+    {0, .25, .5, .75, 1}: many exactly equal t; duplicated GTs: exactly equal u."""
+    B, C, G = 2, 3, 16
+    xs = torch.arange(20, dtype=F64) * 10 + 5
+    gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+    ap = torch.stack([gx.flatten(), gy.flatten()], -1)  # (400, 2)
+    A = ap.shape[0]
+    shapes = torch.tensor([[60.0, 60.0, 140.0, 140.0], [20.0, 100.0, 100.0, 180.0]], dtype=F64)
+    pb = shapes[torch.arange(A) % 2][None].expand(B, A, 4).clone()
+    ps = torch.randint(0, 5, (B, A, C), generator=gen).to(F64) / 4
+    xy = torch.randint(0, 16, (B, G, 2), generator=gen).to(F64) * 10
+    wh = torch.randint(3, 9, (B, G, 2), generator=gen).to(F64) * 10
+    gb = torch.cat([xy, xy + wh], -1)
+    gb[:, 8:12] = gb[:, 0:4]  # exact duplicates
+    gl = torch.randint(0, C, (B, G), generator=gen)
+    gm = torch.ones(B, G, dtype=torch.bool)
+    gm[:, -1] = False
+    gl[:, -1] = -3
+    return ps, pb, ap, gl, gb, gm
+
+
+def _small_a(gen):  # A = 4 < topk
+    return metric_inputs(gen, 3, 4, 4, 5, dtype=F64, pad_frac=0.2)
+
+
+def _padding(gen):  # mostly padding, image 0 padding only
+    ps, pb, ap, gl, gb, gm = metric_inputs(gen, 3, 300, 4, 12, dtype=F64, pad_frac=0.7)
+    gm = gm.clone()
+    gm[0] = False
+    return ps, pb, ap, gl, gb, gm
+
+
+def _zero_scores(gen):
+    """Scores exactly 0: every third anchor, and all of class 0."""
+    ps, pb, ap, gl, gb, gm = metric_inputs(gen, 2, 500, 3, 10, dtype=F64, pad_frac=0.1)
+    ps = ps.clone()
+    ps[:, ::3] = 0.0
+    ps[..., 0] = 0.0
+    return ps, pb, ap, gl, gb, gm
+
+
+def _zero_area(gen):
+    """GTs 0-2 of each image degenerate: zero width, a point, negative height."""
+    ps, pb, ap, gl, gb, gm = metric_inputs(gen, 2, 500, 3, 8, dtype=F64, pad_frac=0.0)
+    gb = gb.clone()
+    gb[:, 0, 2] = gb[:, 0, 0]
+    gb[:, 1, 2:] = gb[:, 1, :2]
+    gb[:, 2, 3] = gb[:, 2, 1] - 5
+    return ps, pb, ap, gl, gb, gm
+
+
+SCENARIOS = {
+    "sparse-B1": _sparse, "moderate": _moderate, "crowded-G500": _crowded,
+    "overlapping": _overlapping, "ties": _ties, "A<topk": _small_a, "padding": _padding,
+    "zero-scores": _zero_scores, "zero-area": _zero_area,
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_matches_reference(gen, tal_op, device, flavour, scenario):
+    kw = FLAVOURS[flavour]
+    for dtype in dtypes_for(device):
+        inputs = _draw(lambda: SCENARIOS[scenario](gen), kw, dtype, device)
+        # the loop oracle once per case (float64; the float32 run is checked against the
+        # reference, which the oracle checks)
+        out = _run_and_check(tal_op, inputs, kw, oracle=dtype == F64)
+        if scenario == "zero-area":
+            assert not bool(((out.assigned_gt >= 0) & (out.assigned_gt <= 2)).any())
+        if scenario == "padding":
+            assert not bool(out.fg_mask[0].any())
+        if scenario == "zero-scores" and kw.get("candidates") != "inside_then_topk":
+            assert not bool(out.fg_mask[:, ::3].any())  # t = 0 is never positive
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-computed cases
+# ---------------------------------------------------------------------------------------------
+
+
+def _hand_inputs(device, dtype=F64):
+    """1 image, 2 GTs, 6 anchors; alpha = beta = 1 so that t = s * IoU by hand.
+
+    GT0 = [0, 0, 4, 4] (class 1), GT1 = [2, 0, 6, 4] (class 0). Centres inside (margin 0.01):
+    GT0: a0, a1, a3, a5; GT1: a1, a2, a3.
+    IoU (GT0, GT1): a0 (1, 1/3), a1 (3/11, 3/4), a2 (1/5, 1/2), a3 (1, 1/3), a4 (1, 1/3),
+    a5 (1/2, 0).
+    t for GT0 (scores of class 1 .5 .9 .2 .8 .9 1): .5, 27/110, .04, .8, .9, .5
+    t for GT1 (scores of class 0 .6 .3 .6 .75 .5 0): .2, .225, .3, .25, 1/6, 0
+    """
+    pts = torch.tensor([[1, 2], [3, 2], [5, 2], [3, 1], [7, 2], [1, 1]], dtype=dtype)
+    pb = torch.tensor([[0, 0, 4, 4], [2, 1, 6, 4], [2, 0, 6, 2], [0, 0, 4, 4], [0, 0, 4, 4],
+                       [0, 0, 2, 4]], dtype=dtype)[None]
+    ps = torch.tensor([[0.6, 0.5], [0.3, 0.9], [0.6, 0.2], [0.75, 0.8], [0.5, 0.9],
+                       [0.0, 1.0]], dtype=dtype)[None]
+    gb = torch.tensor([[[0, 0, 4, 4], [2, 0, 6, 4]]], dtype=dtype)
+    gl = torch.tensor([[1, 0]])
+    gm = torch.ones(1, 2, dtype=torch.bool)
+    return _to((ps, pb, pts, gl, gb, gm), dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("candidates", ["topk_then_inside", "inside_then_topk"])
+def test_hand_computed_case(tal_op, device, candidates):
+    eps = 1e-7
+    if candidates == "topk_then_inside":
+        # GT0 top-3 of all: a4 (.9), a3 (.8), then a0 and a5 tie at .5 -> a0 (lower index);
+        #   a4 is outside -> candidates a3, a0.  GT1 top-3: a2 (.3), a3 (.25), a1 (.225).
+        # a3 claimed by both: IoU 1 (GT0) > 1/3 (GT1) -> GT0.
+        assigned = [0, 1, 1, 0, -1, -1]
+        # GT0 positives a0 (t .5, u 1), a3 (.8, 1); GT1 a1 (.225, .75), a2 (.3, .5)
+        soft = [0.5 * 1 / (0.8 + eps), 0.225 * 0.75 / (0.3 + eps), 0.3 * 0.75 / (0.3 + eps),
+                0.8 * 1 / (0.8 + eps), 0.0, 0.0]
+        iou = [1.0, 0.75, 0.5, 1.0, 0.0, 0.0]
+        metric = [0.5, 0.225, 0.3, 0.8, 0.0, 0.0]
+    else:
+        # GT0 top-3 of its inside a0 (.5), a1 (27/110), a3 (.8), a5 (.5): a3, a0, a5 (tie .5,
+        # a0 first). GT1: all 3 inside a1, a2, a3. a3 -> GT0 (IoU 1 > 1/3).
+        assigned = [0, 1, 1, 0, -1, 0]
+        soft = [0.5 / (0.8 + eps), 0.225 * 0.75 / (0.3 + eps), 0.3 * 0.75 / (0.3 + eps),
+                0.8 / (0.8 + eps), 0.0, 0.5 / (0.8 + eps)]
+        iou = [1.0, 0.75, 0.5, 1.0, 0.0, 0.5]
+        metric = [0.5, 0.225, 0.3, 0.8, 0.0, 0.5]
+    labels = [[1, 0][g] if g >= 0 else -1 for g in assigned]
+    for dtype in (F64, torch.float32):
+        inputs = _hand_inputs(device, dtype)
+        out = tal_op(*inputs, topk=3, alpha=1.0, beta=1.0, candidates=candidates)
+        _check_format(out, inputs)
+        assert out.assigned_gt.tolist() == [assigned]
+        assert out.labels.tolist() == [labels]
+        assert out.fg_mask.tolist() == [[g >= 0 for g in assigned]]
+        tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-6, atol=1e-7)
+        for name, want in (("soft_target", soft), ("iou", iou), ("metric", metric)):
+            torch.testing.assert_close(getattr(out, name).cpu().double(),
+                                       torch.tensor([want], dtype=F64), **tol, msg=name)
+        gt_boxes = inputs[4][0].cpu()
+        for a, g in enumerate(assigned):
+            want_box = gt_boxes[g] if g >= 0 else torch.zeros(4, dtype=dtype)
+            assert torch.equal(out.boxes[0, a].cpu(), want_box)
+        # topk = 13 > the inside counts: inside_then_topk takes every inside anchor; a1 is
+        # claimed by GT0 (IoU 3/11) and GT1 (3/4) -> GT1
+        if candidates == "inside_then_topk":
+            out = tal_op(*inputs, topk=13, alpha=1.0, beta=1.0, candidates=candidates)
+            assert out.assigned_gt.tolist() == [[0, 1, 1, 0, -1, 0]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("candidates", ["topk_then_inside", "inside_then_topk"])
+def test_exact_ties_go_to_lower_indices(tal_op, device, candidates):
+    """30 anchors on a line, the first 5 outside the GT, every t exactly equal: the k slots go
+    to the lowest anchor indices; a duplicate GT (same label) loses every anchor to GT 0."""
+    A = 30
+    x = torch.cat([torch.full((5,), -5.0), torch.linspace(1, 99, A - 5)]).double()
+    pts = torch.stack([x, torch.full((A,), 5.0, dtype=F64)], -1)
+    box = torch.tensor([0.0, 0.0, 100.0, 10.0], dtype=F64)
+    pb = box.expand(1, A, 4).clone()
+    ps = torch.full((1, A, 2), 0.5, dtype=F64)
+    gb = box.expand(1, 2, 4).clone()
+    gl = torch.tensor([[1, 1]])
+    gm = torch.ones(1, 2, dtype=torch.bool)
+    inputs = _to((ps, pb, pts, gl, gb, gm), F64, device)
+    out = tal_op(*inputs, topk=13, candidates=candidates)
+    # inside_then_topk: the first 13 inside anchors (5..17); topk_then_inside: the first 13 of
+    # all anchors (0..12), of which the outside ones (0..4) are dropped
+    stop = 18 if candidates == "inside_then_topk" else 13
+    want = [0 if 5 <= a < stop else -1 for a in range(A)]
+    assert out.assigned_gt[0].tolist() == want
+    fg = out.fg_mask[0]
+    torch.testing.assert_close(out.soft_target[0][fg].cpu(),
+                               torch.full((int(fg.sum()),), 0.5 / (0.5 + 1e-7), dtype=F64))
+    _check_invariants(out, inputs, dict(candidates=candidates))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("candidates", ["topk_then_inside", "inside_then_topk"])
+def test_nan_metric_is_never_a_candidate(tal_op, device, candidates):
+    """Anchors 0-2 have NaN predicted boxes (t = NaN): never ranked, never positive; the
+    other anchors (all equal) fill the k slots in index order."""
+    A = 20
+    pts = torch.stack([torch.linspace(1, 99, A), torch.full((A,), 5.0)], -1).double()
+    box = torch.tensor([0.0, 0.0, 100.0, 10.0], dtype=F64)
+    pb = box.expand(1, A, 4).clone()
+    pb[0, :3] = float("nan")
+    ps = torch.full((1, A, 1), 0.5, dtype=F64)
+    inputs = _to((ps, pb, pts, torch.zeros(1, 1, dtype=torch.int64), box.expand(1, 1, 4),
+                  torch.ones(1, 1, dtype=torch.bool)), F64, device)
+    out = tal_op(*inputs, topk=5, candidates=candidates)
+    assert out.assigned_gt[0].tolist() == [0 if 3 <= a < 8 else -1 for a in range(A)]
+    assert bool(torch.isfinite(out.soft_target).all()) and bool(torch.isfinite(out.iou).all())
+    _check_against_oracle(out, inputs, dict(topk=5, candidates=candidates))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_zero_scores(tal_op, device, gen):
+    """t = 0 everywhere: topk_then_inside assigns nothing; inside_then_topk takes the first k
+    inside anchors of each GT (index order), with soft target 0 and their true IoU."""
+    ps, pb, ap, gl, gb, gm = metric_inputs(gen, 2, 300, 3, 6, dtype=F64, pad_frac=0.0)
+    inputs = _to((torch.zeros_like(ps), pb, ap, gl, gb, gm), F64, device)
+    out = tal_op(*inputs)
+    assert not bool(out.fg_mask.any())
+    out = tal_op(*inputs, candidates="inside_then_topk", topk=4)
+    _, _, inside = ref_metric(*_cpu64(inputs))
+    first = inside.long().cumsum(-1) <= 4  # (B, G, A) the first 4 inside anchors of each GT
+    claimed = (inside & first).any(1)
+    assert torch.equal(out.fg_mask.cpu(), claimed)
+    assert bool((out.soft_target == 0).all())
+    _check_against_oracle(out, inputs, dict(candidates="inside_then_topk", topk=4))
+
+
+# ---------------------------------------------------------------------------------------------
+# empty and degenerate shapes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 50, 3, 0), (0, 50, 3, 4), (2, 0, 3, 4), (0, 0, 3, 0),
+                                   (1, 50, 3, 5), (3, 1, 1, 1)], ids=str)
+@pytest.mark.parametrize("flavour", ["mmdet", "ultralytics"])
+def test_empty_and_tiny_inputs(gen, tal_op, device, shape, flavour):
+    B, A, C, G = shape
+    kw = FLAVOURS[flavour]
+    for dtype in dtypes_for(device):
+        inputs = _draw(lambda: metric_inputs(gen, B, A, C, G, dtype=F64), kw, dtype, device)
+        out = _run_and_check(tal_op, inputs, kw, oracle=dtype == F64)
+        if G == 0 or B == 0 or A == 0:
+            assert not bool(out.fg_mask.any())
+        # every GT padding: all background
+        pad = list(inputs)
+        pad[5] = torch.zeros_like(inputs[5])
+        pad[3] = torch.full_like(inputs[3], -1)  # junk labels of padding GTs are ignored
+        out = tal_op(*pad, **kw)
+        _check_format(out, pad)
+        assert not bool(out.fg_mask.any()) and bool((out.assigned_gt == -1).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(gen, tal_op, device):
+    ps, pb, ap, gl, gb, gm = metric_inputs(gen, 2, 300, 5, 9, dtype=F64)
+    strided = (ps.transpose(1, 2).contiguous().transpose(1, 2),  # (B, A, C) from (B, C, A)
+               torch.cat([pb, pb], -1)[..., :4], ap.t().contiguous().t(),
+               gl.t().contiguous().t(), gb.permute(2, 0, 1).contiguous().permute(1, 2, 0),
+               gm.t().contiguous().t())
+    assert not any(t.is_contiguous() for t in strided)
+    for kw in (FLAVOURS["mmdet"], FLAVOURS["ultralytics"]):
+        a = tal_op(*_to(strided, device=device), **kw)
+        b = tal_op(*_to((ps, pb, ap, gl, gb, gm), device=device), **kw)
+        for name in FIELDS:
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+# ---------------------------------------------------------------------------------------------
+# autograd, dispatcher, compile
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inputs_requiring_grad_give_outputs_without_grad(gen, tal_op, device):
+    inputs = [t.to(device) for t in metric_inputs(gen, 2, 80, 4, 5)]
+    for i in (0, 1, 2, 4):
+        inputs[i] = inputs[i].clone().requires_grad_()
+    out = tal_op(*inputs)
+    for name in FIELDS:
+        x = getattr(out, name)
+        assert not x.requires_grad and x.grad_fn is None, name
+    plain = tal_op(*[t.detach() for t in inputs])
+    for name in FIELDS:
+        assert torch.equal(getattr(out, name), getattr(plain, name)), name
+
+
+def _schema_args(inputs, kw):
+    kw = _kw(kw)
+    return (*inputs, kw["topk"], kw["alpha"], kw["beta"], kw["candidates"], kw["iou_mode"],
+            kw["inside_eps"], kw["norm_eps"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(gen, device):
+    op = _dispatcher_op()
+    inputs = list(metric_inputs(gen, 2, 40, 5, 6, dtype=F64, device=device))
+    for kw in FLAVOURS.values():
+        torch.library.opcheck(op, _schema_args(inputs, kw))
+    empty = list(metric_inputs(gen, 2, 40, 5, 0, dtype=F64, device=device))
+    torch.library.opcheck(op, _schema_args(empty, {}))
+    inputs[0] = inputs[0].clone().requires_grad_()
+    inputs[1] = inputs[1].clone().requires_grad_()
+    torch.library.opcheck(op, _schema_args(inputs, FLAVOURS["ultralytics"]))
+
+
+def test_torch_compile_fullgraph_matches_eager(gen, tal_op):
+    if SELF_TEST:
+        pytest.skip("the reference validates labels with data-dependent Python control flow")
+    inputs = metric_inputs(gen, 2, 64, 3, 5)
+
+    def assign(*args):
+        mm = tal_op(*args, topk=4)
+        ul = tal_op(*args, **FLAVOURS["ultralytics"])
+        return mm, ul, mm.soft_target.sum() + ul.soft_target.sum()
+
+    eager = assign(*inputs)
+    torch._dynamo.reset()
+    compiled = torch.compile(assign, fullgraph=True)
+    got = compiled(*inputs)
+    for g, e in zip(got[:2], eager[:2]):
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(g, name), getattr(e, name), rtol=1e-6,
+                                       atol=1e-7, msg=name)
+    torch.testing.assert_close(got[2], eager[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_errors(gen, tal_op):
+    args = list(metric_inputs(gen, 2, 30, 4, 3, pad_frac=0))
+
+    def call(i, value, pattern, exc=RuntimeError, **kw):
+        bad = list(args)
+        if i is not None:
+            bad[i] = value
+        with pytest.raises(exc, match=pattern):
+            tal_op(*bad, **kw)
+
+    call(None, None, "topk must be >= 1", ValueError, topk=0)
+    call(None, None, "topk must be >= 1", ValueError, topk=-3)
+    call(None, None, "candidates", ValueError, candidates="topk")
+    call(None, None, "iou_mode must be one of", ValueError, iou_mode="eiou")
+    call(0, args[0][0], r"pred_scores must have shape \(B, A, C\)")
+    call(1, args[1][:, :20], r"pred_boxes must have shape \(B, A, 4\)")
+    call(2, args[2][:, :1], r"anchor_points must have shape \(A, 2\)")
+    call(3, args[3][:1], r"gt_labels must have shape \(B, G\)")
+    call(3, args[3].int(), "gt_labels must be int64")
+    call(4, args[4][..., :3], r"gt_boxes must have shape \(B, G, 4\)")
+    call(5, args[5][:, :2], r"gt_mask must have shape \(B, G\)")
+    call(5, args[5].float(), "gt_mask must be bool")
+    labels = args[3].clone()
+    labels[1, 2] = 4
+    call(3, labels, r"gt_labels holds class 4", (IndexError, RuntimeError))
+    labels[1, 2] = -1
+    call(3, labels, r"gt_labels holds class -1", (IndexError, RuntimeError))
+    # ... but any label is fine on a padding GT
+    mask = args[5].clone()
+    mask[1, 2] = False
+    ok = list(args)
+    ok[3], ok[5] = labels, mask
+    tal_op(*ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU vs CUDA
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_cpu_and_cuda_agree(gen, tal_op, flavour):
+    kw = FLAVOURS[flavour]
+    for make in (_moderate, _overlapping, _ties):
+        inputs = _draw(lambda: make(gen), kw, F64, "cpu")
+        cpu = tal_op(*inputs, **kw)
+        gpu = tal_op(*_to(inputs, device="cuda"), **kw)
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(gpu, name).cpu(), getattr(cpu, name),
+                                       rtol=1e-12, atol=1e-12, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# ultralytics
+# ---------------------------------------------------------------------------------------------
+
+
+def _ultralytics_inputs(gen, B, C, G, disjoint, n_pad=2):
+    """A 256 x 256 image, anchors on a stride-8 grid (A = 1024), GT sides >= 40 px (no
+    widening of small GTs in ultralytics' inside test), the last ``n_pad`` GT slots padding
+    (label 0, zero box, as ultralytics pads). Disjoint: GT i in its own cell of a 3 x 2 tiling."""
+    xs = torch.arange(32, dtype=F64) * 8 + 4
+    gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+    ap = torch.stack([gx.flatten(), gy.flatten()], -1)
+    A = ap.shape[0]
+    n = G - n_pad
+    wh = 40 + torch.rand(B, n, 2, generator=gen, dtype=F64) * 40
+    if disjoint:
+        assert n <= 6
+        cell = torch.tensor([[256 / 3 * (i % 3), 128.0 * (i // 3)] for i in range(n)], dtype=F64)
+        cell_wh = torch.tensor([256 / 3, 128.0], dtype=F64)
+        xy = cell + torch.rand(B, n, 2, generator=gen, dtype=F64) * (cell_wh - wh)
+    else:
+        xy = torch.rand(B, n, 2, generator=gen, dtype=F64) * (256 - wh)
+    gb = torch.cat([torch.cat([xy, xy + wh], -1), torch.zeros(B, n_pad, 4, dtype=F64)], 1)
+    gl = torch.cat([torch.randint(0, C, (B, n), generator=gen),
+                    torch.zeros(B, n_pad, dtype=torch.int64)], 1)
+    gm = torch.arange(G)[None].expand(B, G) < n
+    half = 15 + torch.rand(B, A, 2, generator=gen, dtype=F64) * 25
+    centre = ap[None] + torch.randn(B, A, 2, generator=gen, dtype=F64) * 3
+    pb = torch.cat([centre - half, centre + half], -1)
+    ps = 0.05 + 0.95 * torch.rand(B, A, C, generator=gen, dtype=F64)
+    return ps, pb, ap, gl, gb, gm
+
+
+@pytest.mark.parametrize("disjoint", [True, False], ids=["disjoint-gts", "overlapping-gts"])
+def test_matches_ultralytics(gen, tal_op, disjoint):
+    """inside_then_topk + CIoU + eps 1e-9 is ultralytics' assigner where it is well defined:
+    every GT has >= topk inside anchors of t > 0 (its top-k then never reaches t = 0 anchors,
+    whose order is torch.topk's) and no GT side is below its stride (no widening). Its
+    conflict rule (argmax of u over all GTs containing the anchor, not only the claimants)
+    cannot differ on disjoint GTs; with overlapping GTs only fg_mask everywhere and the GT index
+    on anchors inside a single GT are compared."""
+    tal_mod = pytest.importorskip("ultralytics.utils.tal")
+    B, C, G, topk, alpha, beta = 2, 6, 8, 10, 0.5, 6.0
+    kw = dict(FLAVOURS["ultralytics"], topk=topk, alpha=alpha, beta=beta)
+    for _ in range(50):
+        inputs = _ultralytics_inputs(gen, B, C, G, disjoint)
+        t, _, inside = ref_metric(*inputs, alpha=alpha, beta=beta, iou_mode="ciou",
+                                  inside_eps=1e-9)
+        enough = ((inside & (t > 0)).sum(-1) >= topk) | ~inputs[5]
+        if bool(enough.all()) and _ambiguities(inputs, kw) == 0:
+            break
+    else:
+        pytest.fail("no input with >= topk inside anchors of t > 0 per GT")
+    ps, pb, ap, gl, gb, gm = inputs
+    assigner = tal_mod.TaskAlignedAssigner(topk=topk, num_classes=C, alpha=alpha, beta=beta,
+                                           eps=1e-9)
+    t_labels, t_boxes, t_scores, u_fg, u_idx = assigner(
+        ps, pb, ap, gl[..., None].to(F64), gb, gm[..., None].to(F64))
+    out = tal_op(*inputs, **kw)
+    fg = out.fg_mask
+    assert torch.equal(u_fg.bool(), fg)
+    if disjoint:
+        assert torch.equal(u_idx[fg], out.assigned_gt[fg])
+        assert torch.equal(t_labels[fg].long(), out.labels[fg])
+        assert torch.equal(t_boxes[fg], out.boxes[fg])
+        expected = torch.zeros(B, ps.shape[1], C, dtype=F64).scatter_(
+            2, out.labels.clamp(min=0)[..., None], out.soft_target[..., None])
+        torch.testing.assert_close(t_scores.to(F64), expected, rtol=1e-5, atol=1e-7)
+    else:
+        single = inside.sum(1) == 1  # (B, A) inside exactly one GT (padding has no inside)
+        assert bool((fg & single).any())
+        assert torch.equal(u_idx[fg & single], out.assigned_gt[fg & single])

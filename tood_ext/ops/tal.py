@@ -1,0 +1,104 @@
+"""Task-aligned assignment (TAL) as one fused op, without the (B, G, A) blow-up.
+
+``task_aligned_assign`` runs TOOD's assignment for a whole batch: the alignment metric of every
+(image, GT, anchor) is computed on the fly (the device functions of ``alignment_metric``), each
+GT keeps its top-k candidates, conflicts go to the GT of highest IoU, and the soft targets are
+normalised per GT. See :func:`task_aligned_assign` for the exact semantics.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _loader
+from .._types import TALResult
+from .box_ops import _check_mode
+
+CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
+
+__all__ = ["CANDIDATE_MODES", "TALResult", "task_aligned_assign"]
+
+
+def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
+                        anchor_points: torch.Tensor, gt_labels: torch.Tensor,
+                        gt_boxes: torch.Tensor, gt_mask: torch.Tensor, topk: int = 13,
+                        alpha: float = 1.0, beta: float = 6.0,
+                        candidates: str = "topk_then_inside", iou_mode: str = "iou",
+                        inside_eps: float = 0.01, norm_eps: float = 1e-7) -> TALResult:
+    """TOOD's task-aligned assignment of anchors to GTs, for a batch, in one op.
+
+    Args:
+        pred_scores: (B, A, C) class probabilities. pred_boxes: (B, A, 4) predicted xyxy boxes.
+        anchor_points: (A, 2) anchor centres. gt_labels: (B, G) int64 (in [0, C) where valid).
+        gt_boxes: (B, G, 4) xyxy. gt_mask: (B, G) bool, False for padding GTs.
+        topk: candidates per GT (13 in TOOD / mmdetection, 10 in YOLOv8; at most 64 on CUDA).
+        alpha, beta: the metric ``t = s**alpha * u**beta`` (s: score of the GT's class, u: overlap
+            of the predicted box with the GT, ``iou_mode`` clamped at 0).
+        candidates: ``"topk_then_inside"`` (paper, mmdetection): per GT the top-k anchors by t
+            over all anchors; positives are those with t > 0 whose centre is inside the GT.
+            ``"inside_then_topk"`` (ultralytics, PP-YOLOE): the top-k by t among anchors whose
+            centre is inside; all of them are positives, t = 0 included.
+        iou_mode: ``"iou"`` (TOOD) or ``"ciou"`` (ultralytics), also ``"giou"``, ``"diou"``.
+        inside_eps: the centre is inside when min(cx - x1, cy - y1, x2 - cx, y2 - cy) >
+            inside_eps (0.01 in mmdetection, 1e-9 in ultralytics).
+        norm_eps: ``t_hat = t * max_u / (max_t + norm_eps)``.
+
+    Semantics (kernels and :func:`tood_ext.reference.task_aligned_assign` agree exactly):
+        * ranking of one GT's candidates: larger t first, equal t -> lower anchor index first;
+          a NaN t is never a candidate; fewer than k anchors (or inside anchors) -> fewer
+          candidates;
+        * an anchor that is a positive of several GTs goes to the GT of largest u compared at
+          float32 precision, equal -> lower GT index;
+        * ``t_hat`` of a positive: its t times the largest u over its GT's final positives,
+          divided by the largest t over them plus ``norm_eps``;
+        * padding GTs, G = 0, A = 0 or B = 0: all anchors background.
+
+    Returns:
+        :class:`TALResult` ``(assigned_gt, fg_mask, labels, boxes, iou, metric, soft_target)``:
+        (B, A) int64 GT index (-1 background), (B, A) bool, (B, A) int64 class (-1), (B, A, 4)
+        the assigned GT box (0), and (B, A) u, t and t_hat with the assigned GT (0), the float
+        outputs in the dtype of the scores. No gradient flows (the outputs are constants).
+
+    Extra memory: O(B*A + B*G*topk) on both devices, never a (B, G, A) tensor: the candidates
+    (B, G, k) x (index, t, u, flag), one claim key per anchor (B, A), and on CPU one scratch row
+    of A anchors per thread. Deterministic on both devices. One device sync on CUDA (label
+    validation).
+    """
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if candidates not in CANDIDATE_MODES:
+        raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {candidates!r}")
+    _check_mode(iou_mode, "iou_mode")
+    _loader.check_inputs("task_aligned_assign", pred_scores=pred_scores, pred_boxes=pred_boxes,
+                         anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
+                         gt_mask=gt_mask)
+    out = torch.ops.tood_ext.task_aligned_assign(
+        pred_scores.detach(), pred_boxes.detach(), anchor_points.detach(), gt_labels,
+        gt_boxes.detach(), gt_mask, topk, alpha, beta, candidates, iou_mode, inside_eps,
+        norm_eps)
+    return TALResult(*out)
+
+
+def _register():
+    @torch.library.register_fake("tood_ext::task_aligned_assign")
+    def _fake(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk=13,
+              alpha=1.0, beta=6.0, candidates="topk_then_inside", iou_mode="iou",
+              inside_eps=0.01, norm_eps=1e-7):
+        torch._check(topk >= 1, lambda: f"topk must be >= 1, got {topk}")
+        B, A = pred_scores.shape[0], pred_scores.shape[1]
+        idx = pred_scores.new_empty((B, A), dtype=torch.int64)
+        return (idx, pred_scores.new_empty((B, A), dtype=torch.bool), torch.empty_like(idx),
+                gt_boxes.new_empty((B, A, 4)), pred_scores.new_empty((B, A)),
+                pred_scores.new_empty((B, A)), pred_scores.new_empty((B, A)))
+
+    def _setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output)
+
+    def _backward(ctx, *grads):
+        return (None,) * 13
+
+    torch.library.register_autograd("tood_ext::task_aligned_assign", _backward,
+                                    setup_context=_setup)
+
+
+if _loader.has_ops():
+    _register()

@@ -1,0 +1,195 @@
+"""Pure-PyTorch reference of the task-aligned assignment (TOOD's TAL), same signature as
+:func:`tood_ext.ops.tal.task_aligned_assign`.
+
+Written from the op's contract (not from the kernels), with dense (B, G, A) tensors
+throughout: the metric of every (image, GT, anchor) comes from
+:func:`tood_ext.reference.box_ops.alignment_metric`, the top-k selection from a per-row k-th
+value plus a cumulative count of the ties. Half inputs are computed in float32. Used by the
+tests, the benchmarks and as a fallback where the compiled kernels are unavailable.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._types import TALResult
+from .box_ops import _check_mode, alignment_metric
+
+CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
+
+__all__ = ["CANDIDATE_MODES", "TALResult", "task_aligned_assign"]
+
+
+def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
+                candidates, iou_mode) -> None:
+    """The op's argument errors (messages as the kernels' checks)."""
+    if isinstance(topk, bool) or int(topk) != topk or topk < 1:
+        raise ValueError(f"topk must be >= 1 (an int), got {topk!r}")
+    if candidates not in CANDIDATE_MODES:
+        raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {candidates!r}")
+    _check_mode(iou_mode, "iou_mode")
+    if pred_scores.dim() != 3:
+        raise RuntimeError(f"pred_scores must have shape (B, A, C), got {tuple(pred_scores.shape)}")
+    B, A, C = pred_scores.shape
+    if pred_boxes.shape != (B, A, 4):
+        raise RuntimeError(f"pred_boxes must have shape (B, A, 4) = ({B}, {A}, 4) to match "
+                           f"pred_scores {tuple(pred_scores.shape)}, got {tuple(pred_boxes.shape)}")
+    if anchor_points.shape != (A, 2):
+        raise RuntimeError(f"anchor_points must have shape (A, 2) = ({A}, 2), got "
+                           f"{tuple(anchor_points.shape)}")
+    if gt_labels.dim() != 2 or gt_labels.shape[0] != B:
+        raise RuntimeError(f"gt_labels must have shape (B, G) with B = {B}, got "
+                           f"{tuple(gt_labels.shape)}")
+    G = gt_labels.shape[1]
+    if gt_boxes.shape != (B, G, 4):
+        raise RuntimeError(f"gt_boxes must have shape (B, G, 4) = ({B}, {G}, 4), got "
+                           f"{tuple(gt_boxes.shape)}")
+    if gt_mask.shape != (B, G):
+        raise RuntimeError(f"gt_mask must have shape (B, G) = ({B}, {G}), got "
+                           f"{tuple(gt_mask.shape)}")
+    if gt_labels.dtype != torch.int64:
+        raise RuntimeError(f"gt_labels must be int64, got {gt_labels.dtype}")
+    if gt_mask.dtype != torch.bool:
+        raise RuntimeError(f"gt_mask must be bool, got {gt_mask.dtype}")
+    if gt_labels.numel():
+        bad = ((gt_labels < 0) | (gt_labels >= C)) & gt_mask
+        if bad.any():
+            value = int(gt_labels[bad][0])
+            raise IndexError(f"gt_labels holds class {value} for a valid GT (gt_mask True), "
+                             f"outside [0, {C}) = the classes of pred_scores")
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _positive_candidates(metric: torch.Tensor, inside: torch.Tensor, gt_mask: torch.Tensor,
+                         topk: int, candidates: str) -> torch.Tensor:
+    """(B, G, A) bool: anchor a is a positive candidate of GT g (before conflicts).
+
+    Ranking per GT: t descending, ties by lower anchor index (a stable descending sort), NaN t
+    never ranked. ``topk_then_inside``: the first k over all anchors, kept when t > 0 and the
+    centre is inside; ``inside_then_topk``: the first k among the inside anchors, t = 0
+    included. Padding GTs have none.
+    """
+    A = metric.shape[-1]
+    eligible = ~torch.isnan(metric) & gt_mask[:, :, None]
+    if candidates == "inside_then_topk":
+        eligible = eligible & inside
+    k = min(int(topk), A)
+    # t is never -inf (s >= 0, u >= 0), so -inf marks the anchors that are not ranked; they
+    # may fill the k slots of a row with fewer than k ranked anchors, and are dropped below.
+    key = torch.where(eligible, metric, torch.full_like(metric, float("-inf")))
+    kth = key.topk(k, dim=-1).values[..., -1:]  # (B, G, 1) the k-th largest key
+    above = key > kth
+    tied = key == kth
+    need = k - above.sum(-1, keepdim=True, dtype=torch.int32)  # slots left for the ties
+    take = tied & (tied.cumsum(-1, dtype=torch.int32) <= need)  # lowest anchor indices first
+    selected = (above | take) & eligible
+    if candidates == "topk_then_inside":
+        selected = selected & inside & (metric > 0)
+    return selected
+
+
+def _background(pred_scores, gt_boxes, B, A) -> TALResult:
+    dev = pred_scores.device
+    zeros = torch.zeros((B, A), dtype=pred_scores.dtype, device=dev)
+    return TALResult(
+        assigned_gt=torch.full((B, A), -1, dtype=torch.int64, device=dev),
+        fg_mask=torch.zeros((B, A), dtype=torch.bool, device=dev),
+        labels=torch.full((B, A), -1, dtype=torch.int64, device=dev),
+        boxes=torch.zeros((B, A, 4), dtype=gt_boxes.dtype, device=gt_boxes.device),
+        iou=zeros, metric=zeros.clone(), soft_target=zeros.clone())
+
+
+def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
+                        anchor_points: torch.Tensor, gt_labels: torch.Tensor,
+                        gt_boxes: torch.Tensor, gt_mask: torch.Tensor, topk: int = 13,
+                        alpha: float = 1.0, beta: float = 6.0,
+                        candidates: str = "topk_then_inside", iou_mode: str = "iou",
+                        inside_eps: float = 0.01, norm_eps: float = 1e-7) -> TALResult:
+    """Reference of :func:`tood_ext.ops.tal.task_aligned_assign` (dense (B, G, A) tensors).
+
+    Args:
+        pred_scores: (B, A, C) class probabilities. pred_boxes: (B, A, 4) xyxy.
+        anchor_points: (A, 2) anchor centres (x, y).
+        gt_labels: (B, G) int64, in [0, C) where ``gt_mask`` (padding GTs may hold anything).
+        gt_boxes: (B, G, 4) xyxy. gt_mask: (B, G) bool, False for padding GTs.
+        topk: candidates per GT (>= 1). alpha, beta: exponents of the metric.
+        candidates: ``"topk_then_inside"`` (TOOD / mmdetection) or ``"inside_then_topk"``
+            (ultralytics, PP-YOLOE).
+        iou_mode: the overlap u (``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``), clamped at 0.
+        inside_eps: centre inside when min(cx - x1, cy - y1, x2 - cx, y2 - cy) > inside_eps.
+        norm_eps: eps of the soft-target normalisation.
+        (mmdetection: the defaults; ultralytics: ``candidates="inside_then_topk"``,
+        ``iou_mode="ciou"``, ``inside_eps=1e-9``, ``norm_eps=1e-9``.)
+
+    Semantics:
+        1. Per (image, valid GT g, anchor a): s = pred_scores[b, a, label_g], u = IoU-family
+           value of (pred box, GT) clamped at 0, t = s**alpha * u**beta, and the centre test
+           (see :func:`tood_ext.reference.box_ops.alignment_metric`).
+        2. Ranking of the anchors per GT: t descending, ties by lower anchor index (a stable
+           descending sort, not ``torch.topk``); an anchor of NaN t is never ranked, never a
+           candidate.
+           ``topk_then_inside``: the first k of all anchors; the positive candidates are those
+           with t > 0 and the centre inside. ``inside_then_topk``: the first k of the anchors
+           whose centre is inside; all are positive candidates, t = 0 included. Fewer ranked
+           anchors than k (A < k, few inside) give fewer candidates.
+        3. Conflicts: an anchor that is a positive candidate of several GTs goes to the one of
+           highest u compared at float32 precision (``u.float()``), ties to the lower GT index.
+        4. For each final positive: ``t_hat = t * max_u / (max_t + norm_eps)``, maxima over the
+           final positives (after step 3) of its GT.
+        Empty inputs (B, A or G = 0) and images whose GTs are all padding give background.
+
+    Returns:
+        :class:`tood_ext._types.TALResult`; integer fields -1 and float fields 0 for
+        background; ``boxes`` in the dtype of ``gt_boxes``, float fields in the dtype of
+        ``pred_scores``. No output carries a gradient.
+    """
+    _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
+                candidates, iou_mode)
+    B, A, _ = pred_scores.shape
+    G = gt_labels.shape[1]
+    if B == 0 or A == 0 or G == 0:
+        return _background(pred_scores, gt_boxes, B, A)
+    with torch.no_grad():
+        # half inputs: computed in float32 (alignment_metric would round t and u to half)
+        metric, overlaps, inside = alignment_metric(
+            _upcast(pred_scores.detach()), _upcast(pred_boxes.detach()),
+            _upcast(anchor_points.detach()), gt_labels, _upcast(gt_boxes.detach()), gt_mask,
+            alpha=alpha, beta=beta, iou_mode=iou_mode, inside_eps=inside_eps)
+        pos = _positive_candidates(metric, inside, gt_mask, topk, candidates)  # (B, G, A)
+
+        # conflicts: highest u.float() among the GTs that picked the anchor, first on ties;
+        # a NaN u (only possible with beta = 0) ranks below every number
+        u32 = overlaps.float()
+        rank_u = torch.where(pos, u32.nan_to_num(nan=-1.0), torch.full_like(u32, -2.0))
+        fg = pos.any(dim=1)  # (B, A)
+        best = rank_u.argmax(dim=1)  # (B, A); torch.argmax returns the first maximum
+        assigned = torch.where(fg, best, torch.full_like(best, -1))
+        gt_ids = torch.arange(G, device=assigned.device)[None, :, None]
+        final = pos & (gt_ids == assigned[:, None, :])  # (B, G, A)
+
+        ninf = torch.full_like(metric, float("-inf"))
+        max_t = torch.where(final, metric, ninf).amax(dim=-1)  # (B, G), -inf without positives
+        max_u = torch.where(final, overlaps, ninf).amax(dim=-1)
+
+        idx = best.where(fg, torch.zeros_like(best))  # (B, A) a valid GT index everywhere
+        t_a = metric.gather(1, idx[:, None, :]).squeeze(1)
+        u_a = overlaps.gather(1, idx[:, None, :]).squeeze(1)
+        soft = t_a * max_u.gather(1, idx) / (max_t.gather(1, idx) + norm_eps)
+
+        zero = torch.zeros((), dtype=metric.dtype, device=metric.device)
+        out_dtype = pred_scores.dtype
+        labels = gt_labels.gather(1, idx).where(fg, torch.full_like(idx, -1))
+        boxes = gt_boxes.detach().gather(1, idx[:, :, None].expand(B, A, 4))
+        boxes = boxes.where(fg[:, :, None], torch.zeros((), dtype=boxes.dtype,
+                                                        device=boxes.device))
+        return TALResult(
+            assigned_gt=assigned,
+            fg_mask=fg,
+            labels=labels,
+            boxes=boxes,
+            iou=torch.where(fg, u_a, zero).to(out_dtype),
+            metric=torch.where(fg, t_a, zero).to(out_dtype),
+            soft_target=torch.where(fg, soft, zero).to(out_dtype),
+        )
