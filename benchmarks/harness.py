@@ -46,6 +46,8 @@ from typing import Any, Callable
 
 import torch
 
+from tood_ext._memory import peak_extra_memory
+
 IMPL_ORDER = ("kernel", "reference", "torchvision")
 BASELINE = "kernel"
 
@@ -194,41 +196,6 @@ def max_abs_diff(a: list, b: list) -> float | None:
     return worst
 
 
-def cpu_peak_extra_memory(fn: Callable[[], Any]) -> int:
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-    del out
-    allocs = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        ev = stack.pop()
-        if ev.tag == _EventType.Allocation:
-            info = ev.typed[1]
-            if info.device.type == "cpu":
-                allocs.append((ev.start_time_ns, int(info.alloc_size)))
-        stack.extend(ev.children)
-    allocs.sort(key=lambda x: x[0])
-    cur = peak = 0
-    for _, size in allocs:
-        cur += size
-        peak = max(peak, cur)
-    return peak
-
-
-def cuda_peak_extra_memory(fn: Callable[[], Any]) -> int:
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - before
-    del out
-    return int(peak)
-
-
 def _quantile(sorted_xs: list, q: float) -> float:
     if len(sorted_xs) == 1:
         return sorted_xs[0]
@@ -370,8 +337,7 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int,
         gc.collect()
         for name in names:
             try:
-                peak = (cuda_peak_extra_memory if device == "cuda" else cpu_peak_extra_memory)(
-                    alive[name])
+                peak = peak_extra_memory(alive[name], device)
                 result["impls"][name]["peak_extra_mem_bytes"] = peak
             except Exception as exc:  # noqa: BLE001
                 result["impls"][name]["memory_error"] = _err(exc)
