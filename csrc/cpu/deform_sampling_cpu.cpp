@@ -78,6 +78,10 @@ __attribute__((target("avx2"))) void run_avx2(Fn& fn) {
 }
 #endif
 
+// Marks the lambda given to with_cpu_isa: its body is inlined into each
+// target's wrapper and compiled once per target.
+#define TOOD_INLINE_BODY __attribute__((always_inline))
+
 // Runs fn() (the hot loops of one work unit) with the best code generation.
 template <typename Fn>
 inline void with_cpu_isa(Fn&& fn) {
@@ -164,7 +168,7 @@ struct TileView {
 
 // Calls fn(q, corners) for the pixels p = p0 + q in [p0, p1) of block (b, g).
 template <typename acc_t, typename index_t, typename scalar_t, typename Fn>
-void compute_corners(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0, int64_t p1, Fn&& fn) {
+[[gnu::always_inline]] inline void compute_corners(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0, int64_t p1, Fn&& fn) {
   const scalar_t* dy = a.offset + 2 * bg * a.HW;
   const scalar_t* dx = dy + a.HW;
   const index_t H = static_cast<index_t>(a.H), W = static_cast<index_t>(a.W);
@@ -193,7 +197,8 @@ class SoATileTable {
   }
 
   template <typename scalar_t>
-  void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0, int64_t p1) {
+  [[gnu::always_inline]] void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0,
+                                   int64_t p1) {
     compute_corners<acc_t, index_t>(a, bg, p0, p1, [&](int64_t q,
                                                        const BilinearCorners<acc_t, index_t>& c) {
       for (int k = 0; k < 4; ++k) {
@@ -234,7 +239,8 @@ class AoSTileTable {
   explicit AoSTileTable(int64_t len) : corners_(len), inner_(len), edge_(len) {}
 
   template <typename scalar_t>
-  void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0, int64_t p1) {
+  [[gnu::always_inline]] void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0,
+                                   int64_t p1) {
     n_inner_ = n_edge_ = 0;
     compute_corners<acc_t, index_t>(a, bg, p0, p1, [&](int64_t q,
                                                        const BilinearCorners<acc_t, index_t>& c) {
@@ -250,7 +256,7 @@ class AoSTileTable {
   // fn(q, corners, all_valid) over the inner pixels, then the edge ones, each
   // in raster order; all_valid is std::true_type / std::false_type.
   template <typename Fn>
-  void for_each_inner_then_edge(Fn&& fn) const {
+  [[gnu::always_inline]] void for_each_inner_then_edge(Fn&& fn) const {
     for (int64_t k = 0; k < n_inner_; ++k) fn(inner_[k], corners_[inner_[k]], std::true_type{});
     for (int64_t k = 0; k < n_edge_; ++k) fn(edge_[k], corners_[edge_[k]], std::false_type{});
   }
@@ -265,7 +271,7 @@ class AoSTileTable {
 
 // dst[q] = (m[q] *) value of pixel q of the tile in plane src.
 template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
-void sample_tile(const TileView<acc_t, index_t>& t, int64_t n, const scalar_t* src,
+[[gnu::always_inline]] inline void sample_tile(const TileView<acc_t, index_t>& t, int64_t n, const scalar_t* src,
                  const scalar_t* m, scalar_t* dst) {
   TOOD_GATHER_LOOP
   for (int64_t q = 0; q < n; ++q) {
@@ -318,7 +324,7 @@ void forward_cpu_kernel(const DeformArgs<scalar_t>& a, scalar_t* out) {
         const int64_t bg = u / tiles;  // = b * C + c
         const int64_t p0 = (u - bg * tiles) * kTile, p1 = std::min(p0 + kTile, a.HW);
         const scalar_t* src = a.input + bg * a.HW;
-        with_cpu_isa([&] {
+        with_cpu_isa([&]() TOOD_INLINE_BODY {
           if (a.mask) {
             sample_direct<true, acc_t, index_t>(a, bg, p0, p1, src, out + bg * a.HW);
           } else {
@@ -335,19 +341,21 @@ void forward_cpu_kernel(const DeformArgs<scalar_t>& a, scalar_t* out) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t bg = u / tiles, b = bg / a.G, g = bg - b * a.G;
       const int64_t p0 = (u - bg * tiles) * kTile, p1 = std::min(p0 + kTile, a.HW);
-      table.fill(a, bg, p0, p1);
-      const TileView<acc_t, index_t> view = table.view();
-      const scalar_t* m = a.mask ? a.mask + bg * a.HW + p0 : nullptr;
-      for (int64_t c = 0; c < a.Cg; ++c) {
-        const int64_t plane = (b * a.C + g * a.Cg + c) * a.HW;
-        const scalar_t* src = a.input + plane;
-        if (c + 1 < a.Cg) prefetch_rows(src + a.HW, a.W, a.HW, p0, p1);
-        if (m) {
-          sample_tile<true>(view, p1 - p0, src, m, out + plane + p0);
-        } else {
-          sample_tile<false>(view, p1 - p0, src, m, out + plane + p0);
+      with_cpu_isa([&]() TOOD_INLINE_BODY {
+        table.fill(a, bg, p0, p1);
+        const TileView<acc_t, index_t> view = table.view();
+        const scalar_t* m = a.mask ? a.mask + bg * a.HW + p0 : nullptr;
+        for (int64_t c = 0; c < a.Cg; ++c) {
+          const int64_t plane = (b * a.C + g * a.Cg + c) * a.HW;
+          const scalar_t* src = a.input + plane;
+          if (c + 1 < a.Cg) prefetch_rows(src + a.HW, a.W, a.HW, p0, p1);
+          if (m) {
+            sample_tile<true>(view, p1 - p0, src, m, out + plane + p0);
+          } else {
+            sample_tile<false>(view, p1 - p0, src, m, out + plane + p0);
+          }
         }
-      }
+      });
     }
   });
 }
@@ -379,7 +387,7 @@ struct BackwardScratch {
 // kPosition: grad_offset / grad_mask of the tile's pixels (needs all channels
 // of the group, c0 = 0, c1 = Cg).
 template <bool kInput, bool kPosition, typename scalar_t, typename acc_t, typename index_t>
-void backward_tile(const DeformArgs<scalar_t>& a, const DeformGrads<scalar_t>& gr, int64_t bg,
+[[gnu::always_inline]] inline void backward_tile(const DeformArgs<scalar_t>& a, const DeformGrads<scalar_t>& gr, int64_t bg,
                    int64_t p0, int64_t p1, int64_t c0, int64_t c1,
                    BackwardScratch<acc_t, index_t>& scratch) {
   const int64_t b = bg / a.G, g = bg - b * a.G, n = p1 - p0;
@@ -435,6 +443,43 @@ void backward_tile(const DeformArgs<scalar_t>& a, const DeformGrads<scalar_t>& g
   }
 }
 
+// One channel per group (plane bg = b * C + c): every gradient of the
+// block in one sweep with the corners computed and used at once, no table.
+template <bool kMask, typename acc_t, typename index_t, typename scalar_t>
+[[gnu::always_inline]] inline void backward_direct(const DeformArgs<scalar_t>& a,
+                                                   const DeformGrads<scalar_t>& gr, int64_t bg) {
+  const scalar_t* dy = a.offset + 2 * bg * a.HW;
+  const scalar_t* dx = dy + a.HW;
+  const scalar_t* m = kMask ? a.mask + bg * a.HW : nullptr;
+  const scalar_t* src = a.input + bg * a.HW;
+  const scalar_t* go = gr.grad + bg * a.HW;
+  scalar_t* gin = gr.grad_input + bg * a.HW;
+  scalar_t* gdy = gr.grad_offset + 2 * bg * a.HW;
+  scalar_t* gdx = gdy + a.HW;
+  scalar_t* gm = kMask ? gr.grad_mask + bg * a.HW : nullptr;
+  std::fill(gin, gin + a.HW, scalar_t(0));  // first touch, by the owner
+  const index_t H = static_cast<index_t>(a.H), W = static_cast<index_t>(a.W);
+  for (index_t i = 0; i < H; ++i) {
+    const int64_t base = static_cast<int64_t>(i) * a.W;
+    for (index_t j = 0; j < W; ++j) {
+      const int64_t p = base + j;
+      BilinearCorners<acc_t, index_t> c;
+      deform_corners(i, j, static_cast<acc_t>(dy[p]), static_cast<acc_t>(dx[p]), H, W, c);
+      const acc_t g_out = static_cast<acc_t>(go[p]);
+      acc_t v[4], gy, gx;
+      load_corners(src, c, v);
+      bilinear_position_grad(c, v, gy, gx);
+      const acc_t mp = kMask ? static_cast<acc_t>(m[p]) : acc_t(1);
+      gdy[p] = static_cast<scalar_t>(mp * (g_out * gy));
+      gdx[p] = static_cast<scalar_t>(mp * (g_out * gx));
+      if (kMask) gm[p] = static_cast<scalar_t>(g_out * bilinear_value(c, v));
+      scatter_corners(c, kMask ? g_out * mp : g_out, [gin](index_t off, acc_t add) {
+        gin[off] = static_cast<scalar_t>(static_cast<acc_t>(gin[off]) + add);
+      });
+    }
+  }
+}
+
 template <typename scalar_t, typename index_t>
 void backward_cpu_kernel(const DeformArgs<scalar_t>& a, const DeformGrads<scalar_t>& gr) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -443,6 +488,21 @@ void backward_cpu_kernel(const DeformArgs<scalar_t>& a, const DeformGrads<scalar
   const int64_t tile_len = std::min(kTile, a.HW);
   const int64_t blocks = a.B * a.G;
   const int64_t threads = at::get_num_threads();
+  if (a.Cg == 1) {
+    // one channel per group: a (b, g) block per unit, no table
+    at::parallel_for(0, blocks, grain_for(a.HW), [&](int64_t begin, int64_t end) {
+      for (int64_t bg = begin; bg < end; ++bg) {
+        with_cpu_isa([&]() TOOD_INLINE_BODY {
+          if (a.mask) {
+            backward_direct<true, acc_t, index_t>(a, gr, bg);
+          } else {
+            backward_direct<false, acc_t, index_t>(a, gr, bg);
+          }
+        });
+      }
+    });
+    return;
+  }
   if (blocks >= 4 * threads) {
     // fused: a (b, g) block per unit, all gradients in one sweep
     at::parallel_for(0, blocks, grain_for(a.Cg * a.HW), [&](int64_t begin, int64_t end) {
@@ -450,7 +510,9 @@ void backward_cpu_kernel(const DeformArgs<scalar_t>& a, const DeformGrads<scalar
       for (int64_t bg = begin; bg < end; ++bg) {
         for (int64_t t = 0; t < tiles; ++t) {
           const int64_t p0 = t * kTile, p1 = std::min(p0 + kTile, a.HW);
-          backward_tile<true, true>(a, gr, bg, p0, p1, 0, a.Cg, scratch);
+          with_cpu_isa([&]() TOOD_INLINE_BODY {
+            backward_tile<true, true>(a, gr, bg, p0, p1, 0, a.Cg, scratch);
+          });
         }
       }
     });
@@ -462,7 +524,9 @@ void backward_cpu_kernel(const DeformArgs<scalar_t>& a, const DeformGrads<scalar
     Scratch scratch(tile_len);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t bg = u / tiles, p0 = (u - bg * tiles) * kTile;
-      backward_tile<false, true>(a, gr, bg, p0, std::min(p0 + kTile, a.HW), 0, a.Cg, scratch);
+      with_cpu_isa([&]() TOOD_INLINE_BODY {
+        backward_tile<false, true>(a, gr, bg, p0, std::min(p0 + kTile, a.HW), 0, a.Cg, scratch);
+      });
     }
   });
   // pass 2: grad_input, a (b, g, chunk of channels) per unit: each plane has one owner
@@ -477,7 +541,9 @@ void backward_cpu_kernel(const DeformArgs<scalar_t>& a, const DeformGrads<scalar
       if (c0 >= c1) continue;
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t p0 = t * kTile, p1 = std::min(p0 + kTile, a.HW);
-        backward_tile<true, false>(a, gr, bg, p0, p1, c0, c1, scratch);
+        with_cpu_isa([&]() TOOD_INLINE_BODY {
+          backward_tile<true, false>(a, gr, bg, p0, p1, c0, c1, scratch);
+        });
       }
     }
   });
