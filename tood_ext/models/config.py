@@ -1,0 +1,102 @@
+"""Every knob of the TOOD detector in one dataclass, and :func:`build_model`."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["TOODConfig", "build_model"]
+
+
+@dataclass
+class TOODConfig:
+    """Configuration of :class:`tood_ext.models.TOOD` (defaults: mmdetection's
+    ``tood_r50_fpn_1x_coco``, except ``depth`` and where noted).
+
+    Model:
+        num_classes: number of object classes (labels in ``[0, num_classes)``).
+        depth: ResNet depth of the torchvision backbone, 18, 34 or 50.
+        weights: path of a local state dict for the backbone (torchvision ResNet keys, ``fc.*``
+            ignored; a dict under ``"state_dict"`` or ``"model"`` is unwrapped), or None for
+            random initialisation. Nothing is ever downloaded.
+        frozen_stages: backbone stages whose parameters get no gradient (1: the stem and
+            ``layer1``, mmdetection's default; -1: none). None: 1 with ``weights``, -1 without
+            (freezing random weights makes no sense).
+        norm_eval: keep the backbone's BatchNorm layers in eval mode (frozen statistics) while
+            training. None: True with ``weights`` (mmdetection), False without.
+        fpn_channels: FPN output channels (= the head's ``in_channels``).
+        head: head type; only ``"tood"`` (the T-head) now.
+        feat_channels, stacked_convs, la_down_rate, norm, num_groups: the T-head, see
+            :class:`tood_ext.models.TOODHead`.
+        anchor_type: ``"anchor_free"`` or ``"anchor_based"`` (box decoding, see TOODHead).
+        strides: FPN level strides (P3-P7).
+        offset_init_std: std of the normal init of the offset branch's convs (mmdetection:
+            0.001; 0.0 makes the initial offsets exactly zero).
+        ops: ``"kernel"`` (our compiled ops) or ``"reference"`` (their pure-PyTorch twins).
+
+    Training:
+        initial_epoch: epochs ``< initial_epoch`` use the ATSS assigner (``atss_topk`` per
+            level), focal loss and centerness-weighted GIoU; later epochs TAL.
+        topk, alpha, beta: TAL (candidates per GT, ``t = s**alpha * u**beta``).
+        atss_topk: ATSS candidates per level and GT.
+        focal_alpha, gamma: the initial focal loss (alpha) and both focal losses' exponent.
+        loss_cls_weight, loss_bbox_weight: loss weights (1.0 and 2.0 in mmdetection).
+
+    Inference:
+        score_thr, nms_pre (per level, over (anchor, class) pairs above score_thr), iou_thr
+        (batched NMS), max_per_img.
+    """
+
+    num_classes: int = 80
+    depth: int = 50
+    weights: str | None = None
+    frozen_stages: int | None = None
+    norm_eval: bool | None = None
+    fpn_channels: int = 256
+    head: str = "tood"
+    feat_channels: int = 256
+    stacked_convs: int = 6
+    la_down_rate: int = 8
+    norm: str | None = "GN"
+    num_groups: int = 32
+    anchor_type: str = "anchor_free"
+    strides: tuple = (8, 16, 32, 64, 128)
+    offset_init_std: float = 0.001
+    ops: str = "kernel"
+    # training
+    initial_epoch: int = 4
+    topk: int = 13
+    alpha: float = 1.0
+    beta: float = 6.0
+    atss_topk: int = 9
+    focal_alpha: float = 0.25
+    gamma: float = 2.0
+    loss_cls_weight: float = 1.0
+    loss_bbox_weight: float = 2.0
+    # inference
+    score_thr: float = 0.05
+    nms_pre: int = 1000
+    iou_thr: float = 0.6
+    max_per_img: int = 100
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["strides"] = list(self.strides)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TOODConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise (catches typos in configs)."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown TOODConfig keys: {sorted(unknown)}")
+        d = dict(d)
+        if "strides" in d:
+            d["strides"] = tuple(d["strides"])
+        return cls(**d)
+
+
+def build_model(cfg: TOODConfig):
+    """The :class:`~tood_ext.models.TOOD` detector described by ``cfg``."""
+    from .detector import TOOD
+
+    return TOOD(cfg)

@@ -1,0 +1,219 @@
+"""The TOOD detector: ResNet + FPN + T-head, its training targets/losses and inference."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from .assigners import atss_assign, centerness_target
+from .backbone import FPN, ResNetBackbone
+from .config import TOODConfig
+from .head import TOODHead, grid_priors
+from .losses import focal_loss, quality_focal_loss, reduce_mean
+
+__all__ = ["TOOD"]
+
+
+class TOOD(nn.Module):
+    """TOOD (Feng et al., ICCV 2021): torchvision ResNet, FPN P3-P7, :class:`TOODHead`.
+
+    Interface (H, W multiples of 128, images normalised by the caller):
+
+    * ``model(images)`` -> ``{"cls_scores": [(B, C, H_l, W_l)], "bbox_preds": [(B, 4, H_l,
+      W_l)]}``, one entry per level (strides ``cfg.strides``): P_align probabilities and
+      the aligned decoded boxes, xyxy in input-image pixels.
+    * :meth:`loss` (training) and :meth:`predict` (inference, no gradient).
+
+    ``cfg.ops`` selects our kernels or the pure-PyTorch references for every op the model
+    calls (deformable sampling, TAL, IoU, GIoU loss); :meth:`set_ops` switches later.
+    """
+
+    def __init__(self, cfg: TOODConfig):
+        super().__init__()
+        if cfg.head != "tood":
+            raise ValueError(f"head must be 'tood' (only T-head implemented), got {cfg.head!r}")
+        self.cfg = cfg
+        frozen = cfg.frozen_stages if cfg.frozen_stages is not None else \
+            (1 if cfg.weights else -1)
+        norm_eval = cfg.norm_eval if cfg.norm_eval is not None else bool(cfg.weights)
+        self.backbone = ResNetBackbone(cfg.depth, cfg.weights, frozen, norm_eval)
+        if len(cfg.strides) != 5:
+            raise ValueError(f"strides must have 5 levels (P3-P7), got {cfg.strides}")
+        self.neck = FPN(self.backbone.out_channels, cfg.fpn_channels, num_extra=2)
+        self.head = TOODHead(cfg.num_classes, cfg.fpn_channels, cfg.feat_channels,
+                             cfg.stacked_convs, cfg.la_down_rate, cfg.strides, cfg.anchor_type,
+                             cfg.norm, cfg.num_groups, cfg.offset_init_std, cfg.ops)
+
+    @property
+    def ops(self):
+        return self.head.ops
+
+    def set_ops(self, ops: str) -> None:
+        self.head.set_ops(ops)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.head(self.neck(self.backbone(images)))
+
+    # -----------------------------------------------------------------------------------------
+    # training
+    # -----------------------------------------------------------------------------------------
+
+    def loss(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict:
+        """Training losses of a batch: ``{"loss_cls", "loss_bbox", "loss"}`` (scalars).
+
+        targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``.
+        ``epoch`` (0-based) < ``cfg.initial_epoch`` selects the ATSS stage, else TAL; see
+        :meth:`loss_by_feat`.
+        """
+        return self.loss_by_feat(self(images), targets, epoch)
+
+    def _flatten(self, out: dict):
+        cls_scores, bbox_preds = out["cls_scores"], out["bbox_preds"]
+        B, C = cls_scores[0].shape[:2]
+        sizes = [tuple(s.shape[-2:]) for s in cls_scores]
+        device = cls_scores[0].device
+        priors = grid_priors(sizes, self.head.strides, device=device)
+        scores = torch.cat([s.permute(0, 2, 3, 1).reshape(B, -1, C) for s in cls_scores], 1)
+        boxes = torch.cat([b.permute(0, 2, 3, 1).reshape(B, -1, 4) for b in bbox_preds], 1)
+        stride = torch.cat([torch.full((h * w,), float(s), device=device)
+                            for (h, w), s in zip(sizes, self.head.strides)])
+        return scores, boxes, priors, stride
+
+    def loss_by_feat(self, out: dict, targets: list[dict], epoch: int) -> dict:
+        """Losses from the head outputs (the dict of :meth:`forward`).
+
+        Normalisation, exactly mmdetection's ``TOODHead.loss_by_feat`` (one image-batch sum,
+        which equals its per-level sums):
+
+        * TAL stage (``epoch >= initial_epoch``): ``loss_cls = QFL_sum / F`` and
+          ``loss_bbox = 2 * sum_pos t_hat_i * (1 - GIoU_i) / F`` with
+          ``F = max(reduce_mean(sum of t_hat over the batch's positives), 1)`` for both
+          (mmdetection computes the two factors separately, but both are the sum of the
+          normalised alignment metrics of the positives);
+        * ATSS stage: ``loss_cls = focal_sum / max(reduce_mean(num positives), 1)`` and
+          ``loss_bbox = 2 * sum_pos c_i (1 - GIoU_i) / max(reduce_mean(sum_pos c_i), 1)``
+          with c the centerness of the anchor centre in its GT;
+
+        ``reduce_mean`` averages over the processes (all_reduce) when a process group is
+        initialised, so every process divides by the same global mean. Every anchor has label
+        weight 1 (all priors are valid). GIoU (eps 1e-6, as mmdetection's GIoULoss) is
+        computed on boxes divided by their level's stride, as mmdetection does. The weighted
+        sums are not divided by ``1 + float32 eps`` as mmdetection's ``avg_factor=1.0``
+        reduction does (relative 1.2e-7). Without positives loss_bbox is
+        ``0 * sum(bbox_preds)``: zero, still attached to the graph.
+        """
+        cfg, ops = self.cfg, self.head.ops
+        scores, boxes, priors, stride = self._flatten(out)
+        B, A, C = scores.shape
+        num_level = [p.shape[0] for p in priors]
+        anchors = torch.cat(priors)
+        device = scores.device
+        gt_boxes = [t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4)
+                    for t in targets]
+        gt_labels = [t["labels"].to(device=device, dtype=torch.long).reshape(-1)
+                     for t in targets]
+        if len(targets) != B:
+            raise ValueError(f"got {len(targets)} targets for a batch of {B} images")
+
+        if epoch < cfg.initial_epoch:
+            labels = torch.full((B, A), -1, dtype=torch.long, device=device)
+            tgt = torch.zeros((B, A, 4), device=device)
+            for b in range(B):
+                idx = atss_assign(anchors, num_level, gt_boxes[b], cfg.atss_topk, ops.box_iou)
+                fg = idx >= 0
+                labels[b, fg] = gt_labels[b][idx[fg]]
+                tgt[b, fg] = gt_boxes[b][idx[fg]]
+            fg = labels >= 0
+            pos_anchors = anchors.expand(B, A, 4)[fg]
+            weight = centerness_target(pos_anchors, tgt[fg]) if fg.any() else tgt.new_zeros(0)
+            loss_cls = focal_loss(scores.reshape(-1, C), labels.reshape(-1), cfg.gamma,
+                                  cfg.focal_alpha)
+            cls_factor = reduce_mean(fg.sum().float()).clamp(min=1)
+            bbox_factor = reduce_mean(weight.sum().detach()).clamp(min=1)
+        else:
+            G = max((len(g) for g in gt_boxes), default=0)
+            pad_boxes = torch.zeros((B, G, 4), device=device)
+            pad_labels = torch.zeros((B, G), dtype=torch.long, device=device)
+            mask = torch.zeros((B, G), dtype=torch.bool, device=device)
+            for b in range(B):
+                n = len(gt_boxes[b])
+                pad_boxes[b, :n], pad_labels[b, :n], mask[b, :n] = gt_boxes[b], gt_labels[b], True
+            centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+            res = ops.task_aligned_assign(scores.detach().float(), boxes.detach(), centres,
+                                          pad_labels, pad_boxes, mask, topk=cfg.topk,
+                                          alpha=cfg.alpha, beta=cfg.beta,
+                                          candidates="topk_then_inside", iou_mode="iou",
+                                          inside_eps=0.01, norm_eps=1e-7)
+            labels, fg, tgt = res.labels, res.fg_mask, res.boxes
+            t_hat = res.soft_target.float()
+            weight = t_hat[fg]
+            loss_cls = quality_focal_loss(scores.reshape(-1, C), labels.reshape(-1),
+                                          t_hat.reshape(-1), cfg.gamma)
+            cls_factor = reduce_mean(t_hat.sum()).clamp(min=1)
+            bbox_factor = reduce_mean(weight.sum()).clamp(min=1)
+
+        if fg.any():
+            s = stride.expand(B, A)[fg][:, None]
+            loss_bbox = ops.giou_loss(boxes[fg] / s, tgt[fg].to(boxes.dtype) / s,
+                                      weight=weight.detach(), reduction="sum", eps=1e-6)
+        else:
+            loss_bbox = boxes.sum() * 0
+        loss_cls = cfg.loss_cls_weight * loss_cls / cls_factor
+        loss_bbox = cfg.loss_bbox_weight * loss_bbox / bbox_factor
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss": loss_cls + loss_bbox}
+
+    # -----------------------------------------------------------------------------------------
+    # inference
+    # -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, metas: list[dict]) -> list[dict]:
+        """Detections per image: ``{"boxes": (n, 4) xyxy in original-image pixels,
+        "scores": (n,), "labels": (n,) int64}``, sorted by score.
+
+        metas: B dicts with ``"scale_factor"`` (resized / original: a float, or (w, h) /
+        (w, h, w, h) factors) and ``"orig_size"`` (h, w). Per level the (location, class)
+        pairs with score > ``score_thr``, at most ``nms_pre`` of the highest; boxes divided
+        by the scale factor and clipped to the original image; class-wise NMS
+        (``torchvision.ops.batched_nms``, IoU > ``iou_thr`` suppressed); the best
+        ``max_per_img`` kept. Does not change train/eval mode (call ``model.eval()`` first).
+        """
+        return self.predict_by_feat(self(images), metas)
+
+    @torch.no_grad()
+    def predict_by_feat(self, out: dict, metas: list[dict]) -> list[dict]:
+        cfg = self.cfg
+        cls_scores, bbox_preds = out["cls_scores"], out["bbox_preds"]
+        B, C = cls_scores[0].shape[:2]
+        results = []
+        for b in range(B):
+            all_boxes, all_scores, all_labels = [], [], []
+            for s_map, b_map in zip(cls_scores, bbox_preds):
+                scores = s_map[b].permute(1, 2, 0).reshape(-1, C).float()
+                boxes = b_map[b].permute(1, 2, 0).reshape(-1, 4).float()
+                valid = scores > cfg.score_thr
+                sc = scores[valid]
+                loc_cls = valid.nonzero()
+                sc, order = sc.sort(descending=True)
+                sc, order = sc[:cfg.nms_pre], order[:cfg.nms_pre]
+                loc, cls = loc_cls[order].unbind(1)
+                all_boxes.append(boxes[loc])
+                all_scores.append(sc)
+                all_labels.append(cls)
+            boxes = torch.cat(all_boxes)
+            scores = torch.cat(all_scores)
+            labels = torch.cat(all_labels)
+            meta = metas[b]
+            sf = torch.as_tensor(meta.get("scale_factor", 1.0), dtype=boxes.dtype,
+                                 device=boxes.device).reshape(-1)
+            if sf.numel() == 2:
+                sf = sf.repeat(2)
+            boxes = boxes / sf
+            if "orig_size" in meta:
+                h, w = (float(v) for v in meta["orig_size"])
+                boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                                     boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+            keep = batched_nms(boxes, scores, labels, cfg.iou_thr)[:cfg.max_per_img]
+            results.append({"boxes": boxes[keep], "scores": scores[keep],
+                            "labels": labels[keep]})
+        return results

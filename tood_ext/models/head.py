@@ -1,0 +1,278 @@
+"""TOOD's task-aligned head (T-head), its priors and its box decoding.
+
+Follows mmdetection 3.x ``TOODHead`` (see /work/shared/TOOD.md for the paper-vs-mmdetection
+details); written from those semantics, not copied.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._ops import get_ops
+
+__all__ = ["TOODHead", "TaskDecomposition", "Scale", "grid_priors", "delta2bbox",
+           "sigmoid_geometric_mean"]
+
+OCTAVE_BASE_SCALE = 8  # one square prior of side 8 * stride per location (mmdetection config)
+DELTA_STDS = (0.1, 0.1, 0.2, 0.2)  # anchor-based coder: means 0, these stds
+WH_RATIO_CLIP = 16 / 1000
+
+
+def _normal_init(conv: nn.Conv2d, std: float, bias: float = 0.0) -> None:
+    nn.init.normal_(conv.weight, 0.0, std)
+    if conv.bias is not None:
+        nn.init.constant_(conv.bias, bias)
+
+
+def _prior_bias(prob: float) -> float:
+    """Bias b with sigmoid(b) = prob (mmdetection's ``bias_init_with_prob``)."""
+    return -math.log((1 - prob) / prob)
+
+
+def _norm(norm: str | None, channels: int, num_groups: int) -> nn.Module:
+    if norm is None:
+        return nn.Identity()
+    if norm != "GN":
+        raise ValueError(f"norm must be 'GN' or None, got {norm!r}")
+    if channels % num_groups:
+        raise ValueError(f"GroupNorm: num_groups={num_groups} must divide {channels} channels")
+    return nn.GroupNorm(num_groups, channels)
+
+
+def sigmoid_geometric_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sqrt(sigmoid(x) * sigmoid(y))``, computed as ``exp((logsigmoid(x) + logsigmoid(y)) / 2)``.
+
+    Its autograd gradient is the analytic ``z * (1 - sigmoid(x)) / 2`` (resp. y) with no
+    division by a vanishing square root, the fix mmdetection PR #7090 made with a custom
+    autograd Function (the naive form gave inf/NaN gradients).
+    """
+    return torch.exp(0.5 * (F.logsigmoid(x) + F.logsigmoid(y)))
+
+
+class Scale(nn.Module):
+    """A learnable scalar factor (one per FPN level), initialised to ``value``."""
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class TaskDecomposition(nn.Module):
+    """Task-aligned predictor's layer attention: per-image weights of the N stacked features.
+
+    ``w = sigmoid(conv1x1(relu(conv1x1(GAP(concat(X_1..X_N))))))`` in R^N (hidden width
+    ``N*C // (N*la_down_rate)`` = ``C // la_down_rate``, as mmdetection which passes
+    ``stacked_convs * 8`` to its TaskDecomposition), then the 1x1 reduction conv
+    (N*C -> C) applied to ``concat(w_k X_k)``, then GN and ReLU. The scaling is folded into a
+    per-image reduction weight (one bmm), which is the same linear map without materialising
+    the scaled features.
+    """
+
+    def __init__(self, feat_channels: int, stacked_convs: int, la_down_rate: int = 8,
+                 norm: str | None = "GN", num_groups: int = 32):
+        super().__init__()
+        self.feat_channels, self.stacked_convs = feat_channels, stacked_convs
+        in_ch = feat_channels * stacked_convs
+        hidden = max(in_ch // (stacked_convs * la_down_rate), 1)
+        self.attn1 = nn.Conv2d(in_ch, hidden, 1)
+        self.attn2 = nn.Conv2d(hidden, stacked_convs, 1)
+        self.reduction = nn.Conv2d(in_ch, feat_channels, 1, bias=norm is None)
+        self.norm = _norm(norm, feat_channels, num_groups)
+
+    def init_weights(self) -> None:
+        _normal_init(self.attn1, 0.001)
+        _normal_init(self.attn2, 0.001)
+        _normal_init(self.reduction, 0.01)
+
+    def forward(self, feat: torch.Tensor, avg_feat: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = feat.shape
+        n, c = self.stacked_convs, self.feat_channels
+        weight = torch.sigmoid(self.attn2(F.relu(self.attn1(avg_feat))))  # (b, n, 1, 1)
+        conv_w = weight.reshape(b, 1, n, 1) * self.reduction.weight.reshape(1, c, n, c)
+        out = torch.bmm(conv_w.reshape(b, c, n * c), feat.reshape(b, n * c, h * w))
+        out = out.reshape(b, c, h, w)
+        if self.reduction.bias is not None:
+            out = out + self.reduction.bias.reshape(1, c, 1, 1)
+        return F.relu(self.norm(out))
+
+
+def grid_priors(featmap_sizes, strides, device=None, dtype=torch.float32):
+    """Per level, the (H_l * W_l, 4) xyxy priors, row-major over (i, j).
+
+    The prior of location (i, j) of a level of stride s is the square of side
+    ``8 * s`` centred at ``(j * s, i * s)`` (mmdetection's AnchorGenerator with
+    octave_base_scale=8, ratio 1, center_offset 0). Anchor-free TOOD uses only its centre
+    (and, in the ATSS epochs, the box as a virtual anchor).
+    """
+    out = []
+    for (h, w), s in zip(featmap_sizes, strides):
+        ys = torch.arange(h, device=device, dtype=dtype) * s
+        xs = torch.arange(w, device=device, dtype=dtype) * s
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        half = OCTAVE_BASE_SCALE * s / 2
+        out.append(torch.stack([cx - half, cy - half, cx + half, cy + half], -1).reshape(-1, 4))
+    return out
+
+
+def delta2bbox(anchors: torch.Tensor, deltas: torch.Tensor,
+               stds=DELTA_STDS) -> torch.Tensor:
+    """mmdetection's ``DeltaXYWHBBoxCoder.decode`` (means 0, no clipping to the image).
+
+    ``(dx, dy, dw, dh) = deltas * stds``; ``dw, dh`` clamped to ``+-|log(16/1000)|``;
+    centre ``(px + pw dx, py + ph dy)``, size ``(pw exp(dw), ph exp(dh))``, with
+    ``(px, py, pw, ph)`` the anchor's centre and size. anchors, deltas: (..., 4).
+    """
+    d = deltas * deltas.new_tensor(stds)
+    max_ratio = abs(math.log(WH_RATIO_CLIP))
+    pxy = (anchors[..., :2] + anchors[..., 2:]) * 0.5
+    pwh = anchors[..., 2:] - anchors[..., :2]
+    gxy = pxy + pwh * d[..., :2]
+    gwh = pwh * d[..., 2:].clamp(-max_ratio, max_ratio).exp()
+    return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
+
+
+class TOODHead(nn.Module):
+    """TOOD's task-aligned head (T-head), shared across FPN levels.
+
+    Per level (input X of ``in_channels``):
+
+    * task-interactive features: ``stacked_convs`` x (3x3 conv + GN + ReLU), X_1..X_N, and
+      their concat ``X_inter`` (N * feat_channels channels);
+    * one :class:`TaskDecomposition` per task (cls, reg) on ``X_inter``;
+    * ``P = sigmoid(conv3x3(cls_feat))`` (num_classes channels) and the class-probability map
+      ``M = sigmoid(conv3x3(relu(conv1x1(X_inter))))`` (1 channel);
+      ``P_align = sqrt(P * M)`` (:func:`sigmoid_geometric_mean`);
+    * boxes B from ``conv3x3(reg_feat)`` times the level's learnable :class:`Scale`, decoded
+      in units of the level's stride:
+
+      - ``anchor_free``: ``(l, t, r, b) = scale * exp(conv)``, box
+        ``(j - l, i - t, j + r, i + b)`` around the location's centre ``(j, i)`` (stride units,
+        i.e. the prior centre ``(j s, i s)`` divided by s);
+      - ``anchor_based``: ``(dx, dy, dw, dh) = scale * conv`` decoded by :func:`delta2bbox`
+        against the location's prior (square of side 8 s centred at ``(j s, i s)``), divided
+        by s;
+
+    * the offset map ``O = conv3x3(relu(conv1x1(X_inter)))`` (8 channels: (dy, dx) for the
+      sides x1, y1, x2, y2 in that order) and ``B_align[c](i, j) = B[c](i + dy_c, j + dx_c)``
+      bilinearly (zeros outside), i.e. ``deform_sampling(B, O)`` with 4 groups of one channel
+      each, mmdetection's depthwise 1x1 deformable conv of weight 1 with ``deform_groups=4``;
+    * a sampled box with x1 > x2 or y1 > y2 falls back to the unsampled B (mmdetection PR
+      #7567), then boxes are multiplied by the stride: xyxy in input-image pixels.
+
+    Initialisation (mmdetection): interactive convs N(0, 0.01); layer attention N(0, 0.001);
+    reduction convs N(0, 0.01); cls conv N(0, 0.01) with bias ``logit(0.01)``; M branch
+    N(0, 0.01) with last bias ``logit(0.01)``; O branch N(0, ``offset_init_std``=0.001), bias 0;
+    reg conv N(0, 0.01); scales 1; GN weight 1, bias 0.
+
+    ``ops``: ``"kernel"`` or ``"reference"`` (see :func:`tood_ext.models._ops.get_ops`),
+    switchable later with :meth:`set_ops`.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 256, feat_channels: int = 256,
+                 stacked_convs: int = 6, la_down_rate: int = 8,
+                 strides=(8, 16, 32, 64, 128), anchor_type: str = "anchor_free",
+                 norm: str | None = "GN", num_groups: int = 32, offset_init_std: float = 0.001,
+                 ops: str = "kernel"):
+        super().__init__()
+        if anchor_type not in ("anchor_free", "anchor_based"):
+            raise ValueError(f"anchor_type must be 'anchor_free' or 'anchor_based', "
+                             f"got {anchor_type!r}")
+        self.num_classes, self.in_channels, self.feat_channels = num_classes, in_channels, \
+            feat_channels
+        self.stacked_convs, self.strides = stacked_convs, tuple(strides)
+        self.anchor_type = anchor_type
+        self.offset_init_std = offset_init_std
+        self.set_ops(ops)
+
+        self.inter_convs = nn.ModuleList()
+        for k in range(stacked_convs):
+            self.inter_convs.append(nn.Sequential(
+                nn.Conv2d(in_channels if k == 0 else feat_channels, feat_channels, 3, padding=1,
+                          bias=norm is None),
+                _norm(norm, feat_channels, num_groups), nn.ReLU(inplace=True)))
+        self.cls_decomp = TaskDecomposition(feat_channels, stacked_convs, la_down_rate, norm,
+                                            num_groups)
+        self.reg_decomp = TaskDecomposition(feat_channels, stacked_convs, la_down_rate, norm,
+                                            num_groups)
+        self.tood_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
+        self.tood_reg = nn.Conv2d(feat_channels, 4, 3, padding=1)
+        inter_ch, mid = feat_channels * stacked_convs, max(feat_channels // 4, 1)
+        self.cls_prob_module = nn.Sequential(nn.Conv2d(inter_ch, mid, 1), nn.ReLU(inplace=True),
+                                             nn.Conv2d(mid, 1, 3, padding=1))
+        self.reg_offset_module = nn.Sequential(nn.Conv2d(inter_ch, mid, 1),
+                                               nn.ReLU(inplace=True),
+                                               nn.Conv2d(mid, 4 * 2, 3, padding=1))
+        self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
+        self.init_weights()
+
+    def set_ops(self, ops: str) -> None:
+        self.ops = get_ops(ops)
+
+    def init_weights(self) -> None:
+        bias_cls = _prior_bias(0.01)
+        for block in self.inter_convs:
+            _normal_init(block[0], 0.01)
+        for m in self.cls_prob_module:
+            if isinstance(m, nn.Conv2d):
+                _normal_init(m, 0.01)
+        _normal_init(self.cls_prob_module[-1], 0.01, bias_cls)
+        for m in self.reg_offset_module:
+            if isinstance(m, nn.Conv2d):
+                _normal_init(m, self.offset_init_std)
+        self.cls_decomp.init_weights()
+        self.reg_decomp.init_weights()
+        _normal_init(self.tood_cls, 0.01, bias_cls)
+        _normal_init(self.tood_reg, 0.01)
+
+    def forward_single(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One level: ``(P_align (B, C, H, W), boxes (B, 4, H, W) xyxy in pixels)``."""
+        b, _, h, w = x.shape
+        stride = self.strides[level]
+        inter = []
+        for conv in self.inter_convs:
+            x = conv(x)
+            inter.append(x)
+        feat = torch.cat(inter, 1)
+        avg_feat = F.adaptive_avg_pool2d(feat, (1, 1))
+        cls_feat = self.cls_decomp(feat, avg_feat)
+        reg_feat = self.reg_decomp(feat, avg_feat)
+
+        cls_score = sigmoid_geometric_mean(self.tood_cls(cls_feat), self.cls_prob_module(feat))
+
+        reg = self.tood_reg(reg_feat).float()
+        raw = self.scales[level](reg.exp() if self.anchor_type == "anchor_free" else reg)
+        ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1).expand(1, h, w)
+        xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w).expand(1, h, w)
+        if self.anchor_type == "anchor_free":  # distances in stride units around (j, i)
+            reg_bbox = torch.stack([xs - raw[:, 0], ys - raw[:, 1], xs + raw[:, 2],
+                                    ys + raw[:, 3]], 1)
+        else:  # deltas against the prior (pixels), then to stride units
+            half = OCTAVE_BASE_SCALE * stride / 2
+            prior = torch.stack([xs * stride - half, ys * stride - half, xs * stride + half,
+                                 ys * stride + half], -1)  # (1, h, w, 4)
+            reg_bbox = delta2bbox(prior, raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) / stride
+
+        offset = self.reg_offset_module(feat).float()
+        bbox = self.ops.deform_sampling(reg_bbox.contiguous(), offset.contiguous())
+        invalid = (bbox[:, 0:1] > bbox[:, 2:3]) | (bbox[:, 1:2] > bbox[:, 3:4])
+        bbox = torch.where(invalid, reg_bbox, bbox)
+        return cls_score, bbox * stride
+
+    def forward(self, feats: list[torch.Tensor]) -> dict:
+        """``feats``: one map per stride. Returns ``{"cls_scores": [(B, C, H_l, W_l)],
+        "bbox_preds": [(B, 4, H_l, W_l)]}``: P_align probabilities and decoded, aligned xyxy
+        boxes in input-image pixels."""
+        if len(feats) != len(self.strides):
+            raise ValueError(f"expected {len(self.strides)} feature levels, got {len(feats)}")
+        cls_scores, bbox_preds = [], []
+        for level, x in enumerate(feats):
+            s, b = self.forward_single(x, level)
+            cls_scores.append(s)
+            bbox_preds.append(b)
+        return {"cls_scores": cls_scores, "bbox_preds": bbox_preds}
