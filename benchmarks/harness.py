@@ -471,9 +471,32 @@ def _disturbed(r: dict) -> bool:
     return frac is not None and frac > FOREIGN_CPU_WARN
 
 
+def impl_names(results: list) -> list:
+    """The implementations present in results: IMPL_ORDER first, then others as they appear."""
+    names = [n for n in IMPL_ORDER if any(n in r["impls"] for r in results)]
+    for r in results:
+        names += [n for n in r["impls"] if n not in names]
+    return names
+
+
 def table_lines(results: list) -> list:
-    """Markdown table, one line per case."""
-    present = [n for n in IMPL_ORDER if any(n in r["impls"] for r in results)]
+    """Markdown tables, one per op family (columns: the implementations that family has), one
+    line per case."""
+    families = []
+    for r in results:
+        if r.get("family") not in families:
+            families.append(r.get("family"))
+    lines = []
+    for fam in families:
+        rows = [r for r in results if r.get("family") == fam]
+        if len(families) > 1:
+            lines += ([""] if lines else []) + [f"### {fam}", ""]
+        lines += _family_table(rows)
+    return lines
+
+
+def _family_table(results: list) -> list:
+    present = impl_names(results)
     others = [n for n in present if n != BASELINE]
     head = (["case", "pass", "dtype"] + [f"{n} ms" for n in present]
             + [f"{n}/{BASELINE}" for n in others]
@@ -507,7 +530,7 @@ def detail_lines(results: list) -> list:
     return lines
 
 
-def markdown_report(doc: dict) -> str:
+def markdown_report(doc: dict, plots: list | None = None) -> str:
     m = doc["machine"]
     bi = m["tood_ext_build_info"]
     out = [f"# tood-ext benchmarks: {doc['device_label']} ({doc['date']})", ""]
@@ -556,6 +579,8 @@ def markdown_report(doc: dict) -> str:
               for r in doc["cases"] if _disturbed(r)]
     if notes:
         out += ["", "Notes:", ""] + notes
+    if plots:
+        out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     out += ["", "## Details", ""] + detail_lines(doc["cases"]) + [""]
     return "\n".join(out)
 
@@ -640,9 +665,12 @@ def write_report(doc: dict, out_dir: str) -> list:
     with open(json_path, "w") as f:
         json.dump(doc, f, indent=1, allow_nan=True)
         f.write("\n")
+    from .plots import write_plots
+
+    plots = write_plots(doc, out_dir, stem)
     with open(md_path, "w") as f:
-        f.write(markdown_report(doc))
-    return [json_path, md_path]
+        f.write(markdown_report(doc, [os.path.basename(p) for p in plots]))
+    return [json_path, md_path] + plots
 
 
 def has_errors(doc: dict) -> bool:

@@ -106,7 +106,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def tal_case(device, flavour, B, G, A, C, dtype=torch.float32, repeats=None, warmup=None,
-             with_ultralytics=True):
+             with_ultralytics=True, with_reference=True):
     kw = FLAVOURS[flavour]
     use_ul = with_ultralytics and flavour == "ultralytics"
 
@@ -115,10 +115,9 @@ def tal_case(device, flavour, B, G, A, C, dtype=torch.float32, repeats=None, war
         args = (scores.to(device, dtype), pred_boxes.to(device, dtype), points.to(device, dtype),
                 labels.to(device), gt_boxes.to(device, dtype), gt_mask.to(device))
         kernel = _kernel()
-        impls = {
-            "kernel": lambda: kernel(*args, **kw),
-            "reference": lambda: ref_tal(*args, **kw),
-        }
+        impls = {"kernel": lambda: kernel(*args, **kw)}
+        if with_reference:
+            impls["reference"] = lambda: ref_tal(*args, **kw)
         cls = _ultralytics_assigner_cls() if use_ul else None
         if cls is not None:
             assigner = cls(topk=kw["topk"], num_classes=C, alpha=kw["alpha"], beta=kw["beta"],
@@ -135,12 +134,17 @@ def tal_case(device, flavour, B, G, A, C, dtype=torch.float32, repeats=None, war
     k = kw
     note = (f"topk={k['topk']} alpha={k['alpha']} beta={k['beta']} {k['candidates']} "
             f"{k['iou_mode']}; YOLO-style anchor grids; ~20% padding GTs")
+    if not with_reference:
+        note += "; reference left out at this size (time)"
     if use_ul:
         note += ("; ultralytics: TaskAlignedAssigner (its CIoU, torch.topk ties, argmax-over-all-"
                  "GTs conflicts; column absent when not importable)")
     return Case(name=name, family="tal", op="task_aligned_assign", passes="fwd",
                 sizes={"B": B, "G": G, "A": A, "C": C}, dtype=_dtype_name(dtype), setup=setup,
                 repeats=repeats, warmup=warmup, note=note)
+
+
+DENSE_LIMIT_CPU = 54_000_000  # B * G * A up to G = 400, A = 8400 at B = 16
 
 
 def _cpu_schedule(B, G, A):
@@ -177,12 +181,19 @@ def cases(device: str, quick: bool) -> list:
         out.append(tal_case(device, "ultralytics", B, 100, 8400, C, dtype=torch.bfloat16,
                             with_ultralytics=False))
         return out
-    # CPU: the TOOD flavour over the grid, the ultralytics flavour at one size (time budget:
-    # the whole family < 3 min on 2 cores, dominated by the reference at G=400, A=8400)
-    for A in (2100, 8400):
-        for G in (10, 100, 400):
+    # CPU: the issue's sweep (G x A at B = 16, C = 80) for the TOOD flavour; the ultralytics
+    # flavour over G at A = 8400 with ultralytics' assigner. The dense implementations (our
+    # reference, ultralytics) hold several (B, G, A) tensors and take ~0.3 us per (b, g, a)
+    # here, so our reference runs up to B * G * A = DENSE_LIMIT_CPU only (the kernel runs
+    # everywhere; ultralytics' assigner at every G of its sweep, for the memory-vs-G curve).
+    for A in (2100, 8400, 33600):
+        for G in (10, 100, 400, 1000):
             rep, wu = _cpu_schedule(B, G, A)
-            out.append(tal_case(device, "mmdet", B, G, A, C, repeats=rep, warmup=wu))
-    rep, wu = _cpu_schedule(B, 100, 2100)
-    out.append(tal_case(device, "ultralytics", B, 100, 2100, C, repeats=rep, warmup=wu))
+            dense = B * G * A <= DENSE_LIMIT_CPU
+            out.append(tal_case(device, "mmdet", B, G, A, C, repeats=rep, warmup=wu,
+                                with_reference=dense))
+    for G in (10, 100, 400, 1000):
+        rep, wu = _cpu_schedule(B, G, 8400)
+        out.append(tal_case(device, "ultralytics", B, G, 8400, C, repeats=rep, warmup=wu,
+                            with_reference=B * G * 8400 <= DENSE_LIMIT_CPU))
     return out
