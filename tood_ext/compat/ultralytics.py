@@ -1,0 +1,334 @@
+"""Drop-in replacement for ``ultralytics.utils.tal.TaskAlignedAssigner`` (ultralytics 8.4).
+
+``TaskAlignedAssigner`` takes the same constructor arguments (``topk=13, num_classes=80,
+alpha=1.0, beta=6.0, stride=None, eps=1e-9, topk2=None``) and has the same forward signature and
+outputs as ultralytics' class, but runs the assignment with tood-ext's fused op
+(:func:`tood_ext.task_aligned_assign` with ``candidates="inside_then_topk"``,
+``iou_mode="ciou"``, ``inside_eps=1e-9``, ``norm_eps=eps``): no (B, G, A) tensor.
+
+``patch_ultralytics()`` swaps it into a live ultralytics install (the class in
+``ultralytics.utils.tal`` and the name ``v8DetectionLoss`` builds its assigner from, in
+``ultralytics.utils.loss``; optionally the assigners of loss objects that already exist);
+``unpatch_ultralytics()`` undoes it; ``patched_ultralytics()`` is the context-manager form.
+This module never imports ultralytics unless one of those functions is called.
+
+What is reproduced (ultralytics 8.4.190, ``utils/tal.py``):
+
+* the inside test on the GT box converted xyxy -> xywh -> xyxy, with sides shorter than
+  ``stride_val`` (``stride[1]``) widened to it about the centre (valid GTs only);
+* s = score of the GT's class, u = CIoU(gt, pred) clamped at 0, t = s**alpha * u**beta on inside
+  pairs; per GT the top-k by t among its inside anchors; an anchor claimed by several GTs goes to
+  the one of largest u; the optional ``topk2`` filter; ``t_hat = t * max u / (max t + eps)`` over
+  each GT's final positives; targets gathered with GT index 0 on background anchors (so
+  background rows of target_labels / target_bboxes hold GT 0's values, as in ultralytics);
+  ``target_scores`` the one-hot label times t_hat; G = 0 returns ultralytics' empty outputs.
+
+Known differences (documented, and what the tests pin down):
+
+* ties: ultralytics' top-k order is ``torch.topk``'s. Where a GT has fewer than ``topk`` inside
+  anchors of t > 0, ultralytics fills the remaining slots with t = 0 anchors in torch's order
+  (mostly outside the GT, so dropped); here the t = 0 *inside* anchors of lowest index fill them.
+  Those anchors are in ``fg_mask`` with ``target_scores`` 0, so they weigh nothing in
+  ``v8DetectionLoss`` (box and DFL losses are weighted by the target scores; the cls target is 0
+  either way): the loss is the same, ``fg_mask`` may differ on such anchors.
+* conflicts: ultralytics resolves an anchor claimed by >= 2 GTs with the argmax of u over *all*
+  GTs whose (widened) box contains the anchor, also GTs that did not select it; here the argmax
+  is over the GTs that selected it (the paper's and mmdetection's rule). The two differ only for
+  an anchor inside >= 3 GTs, claimed by >= 2 of them, whose best u is with a third.
+* u of GTs without a widened side is computed by the op (CIoU without ultralytics' ``+ eps`` on
+  the heights and union): values agree to float rounding, not bit for bit.
+* ``**extra`` (the pose / segmentation ``pair_overlaps`` inputs) is not supported; the subclasses
+  ``SegTaskAlignedAssigner``, ``PoseTaskAlignedAssigner`` and ``RotatedTaskAlignedAssigner``
+  are left untouched by the patch (they keep ultralytics' implementation).
+* no CUDA out-of-memory fallback is needed (the op's extra memory is O(B*A + B*G*topk)).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["TaskAlignedAssigner", "is_patched", "patch_ultralytics", "patched_ultralytics",
+           "unpatch_ultralytics"]
+
+_INSIDE_EPS = 1e-9  # select_candidates_in_gts' default eps (not the assigner's eps)
+_CIOU_EPS = 1e-7  # bbox_iou's default eps
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _inside_boxes(gt_bboxes: torch.Tensor, valid: torch.Tensor, stride_val: float):
+    """The boxes of ultralytics' inside test: xyxy -> xywh, valid GTs' sides < stride_val set
+    to stride_val, -> xyxy (the same arithmetic as its ``select_candidates_in_gts``).
+    Returns (boxes (B, G, 4), widened (B, G) bool: a valid GT with a widened side)."""
+    x1, y1, x2, y2 = gt_bboxes.unbind(-1)
+    c = torch.stack(((x1 + x2) / 2, (y1 + y2) / 2), -1)
+    wh = torch.stack((x2 - x1, y2 - y1), -1)
+    small = (wh < stride_val) & valid[..., None]
+    wh = torch.where(small, torch.tensor(stride_val, dtype=wh.dtype, device=wh.device), wh)
+    half = wh / 2
+    return torch.cat((c - half, c + half), -1), small.any(-1)
+
+
+def _ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = _CIOU_EPS) -> torch.Tensor:
+    """CIoU of aligned xyxy boxes (N, 4), the arithmetic of ultralytics' ``bbox_iou(CIoU=True)``
+    (``+ eps`` on the heights, the union and the diagonal; alpha a constant)."""
+    b1x1, b1y1, b1x2, b1y2 = box1.unbind(-1)
+    b2x1, b2y1, b2x2, b2y2 = box2.unbind(-1)
+    w1, h1 = b1x2 - b1x1, b1y2 - b1y1 + eps
+    w2, h2 = b2x2 - b2x1, b2y2 - b2y1 + eps
+    inter = ((b1x2.minimum(b2x2) - b1x1.maximum(b2x1)).clamp(0)
+             * (b1y2.minimum(b2y2) - b1y1.maximum(b2y1)).clamp(0))
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = b1x2.maximum(b2x2) - b1x1.minimum(b2x1)
+    ch = b1y2.maximum(b2y2) - b1y1.minimum(b2y1)
+    c2 = cw.pow(2) + ch.pow(2) + eps
+    rho2 = ((b2x1 + b2x2 - b1x1 - b1x2).pow(2) + (b2y1 + b2y2 - b1y1 - b1y2).pow(2)) / 4
+    v = (4 / math.pi ** 2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
+    alpha = v / (1 - iou + v + eps)
+    return iou - (rho2 / c2 + v * alpha)
+
+
+def _rank_in_groups(group: torch.Tensor, value: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Rank (0 = first) of each element within its group, by value descending, ties by the
+    element's position (the input order). Returns ranks in input order."""
+    if group.numel() == 0:
+        return group.clone()
+    o1 = torch.sort(value, descending=True, stable=True).indices
+    o2 = torch.sort(group[o1], stable=True).indices
+    perm = o1[o2]
+    g_sorted = group[perm]
+    counts = torch.bincount(g_sorted, minlength=n_groups)
+    starts = counts.cumsum(0) - counts
+    rank_sorted = torch.arange(perm.numel(), device=perm.device) - starts[g_sorted]
+    return torch.empty_like(rank_sorted).scatter_(0, perm, rank_sorted)
+
+
+class TaskAlignedAssigner(nn.Module):
+    """``ultralytics.utils.tal.TaskAlignedAssigner`` backed by tood-ext's fused TAL op.
+
+    Same constructor arguments and attributes (``topk``, ``topk2``, ``num_classes``, ``alpha``,
+    ``beta``, ``stride``, ``stride_val``, ``eps``) and the same forward; see the module docstring
+    for what is reproduced and the documented differences.
+    """
+
+    def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0,
+                 beta: float = 6.0, stride: list | None = None, eps: float = 1e-9,
+                 topk2: int | None = None):
+        super().__init__()
+        self.topk = topk
+        self.topk2 = topk2 or topk
+        self.num_classes = num_classes
+        self.alpha = alpha
+        self.beta = beta
+        self.stride = stride if stride is not None else [8, 16, 32]
+        self.stride_val = self.stride[1] if len(self.stride) > 1 else self.stride[0]
+        self.eps = eps
+        self._oom_warned = False  # attribute parity; the op needs no OOM fallback
+
+    @torch.no_grad()
+    def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
+        """Assign anchors to GTs, as ultralytics' ``TaskAlignedAssigner.forward``.
+
+        Args:
+            pd_scores: (B, A, C) probabilities. pd_bboxes: (B, A, 4) xyxy (pixels).
+            anc_points: (A, 2) anchor centres (pixels). gt_labels: (B, G, 1) class ids (float
+                or int). gt_bboxes: (B, G, 4) xyxy. mask_gt: (B, G, 1) 1 for real GTs.
+
+        Returns:
+            target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, C),
+            fg_mask (B, A) bool, target_gt_idx (B, A) int64.
+        """
+        if extra:
+            raise NotImplementedError(
+                "tood_ext.compat.ultralytics.TaskAlignedAssigner does not support the extra "
+                f"pair_overlaps inputs {sorted(extra)} (pose / segmentation assigners); use "
+                "ultralytics' own subclass for those")
+        self.bs = pd_scores.shape[0]
+        self.n_max_boxes = gt_bboxes.shape[1]
+        if self.n_max_boxes == 0:  # ultralytics' empty outputs (labels = num_classes, float)
+            return (torch.full_like(pd_scores[..., 0], self.num_classes),
+                    torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores),
+                    torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
+                    torch.zeros_like(pd_scores[..., 0]))
+        return self._assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
+
+    # -----------------------------------------------------------------------------------------
+
+    def _candidates_widened(self, pd_scores, pd_bboxes, anc_points, labels, gt_bboxes, ibox,
+                            widened):
+        """Positive candidates of the GTs with a widened side, from a sparse list of their
+        inside pairs (a side < stride_val bounds the number of anchors inside the box).
+        Returns (b, a, g, u, t) of each GT's top-k among its inside anchors (t desc, lower
+        anchor first, NaN t never), u and t with ultralytics' arithmetic."""
+        sb, sg = widened.nonzero(as_tuple=True)
+        S, A = sb.numel(), anc_points.shape[0]
+        wb = ibox[sb, sg]
+        ax, ay = anc_points[:, 0], anc_points[:, 1]
+        chunk = max(1, (1 << 22) // max(A, 1))
+        ps, pa = [], []
+        for i in range(0, S, chunk):
+            w = wb[i:i + chunk]
+            m = ax - w[:, 0:1] > _INSIDE_EPS
+            m &= ay - w[:, 1:2] > _INSIDE_EPS
+            m &= w[:, 2:3] - ax > _INSIDE_EPS
+            m &= w[:, 3:4] - ay > _INSIDE_EPS
+            s_idx, a_idx = m.nonzero(as_tuple=True)
+            ps.append(s_idx + i)
+            pa.append(a_idx)
+        pair_s, pair_a = torch.cat(ps), torch.cat(pa)
+        b, g = sb[pair_s], sg[pair_s]
+        score = pd_scores[b, pair_a, labels[b, g]]
+        u = _ciou(gt_bboxes[b, g], pd_bboxes[b, pair_a]).clamp_(0)
+        t = score.pow(self.alpha) * u.pow(self.beta)
+        ok = ~torch.isnan(t)
+        pair_s, pair_a, b, g, u, t = (x[ok] for x in (pair_s, pair_a, b, g, u, t))
+        keep = _rank_in_groups(pair_s, t, S) < self.topk
+        return b[keep], pair_a[keep], g[keep], u[keep], t[keep]
+
+    def _assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+        from ..ops.tal import task_aligned_assign
+
+        B, A, C = pd_scores.shape
+        G = gt_bboxes.shape[1]
+        dev = pd_scores.device
+        valid = mask_gt.reshape(B, G).bool()
+        labels = gt_labels.reshape(B, G).long()
+        # ultralytics' align_metric dtype; the op runs in it (float32 for half types on CPU)
+        work = torch.promote_types(pd_scores.dtype, pd_bboxes.dtype)
+        op_dtype = torch.float32 if (work in _HALF and dev.type == "cpu") else work
+
+        ibox, widened = _inside_boxes(gt_bboxes, valid, self.stride_val)
+        plain = valid & ~widened
+        # GTs without a widened side: the fused op, on the round-tripped boxes so that the
+        # inside test is ultralytics' to the bit (u moves by at most an ulp of the box)
+        res = task_aligned_assign(
+            pd_scores.to(op_dtype), pd_bboxes.to(op_dtype), anc_points.to(op_dtype),
+            torch.where(plain, labels, torch.zeros_like(labels)), ibox.to(op_dtype), plain,
+            topk=self.topk, alpha=self.alpha, beta=self.beta, candidates="inside_then_topk",
+            iou_mode="ciou", inside_eps=_INSIDE_EPS, norm_eps=self.eps)
+        cb, ca = res.fg_mask.nonzero(as_tuple=True)
+        cg = res.assigned_gt[cb, ca]
+        cu = res.iou[cb, ca].to(work)
+        ct = res.metric[cb, ca].to(work)
+        if bool(widened.any()):
+            wb_, wa, wg, wu, wt = self._candidates_widened(pd_scores, pd_bboxes, anc_points,
+                                                           labels, gt_bboxes, ibox, widened)
+            cb, ca, cg = torch.cat((cb, wb_)), torch.cat((ca, wa)), torch.cat((cg, wg))
+            cu, ct = torch.cat((cu, wu.to(work))), torch.cat((ct, wt.to(work)))
+            # conflicts: largest u (float32), then lower GT index; the op has already resolved
+            # the plain GTs among themselves with the same rule, and max is associative
+            anchor = cb * A + ca
+            o = torch.sort(cg, stable=True).indices
+            o = o[torch.sort(cu[o].float().nan_to_num(nan=-1.0), descending=True,
+                             stable=True).indices]
+            o = o[torch.sort(anchor[o], stable=True).indices]
+            first = torch.ones(o.numel(), dtype=torch.bool, device=dev)
+            first[1:] = anchor[o][1:] != anchor[o][:-1]
+            o = o[first]
+            cb, ca, cg, cu, ct = cb[o], ca[o], cg[o], cu[o], ct[o]
+
+        gt_flat = cb * G + cg  # (n,) the GT of each final positive, flat over (B, G)
+        if self.topk2 != self.topk:  # keep each GT's top topk2 by t among its final positives
+            keep = _rank_in_groups(gt_flat, ct, B * G) < self.topk2
+            cb, ca, cg, cu, ct, gt_flat = (x[keep] for x in (cb, ca, cg, cu, ct, gt_flat))
+
+        # t_hat = t * max u / (max t + eps), maxima over each GT's final positives
+        max_t = torch.zeros(B * G, dtype=work, device=dev).scatter_reduce_(
+            0, gt_flat, ct, "amax")
+        max_u = torch.zeros(B * G, dtype=work, device=dev).scatter_reduce_(
+            0, gt_flat, cu, "amax")
+        t_hat = ct * max_u[gt_flat] / (max_t[gt_flat] + self.eps)
+
+        target_gt_idx = torch.zeros((B, A), dtype=torch.int64, device=dev)
+        target_gt_idx[cb, ca] = cg
+        fg_mask = torch.zeros((B, A), dtype=torch.bool, device=dev)
+        fg_mask[cb, ca] = True
+        norm = torch.zeros((B, A), dtype=work, device=dev)
+        norm[cb, ca] = t_hat
+
+        flat = target_gt_idx + torch.arange(B, device=dev)[:, None] * G
+        target_labels = gt_labels.long().flatten()[flat]
+        target_bboxes = gt_bboxes.reshape(-1, gt_bboxes.shape[-1])[flat]
+        target_labels.clamp_(0)
+        target_scores = torch.zeros((B, A, self.num_classes), dtype=work, device=dev)
+        target_scores.scatter_(2, target_labels[..., None], norm[..., None])
+        return target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx
+
+
+# ---------------------------------------------------------------------------------------------
+# patching a live ultralytics install
+# ---------------------------------------------------------------------------------------------
+
+_ORIGINAL: dict = {}  # module attribute -> the original class
+_SWAPPED: list = []  # (loss object, its original assigner)
+_HYPER = ("topk", "topk2", "num_classes", "alpha", "beta", "stride", "eps")
+
+
+def is_patched() -> bool:
+    """Whether :func:`patch_ultralytics` is in effect."""
+    return bool(_ORIGINAL)
+
+
+def _swap(loss) -> None:
+    """Replace ``loss.assigner`` (and the assigners of E2E losses' branches) by the adapter when
+    it is exactly ultralytics' plain ``TaskAlignedAssigner`` (subclasses are left alone)."""
+    original = _ORIGINAL["ultralytics.utils.tal"]
+    for branch in (loss, getattr(loss, "one2many", None), getattr(loss, "one2one", None)):
+        assigner = getattr(branch, "assigner", None)
+        if branch is None or type(assigner) is not original:
+            continue
+        new = TaskAlignedAssigner(**{k: getattr(assigner, k) for k in _HYPER})
+        _SWAPPED.append((branch, assigner))
+        branch.assigner = new
+
+
+def patch_ultralytics(*losses) -> None:
+    """Swap the adapter into ultralytics: ``ultralytics.utils.tal.TaskAlignedAssigner`` and the
+    name ``ultralytics.utils.loss`` builds ``v8DetectionLoss.assigner`` from (so every detection
+    loss created afterwards, also those of segmentation / pose / E2E models, uses it), and the
+    assigner of each loss object passed (created before the patch; ``E2ELoss``'s branches too).
+    Idempotent; undone by :func:`unpatch_ultralytics`. Imports ultralytics."""
+    import importlib
+
+    if not _ORIGINAL:
+        for name in ("ultralytics.utils.tal", "ultralytics.utils.loss"):
+            module = importlib.import_module(name)
+            _ORIGINAL[name] = module.TaskAlignedAssigner
+        for name in _ORIGINAL:
+            importlib.import_module(name).TaskAlignedAssigner = TaskAlignedAssigner
+    for loss in losses:
+        _swap(loss)
+
+
+def unpatch_ultralytics() -> None:
+    """Restore ultralytics' classes and the assigners of the loss objects swapped."""
+    import importlib
+
+    for name, cls in _ORIGINAL.items():
+        importlib.import_module(name).TaskAlignedAssigner = cls
+    _ORIGINAL.clear()
+    while _SWAPPED:
+        branch, assigner = _SWAPPED.pop()
+        branch.assigner = assigner
+
+
+@contextlib.contextmanager
+def patched_ultralytics(*losses) -> Iterator[None]:
+    """``with patched_ultralytics(): ...``: :func:`patch_ultralytics` for the block (restores the
+    previous state afterwards, also when the patch was already in effect)."""
+    already = is_patched()
+    n_swapped = len(_SWAPPED)
+    patch_ultralytics(*losses)
+    try:
+        yield
+    finally:
+        if not already:
+            unpatch_ultralytics()
+        else:
+            while len(_SWAPPED) > n_swapped:
+                branch, assigner = _SWAPPED.pop()
+                branch.assigner = assigner
