@@ -79,6 +79,72 @@ class TOOD(nn.Module):
                             for (h, w), s in zip(sizes, self.head.strides)])
         return scores, boxes, priors, stride
 
+    @torch.no_grad()
+    def get_targets(self, out: dict, targets: list[dict], epoch: int) -> dict:
+        """Per-anchor training targets of a batch (anchors: levels concatenated, row-major).
+
+        ``epoch < cfg.initial_epoch``: :func:`atss_assign` per image on the priors (boxes of
+        side 8 * stride), bbox weights = centerness of the prior centre in its GT.
+        Otherwise: TAL through ``task_aligned_assign`` of the chosen ops on the detached
+        P_align scores and aligned boxes (pixels), prior centres as anchor points, mmdetection's
+        flavour (``topk_then_inside``, IoU, inside eps 0.01, t_hat eps 1e-7), bbox weights =
+        t_hat.
+
+        Returns a dict of (B, A[, 4]) tensors: ``labels`` (int64, -1 background), ``fg_mask``,
+        ``boxes`` (assigned GT, pixels, 0 for background), ``weights`` (bbox-loss weight, 0
+        for background), ``soft_target`` (t_hat for TAL, the one-hot target value 1 for ATSS
+        positives), ``iou`` (TAL only: IoU of the predicted box with the assigned GT, else
+        None), and ``anchors`` (A, 4) the priors.
+        """
+        cfg, ops = self.cfg, self.head.ops
+        scores, boxes, priors, _ = self._flatten(out)
+        B, A, C = scores.shape
+        if len(targets) != B:
+            raise ValueError(f"got {len(targets)} targets for a batch of {B} images")
+        num_level = [p.shape[0] for p in priors]
+        anchors = torch.cat(priors)
+        device = scores.device
+        gt_boxes = [t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4)
+                    for t in targets]
+        gt_labels = [t["labels"].to(device=device, dtype=torch.long).reshape(-1)
+                     for t in targets]
+        for b, lab in enumerate(gt_labels):
+            if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= C):
+                raise ValueError(f"image {b}: labels must lie in [0, {C}), got "
+                                 f"[{int(lab.min())}, {int(lab.max())}]")
+        iou = None
+        if epoch < cfg.initial_epoch:
+            labels = torch.full((B, A), -1, dtype=torch.long, device=device)
+            tgt = torch.zeros((B, A, 4), device=device)
+            for b in range(B):
+                idx = atss_assign(anchors, num_level, gt_boxes[b], cfg.atss_topk, ops.box_iou)
+                pos = idx >= 0
+                labels[b, pos] = gt_labels[b][idx[pos]]
+                tgt[b, pos] = gt_boxes[b][idx[pos]]
+            fg = labels >= 0
+            weights = torch.zeros((B, A), device=device)
+            if fg.any():
+                weights[fg] = centerness_target(anchors.expand(B, A, 4)[fg], tgt[fg])
+            soft = fg.float()
+        else:
+            G = max((len(g) for g in gt_boxes), default=0)
+            pad_boxes = torch.zeros((B, G, 4), device=device)
+            pad_labels = torch.zeros((B, G), dtype=torch.long, device=device)
+            mask = torch.zeros((B, G), dtype=torch.bool, device=device)
+            for b in range(B):
+                n = len(gt_boxes[b])
+                pad_boxes[b, :n], pad_labels[b, :n], mask[b, :n] = gt_boxes[b], gt_labels[b], True
+            centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+            res = ops.task_aligned_assign(scores.detach().float(), boxes.detach().float(),
+                                          centres, pad_labels, pad_boxes, mask, topk=cfg.topk,
+                                          alpha=cfg.alpha, beta=cfg.beta,
+                                          candidates="topk_then_inside", iou_mode="iou",
+                                          inside_eps=0.01, norm_eps=1e-7)
+            labels, fg, tgt, iou = res.labels, res.fg_mask, res.boxes, res.iou
+            soft = weights = res.soft_target.float()
+        return {"labels": labels, "fg_mask": fg, "boxes": tgt, "weights": weights,
+                "soft_target": soft, "iou": iou, "anchors": anchors}
+
     def loss_by_feat(self, out: dict, targets: list[dict], epoch: int) -> dict:
         """Losses from the head outputs (the dict of :meth:`forward`).
 
@@ -103,59 +169,24 @@ class TOOD(nn.Module):
         ``0 * sum(bbox_preds)``: zero, still attached to the graph.
         """
         cfg, ops = self.cfg, self.head.ops
-        scores, boxes, priors, stride = self._flatten(out)
+        scores, boxes, _, stride = self._flatten(out)
         B, A, C = scores.shape
-        num_level = [p.shape[0] for p in priors]
-        anchors = torch.cat(priors)
-        device = scores.device
-        gt_boxes = [t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4)
-                    for t in targets]
-        gt_labels = [t["labels"].to(device=device, dtype=torch.long).reshape(-1)
-                     for t in targets]
-        if len(targets) != B:
-            raise ValueError(f"got {len(targets)} targets for a batch of {B} images")
-
+        tg = self.get_targets(out, targets, epoch)
+        labels, fg, tgt, weight = tg["labels"], tg["fg_mask"], tg["boxes"], tg["weights"]
         if epoch < cfg.initial_epoch:
-            labels = torch.full((B, A), -1, dtype=torch.long, device=device)
-            tgt = torch.zeros((B, A, 4), device=device)
-            for b in range(B):
-                idx = atss_assign(anchors, num_level, gt_boxes[b], cfg.atss_topk, ops.box_iou)
-                fg = idx >= 0
-                labels[b, fg] = gt_labels[b][idx[fg]]
-                tgt[b, fg] = gt_boxes[b][idx[fg]]
-            fg = labels >= 0
-            pos_anchors = anchors.expand(B, A, 4)[fg]
-            weight = centerness_target(pos_anchors, tgt[fg]) if fg.any() else tgt.new_zeros(0)
             loss_cls = focal_loss(scores.reshape(-1, C), labels.reshape(-1), cfg.gamma,
                                   cfg.focal_alpha)
             cls_factor = reduce_mean(fg.sum().float()).clamp(min=1)
-            bbox_factor = reduce_mean(weight.sum().detach()).clamp(min=1)
         else:
-            G = max((len(g) for g in gt_boxes), default=0)
-            pad_boxes = torch.zeros((B, G, 4), device=device)
-            pad_labels = torch.zeros((B, G), dtype=torch.long, device=device)
-            mask = torch.zeros((B, G), dtype=torch.bool, device=device)
-            for b in range(B):
-                n = len(gt_boxes[b])
-                pad_boxes[b, :n], pad_labels[b, :n], mask[b, :n] = gt_boxes[b], gt_labels[b], True
-            centres = (anchors[:, :2] + anchors[:, 2:]) / 2
-            res = ops.task_aligned_assign(scores.detach().float(), boxes.detach(), centres,
-                                          pad_labels, pad_boxes, mask, topk=cfg.topk,
-                                          alpha=cfg.alpha, beta=cfg.beta,
-                                          candidates="topk_then_inside", iou_mode="iou",
-                                          inside_eps=0.01, norm_eps=1e-7)
-            labels, fg, tgt = res.labels, res.fg_mask, res.boxes
-            t_hat = res.soft_target.float()
-            weight = t_hat[fg]
             loss_cls = quality_focal_loss(scores.reshape(-1, C), labels.reshape(-1),
-                                          t_hat.reshape(-1), cfg.gamma)
-            cls_factor = reduce_mean(t_hat.sum()).clamp(min=1)
-            bbox_factor = reduce_mean(weight.sum()).clamp(min=1)
-
+                                          tg["soft_target"].reshape(-1), cfg.gamma)
+            cls_factor = reduce_mean(tg["soft_target"].sum()).clamp(min=1)
+        weight = weight[fg]
+        bbox_factor = reduce_mean(weight.sum()).clamp(min=1)
         if fg.any():
             s = stride.expand(B, A)[fg][:, None]
             loss_bbox = ops.giou_loss(boxes[fg] / s, tgt[fg].to(boxes.dtype) / s,
-                                      weight=weight.detach(), reduction="sum", eps=1e-6)
+                                      weight=weight, reduction="sum", eps=1e-6)
         else:
             loss_bbox = boxes.sum() * 0
         loss_cls = cfg.loss_cls_weight * loss_cls / cls_factor
