@@ -518,3 +518,18 @@ def test_mmyolo_batch_matches_transcription_without_conflicts(gen):
     assert bool(strong.any())
     empty = ours(pb, ps, priors, gl[:, :0], gb[:, :0], m[:, :0])
     assert empty["assigned_labels"].eq(C).all() and not empty["fg_mask_pre_prior"].any()
+
+
+def test_mmdet_centre_margin_is_0_01():
+    """mmdet's centre-inside test is min distance > 0.01 (input units), not > 0."""
+    gtb = torch.tensor([[10.0, 10.0, 50.0, 50.0]], dtype=F64)
+    cx = torch.tensor([10.005, 10.02, 30.0, 49.995, 49.98], dtype=F64)
+    pts = torch.stack((cx, torch.full_like(cx, 30.0)), -1)
+    bboxes = gtb.expand(5, 4).clone()
+    scores = torch.full((5, 1), 0.5, dtype=F64)
+    res = tmm.TaskAlignedAssigner(topk=13).assign(
+        _ns(priors=pts, bboxes=bboxes, scores=scores),
+        _ns(bboxes=gtb, labels=torch.zeros(1, dtype=torch.long)))
+    assert res.gt_inds.tolist() == [0, 1, 1, 0, 1]
+    gi = mmdet_assign_reference(pts, bboxes, scores, gtb, torch.zeros(1, dtype=torch.long), 13)[0]
+    assert torch.equal(res.gt_inds, gi)
