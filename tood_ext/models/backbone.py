@@ -80,7 +80,10 @@ def _load_weights(net: nn.Module, path: str) -> None:
             state = state[key]
     state = {(k[len("backbone."):] if k.startswith("backbone.") else k): v
              for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise RuntimeError(f"backbone weights {path!r} do not match resnet: {exc}") from exc
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise RuntimeError(f"backbone weights {path!r} do not match resnet: missing "

@@ -42,6 +42,10 @@ def _norm(norm: str | None, channels: int, num_groups: int) -> nn.Module:
     return nn.GroupNorm(num_groups, channels)
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def sigmoid_geometric_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``sqrt(sigmoid(x) * sigmoid(y))``, computed as ``exp((logsigmoid(x) + logsigmoid(y)) / 2)``.
 
@@ -245,10 +249,10 @@ class TOODHead(nn.Module):
 
         cls_score = sigmoid_geometric_mean(self.tood_cls(cls_feat), self.cls_prob_module(feat))
 
-        reg = self.tood_reg(reg_feat).float()
+        reg = _at_least_float32(self.tood_reg(reg_feat))  # boxes in float32 under autocast
         raw = self.scales[level](reg.exp() if self.anchor_type == "anchor_free" else reg)
-        ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1).expand(1, h, w)
-        xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w).expand(1, h, w)
+        ys = torch.arange(h, device=x.device, dtype=raw.dtype).view(1, h, 1).expand(1, h, w)
+        xs = torch.arange(w, device=x.device, dtype=raw.dtype).view(1, 1, w).expand(1, h, w)
         if self.anchor_type == "anchor_free":  # distances in stride units around (j, i)
             reg_bbox = torch.stack([xs - raw[:, 0], ys - raw[:, 1], xs + raw[:, 2],
                                     ys + raw[:, 3]], 1)
@@ -258,7 +262,7 @@ class TOODHead(nn.Module):
                                  ys * stride + half], -1)  # (1, h, w, 4)
             reg_bbox = delta2bbox(prior, raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) / stride
 
-        offset = self.reg_offset_module(feat).float()
+        offset = self.reg_offset_module(feat).to(reg_bbox.dtype)
         bbox = self.ops.deform_sampling(reg_bbox.contiguous(), offset.contiguous())
         invalid = (bbox[:, 0:1] > bbox[:, 2:3]) | (bbox[:, 1:2] > bbox[:, 3:4])
         bbox = torch.where(invalid, reg_bbox, bbox)

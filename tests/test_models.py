@@ -1,0 +1,571 @@
+"""Tests of the TOOD detector (tood_ext.models): head outputs and gradients, kernel vs reference
+ops, training targets and losses against independent computations, ATSS on hand-computed
+cases, inference in original-image coordinates.
+
+Small on purpose (feat_channels 32, stacked_convs 2, ResNet-18, 128-pixel images): the whole
+file runs in well under a minute on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from tood_ext.models import (TOOD, TOODConfig, TOODHead, atss_assign, build_model,
+                             centerness_target, grid_priors, sigmoid_geometric_mean)
+
+ANCHOR_TYPES = ["anchor_free", "anchor_based"]
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def small_cfg(**kw) -> TOODConfig:
+    base = dict(num_classes=3, depth=18, fpn_channels=32, feat_channels=32, stacked_convs=2,
+                num_groups=8)
+    base.update(kw)
+    return TOODConfig(**base)
+
+
+def small_head(anchor_type="anchor_free", ops="kernel", **kw) -> TOODHead:
+    return TOODHead(num_classes=3, in_channels=16, feat_channels=32, stacked_convs=2,
+                    strides=STRIDES, anchor_type=anchor_type, num_groups=8, ops=ops, **kw)
+
+
+def head_feats(gen, size=128, channels=16, dtype=torch.float32):
+    return [torch.randn(2, channels, size // s, size // s, generator=gen, dtype=torch.float64)
+            .to(dtype) for s in STRIDES]
+
+
+def spread_offsets(head: TOODHead, gen) -> None:
+    """Offsets of up to about +-1 px so that deform sampling really interpolates (the
+    mmdetection init, std 0.001, leaves them near 0; beyond 1 px a 1x1 level samples only
+    zeros)."""
+    with torch.no_grad():
+        head.reg_offset_module[-1].bias.copy_(
+            (torch.rand(8, generator=gen, dtype=torch.float64) * 1.8 - 0.9).float())
+        head.reg_offset_module[-1].weight.normal_(0, 0.05, generator=gen)
+
+
+# ---------------------------------------------------------------------------------------------
+# head
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anchor_type", ANCHOR_TYPES)
+def test_head_shapes_values_and_gradients(anchor_type, gen):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    head = small_head(anchor_type)
+    spread_offsets(head, gen)
+    feats = [f.requires_grad_() for f in head_feats(gen)]
+    out = head(feats)
+    assert len(out["cls_scores"]) == len(out["bbox_preds"]) == len(STRIDES)
+    for s, b, f in zip(out["cls_scores"], out["bbox_preds"], feats):
+        assert s.shape == (2, 3, *f.shape[-2:]) and b.shape == (2, 4, *f.shape[-2:])
+        assert s.dtype == b.dtype == torch.float32
+        assert ((s > 0) & (s < 1)).all()
+        assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()  # fallback of #7567
+    # every output (each level, cls and boxes separately) is differentiable w.r.t. its input
+    for key in ("cls_scores", "bbox_preds"):
+        for level in range(len(STRIDES)):
+            x = out[key][level]
+            g, = torch.autograd.grad((x * torch.randn(x.shape, generator=gen)).sum(),
+                                     feats[level], retain_graph=True)
+            assert torch.isfinite(g).all() and g.abs().sum() > 0, (key, level)
+    # every parameter gets a finite, non-zero gradient from the two outputs together
+    w = [torch.randn(x.shape, generator=gen) for x in out["cls_scores"] + out["bbox_preds"]]
+    loss = sum((x * wi).sum() for x, wi in zip(out["cls_scores"] + out["bbox_preds"], w))
+    loss.backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_head_initialisation():
+    torch.manual_seed(0)
+    head = small_head()
+    prior = -math.log(99)
+    assert torch.allclose(head.tood_cls.bias, torch.full_like(head.tood_cls.bias, prior))
+    assert torch.allclose(head.cls_prob_module[-1].bias, torch.tensor([prior]))
+    assert head.reg_offset_module[-1].bias.abs().max() == 0
+    assert head.reg_offset_module[-1].weight.std() < 0.0015  # N(0, 0.001)
+    assert all(float(s.scale.detach()) == 1.0 for s in head.scales)
+    # the initial P_align is about sqrt(0.01 * 0.01) = 0.01 everywhere
+    feats = [torch.randn(1, 16, 128 // s, 128 // s) for s in STRIDES]
+    scores = head(feats)["cls_scores"]
+    assert all((s - 0.01).abs().max() < 2e-3 for s in scores)
+    # zero offsets: aligned boxes are exactly the unsampled decoded boxes (anchor-free: a
+    # square of side 2 * scale * exp(0) strides around each location, up to the tiny weights)
+    head0 = small_head(offset_init_std=0.0)
+    assert head0.reg_offset_module[-1].weight.abs().max() == 0
+
+
+@pytest.mark.parametrize("anchor_type", ANCHOR_TYPES)
+def test_head_box_decoding(anchor_type):
+    """Boxes from a regression conv with known output, zero offsets, against hand decoding."""
+    head = small_head(anchor_type, offset_init_std=0.0)
+    reg = torch.tensor([0.1, -0.2, 0.3, 0.05])
+    with torch.no_grad():
+        head.tood_reg.weight.zero_()
+        head.tood_reg.bias.copy_(reg)
+        head.scales[1].scale.fill_(1.5)
+    feats = [torch.randn(1, 16, 128 // s, 128 // s) for s in STRIDES]
+    boxes = head(feats)["bbox_preds"]
+    for level, s in enumerate(STRIDES):
+        h, w = 128 // s, 128 // s
+        scale = 1.5 if level == 1 else 1.0
+        i, j = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+        cx, cy = j * s, i * s
+        if anchor_type == "anchor_free":  # (l, t, r, b) = scale * exp(reg) strides
+            d = scale * reg.exp() * s
+            exp = torch.stack([cx - d[0], cy - d[1], cx + d[2], cy + d[3]])
+        else:  # deltas * (.1, .1, .2, .2) against the 8s-square prior
+            d = scale * reg * torch.tensor([0.1, 0.1, 0.2, 0.2])
+            side = 8 * s
+            gx, gy = cx + side * d[0], cy + side * d[1]
+            gw, gh = side * d[2].exp(), side * d[3].exp()
+            exp = torch.stack([gx - gw / 2, gy - gh / 2, gx + gw / 2, gy + gh / 2])
+        torch.testing.assert_close(boxes[level][0], exp, rtol=1e-5, atol=1e-4)
+
+
+def test_deform_offset_layout():
+    """Offset channels (2c, 2c+1) = (dy, dx) of box side c: an integer offset shifts one side."""
+    head = small_head(offset_init_std=0.0)
+    with torch.no_grad():
+        head.reg_offset_module[-1].bias.copy_(torch.tensor([0., 0., 1., 0., 0., -1., 0., 0.]))
+    feats = [torch.randn(1, 16, 128 // s, 128 // s) for s in STRIDES]
+    ref = small_head(offset_init_std=0.0)
+    ref.load_state_dict(head.state_dict())
+    with torch.no_grad():
+        ref.reg_offset_module[-1].bias.zero_()
+        b = head(feats)["bbox_preds"][0][0]  # (4, 16, 16)
+        b0 = ref(feats)["bbox_preds"][0][0]
+    # side y1 (c = 1) reads the row below: dy = +1; side x2 (c = 2) the column left: dx = -1
+    torch.testing.assert_close(b[0], b0[0])
+    torch.testing.assert_close(b[1, :-1], b0[1, 1:])
+    torch.testing.assert_close(b[2, :, 1:], b0[2, :, :-1])
+    torch.testing.assert_close(b[3], b0[3])
+
+
+def test_sigmoid_geometric_mean_gradient():
+    x = torch.tensor([-30.0, -2.0, 0.0, 3.0, 40.0], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([-50.0, 1.0, 0.0, -4.0, 40.0], dtype=torch.float64, requires_grad=True)
+    z = sigmoid_geometric_mean(x, y)
+    torch.testing.assert_close(z, (x.sigmoid() * y.sigmoid()).sqrt())
+    gx, gy = torch.autograd.grad(z.sum(), (x, y))
+    torch.testing.assert_close(gx, z * (1 - x.sigmoid()) / 2)
+    torch.testing.assert_close(gy, z * (1 - y.sigmoid()) / 2)
+    assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
+
+
+@pytest.mark.parametrize("anchor_type", ANCHOR_TYPES)
+def test_head_gradcheck_float64(anchor_type, gen):
+    """Analytic gradients of both outputs (kernel ops) w.r.t. the input features, float64."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    head = TOODHead(num_classes=2, in_channels=4, feat_channels=8, stacked_convs=2,
+                    strides=(8, 16), anchor_type=anchor_type, num_groups=4).double()
+    spread_offsets(head, gen)
+    head.double()
+    feats = [torch.randn(1, 4, n, n, generator=gen, dtype=torch.float64, requires_grad=True)
+             for n in (4, 2)]
+
+    def fn(*xs):
+        out = head(list(xs))
+        return tuple(out["cls_scores"]) + tuple(out["bbox_preds"])
+
+    assert torch.autograd.gradcheck(fn, tuple(feats), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("anchor_type", ANCHOR_TYPES)
+def test_head_kernel_equals_reference(anchor_type, gen):
+    """Same weights, same input: our ops and the PyTorch references agree in the outputs and in
+    every parameter gradient (float32: rtol 1e-4, atol 1e-5 on outputs, atol 1e-5 relative to
+    the largest gradient of each parameter)."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    head = small_head(anchor_type, ops="kernel")
+    spread_offsets(head, gen)
+    feats = head_feats(gen)
+    w = None
+    results = []
+    for ops in ("kernel", "reference"):
+        head.set_ops(ops)
+        head.zero_grad()
+        out = head(feats)
+        flat = out["cls_scores"] + out["bbox_preds"]
+        if w is None:
+            w = [torch.randn(x.shape, generator=gen) for x in flat]
+        sum((x * wi).sum() for x, wi in zip(flat, w)).backward()
+        results.append(([x.detach() for x in flat],
+                        {n: p.grad.clone() for n, p in head.named_parameters()}))
+    (out_k, grad_k), (out_r, grad_r) = results
+    for a, b in zip(out_k, out_r):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for name in grad_k:
+        scale = max(float(grad_r[name].abs().max()), 1e-3)
+        torch.testing.assert_close(grad_k[name], grad_r[name], rtol=1e-4, atol=1e-5 * scale,
+                                   msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# detector: losses and targets
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1234)
+    return build_model(small_cfg())
+
+
+def one_gt_batch(gen):
+    images = torch.randn(2, 3, 128, 128, generator=gen)
+    targets = [{"boxes": torch.tensor([[20.0, 24.0, 68.0, 60.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    return images, targets
+
+
+def test_tal_targets_one_gt(model, gen):
+    """One GT: positives only inside it, at most topk; t_hat in [0, 1], its max is the largest
+    IoU of a positive's predicted box with the GT, and t_hat = t / max t * max u with
+    t = s * u^6 recomputed here from the outputs (torchvision IoU)."""
+    images, targets = one_gt_batch(gen)
+    out = model(images)
+    tg = model.get_targets(out, targets, epoch=model.cfg.initial_epoch)
+    fg, anchors, gt = tg["fg_mask"], tg["anchors"], targets[0]["boxes"][0]
+    assert not fg[1].any()  # the image without GTs
+    n = int(fg[0].sum())
+    assert 1 <= n <= model.cfg.topk
+    centres = (anchors[fg[0], :2] + anchors[fg[0], 2:]) / 2
+    assert ((centres > gt[:2] + 0.01) & (centres < gt[2:] - 0.01)).all()
+    assert (tg["labels"][0, fg[0]] == 1).all() and (tg["labels"][~fg] == -1).all()
+    torch.testing.assert_close(tg["boxes"][0, fg[0]], gt.expand(n, 4))
+
+    t_hat = tg["soft_target"]
+    assert (t_hat >= 0).all() and (t_hat <= 1).all() and (t_hat[~fg] == 0).all()
+    scores = torch.cat([s[0].permute(1, 2, 0).reshape(-1, 3) for s in out["cls_scores"]])
+    boxes = torch.cat([b[0].permute(1, 2, 0).reshape(-1, 4) for b in out["bbox_preds"]])
+    u = torchvision.ops.box_iou(boxes[fg[0]].detach(), gt[None])[:, 0]
+    t = scores[fg[0], 1].detach() * u ** 6
+    # max t_hat = max u * t_max / (t_max + 1e-7): the GT's max IoU up to mmdetection's eps
+    # (relative 1e-7 / t_max, visible here since t = s * u^6 is ~1e-5 for an untrained model)
+    torch.testing.assert_close(t_hat[0].max(), u.max() * t.max() / (t.max() + 1e-7),
+                               rtol=1e-5, atol=1e-7)
+    assert t_hat[0].max() <= u.max() and u.max() - t_hat[0].max() <= 2e-7 / t.max()
+    torch.testing.assert_close(t_hat[0, fg[0]], t / (t.max() + 1e-7) * u.max(),
+                               rtol=1e-4, atol=1e-9)
+    # the positives are the top-k of t over all anchors, restricted to the inside ones
+    all_u = torchvision.ops.box_iou(boxes.detach(), gt[None])[:, 0]
+    all_t = scores[:, 1].detach() * all_u ** 6
+    top = all_t.topk(model.cfg.topk).indices
+    c = (anchors[top, :2] + anchors[top, 2:]) / 2
+    inside = ((c > gt[:2] + 0.01) & (c < gt[2:] - 0.01)).all(1) & (all_t[top] > 0)
+    assert set(top[inside].tolist()) == set(fg[0].nonzero()[:, 0].tolist())
+
+
+def naive_qfl(p, labels, score):
+    loss = -(1 - p).clamp_min(1e-45).log().clamp_min(-100) * p ** 2
+    for n in (labels >= 0).nonzero()[:, 0].tolist():
+        c, s, q = int(labels[n]), float(score[n]), p[n, int(labels[n])]
+        bce = -(s * q.log().clamp_min(-100) + (1 - s) * (1 - q).log().clamp_min(-100))
+        loss[n, c] = bce * (s - q).abs() ** 2
+    return loss.sum()
+
+
+def test_tal_loss_normalisation(model, gen):
+    """loss_cls = QFL sum / max(sum t_hat, 1), loss_bbox = 2 sum t_hat (1 - GIoU) / max(sum
+    t_hat, 1), recomputed naively (QFL by its formula, GIoU by torchvision)."""
+    images, targets = one_gt_batch(gen)
+    out = model(images)
+    losses = model.loss_by_feat(out, targets, epoch=model.cfg.initial_epoch)
+    tg = model.get_targets(out, targets, epoch=model.cfg.initial_epoch)
+    B = images.shape[0]
+    scores = torch.cat([s.permute(0, 2, 3, 1).reshape(B, -1, 3) for s in out["cls_scores"]], 1)
+    boxes = torch.cat([b.permute(0, 2, 3, 1).reshape(B, -1, 4) for b in out["bbox_preds"]], 1)
+    fg, t_hat = tg["fg_mask"], tg["soft_target"]
+    factor = max(float(t_hat.sum()), 1.0)
+    exp_cls = naive_qfl(scores.reshape(-1, 3).detach().double(), tg["labels"].reshape(-1),
+                        t_hat.reshape(-1).double()) / factor
+    giou = torchvision.ops.generalized_box_iou(boxes[fg].detach().double(),
+                                               tg["boxes"][fg].double()).diagonal()
+    exp_bbox = 2.0 * (t_hat[fg].double() * (1 - giou)).sum() / factor
+    torch.testing.assert_close(losses["loss_cls"].double(), exp_cls, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(losses["loss_bbox"].double(), exp_bbox, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(losses["loss"], losses["loss_cls"] + losses["loss_bbox"])
+
+
+def test_atss_loss_normalisation(model, gen):
+    """ATSS epochs: focal loss (alpha .25, gamma 2) / num positives, GIoU weighted by
+    centerness / sum of centerness, recomputed naively."""
+    images, targets = one_gt_batch(gen)
+    out = model(images)
+    losses = model.loss_by_feat(out, targets, epoch=0)
+    tg = model.get_targets(out, targets, epoch=0)
+    B = images.shape[0]
+    p = torch.cat([s.permute(0, 2, 3, 1).reshape(B, -1, 3) for s in out["cls_scores"]], 1)
+    boxes = torch.cat([b.permute(0, 2, 3, 1).reshape(B, -1, 4) for b in out["bbox_preds"]], 1)
+    p = p.detach().double()
+    fg = tg["fg_mask"]
+    y = torch.zeros_like(p)
+    y[fg, tg["labels"][fg]] = 1
+    bce = -(y * p.log() + (1 - y) * (1 - p).log())
+    focal = ((0.25 * y + 0.75 * (1 - y)) * (y * (1 - p) + (1 - y) * p) ** 2 * bce).sum()
+    npos = int(fg.sum())
+    assert npos > 0
+    anchors = tg["anchors"].expand(B, -1, 4)[fg]
+    c = centerness_target(anchors, tg["boxes"][fg]).double()
+    giou = torchvision.ops.generalized_box_iou(boxes[fg].detach().double(),
+                                               tg["boxes"][fg].double()).diagonal()
+    torch.testing.assert_close(losses["loss_cls"].double(), focal / max(npos, 1), rtol=1e-4,
+                               atol=1e-7)
+    torch.testing.assert_close(losses["loss_bbox"].double(),
+                               2 * (c * (1 - giou)).sum() / max(float(c.sum()), 1.0),
+                               rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("epoch", [0, 4])
+def test_no_gt_gives_negative_cls_loss_only(model, gen, epoch):
+    images = torch.randn(2, 3, 128, 128, generator=gen)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    model.zero_grad()
+    losses = model.loss(images, [empty, empty], epoch=epoch)
+    assert losses["loss_bbox"].item() == 0 and losses["loss_bbox"].requires_grad
+    with torch.no_grad():
+        p = torch.cat([s.permute(0, 2, 3, 1).reshape(-1, 3)
+                       for s in model(images)["cls_scores"]]).double()
+    weight = 0.75 if epoch < model.cfg.initial_epoch else 1.0  # (1 - alpha) of the focal loss
+    neg = (weight * p ** 2 * -(1 - p).log()).sum()  # normaliser max(0, 1) = 1
+    torch.testing.assert_close(losses["loss_cls"].double(), neg, rtol=1e-4, atol=1e-7)
+    losses["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("epoch", [0, 4])
+def test_model_loss_kernel_equals_reference(gen, epoch):
+    """The whole training step (assignment, losses, backward) with our ops equals the one with
+    the reference ops: losses to rtol 1e-4, every gradient to 1e-5 of its parameter's largest."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = build_model(small_cfg(anchor_type="anchor_free"))
+    spread_offsets(m.head, gen)
+    images = torch.randn(2, 3, 128, 128, generator=gen)
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 50.0, 120.0, 100.0]]),
+                "labels": torch.tensor([0, 2])},
+               {"boxes": torch.tensor([[30.0, 40.0, 50.0, 64.0]]), "labels": torch.tensor([1])}]
+    res = []
+    for ops in ("kernel", "reference"):
+        m.set_ops(ops)
+        m.zero_grad()
+        losses = m.loss(images, targets, epoch)
+        losses["loss"].backward()
+        res.append(({k: v.detach() for k, v in losses.items()},
+                    {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (lk, gk), (lr, gr) = res
+    assert lk["loss_bbox"] > 0
+    for k in lk:
+        torch.testing.assert_close(lk[k], lr[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert gk.keys() == gr.keys()
+    for name in gk:
+        scale = max(float(gr[name].abs().max()), 1e-3)
+        torch.testing.assert_close(gk[name], gr[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# ATSS
+# ---------------------------------------------------------------------------------------------
+
+# five anchors of side 10 in a row (centres x = 5, 15, ..., 45; y = 5)
+ROW = torch.tensor([[10.0 * k, 0.0, 10.0 * k + 10, 10.0] for k in range(5)])
+
+
+def test_atss_hand_case_threshold():
+    # GT [0, 0, 18, 10]: IoUs 100/180 = .5556, 80/200 = .4, 0, 0, 0 (all five candidates)
+    # mean .19111, unbiased std .26741, threshold .45852: only anchor 0 (centre (5, 5) inside)
+    gt = torch.tensor([[0.0, 0.0, 18.0, 10.0]])
+    for topk in (5, 9):  # more than the level holds: min(topk, 5)
+        assert atss_assign(ROW, [5], gt, topk=topk).tolist() == [0, -1, -1, -1, -1]
+    # top-2 by distance (anchors 0, 1): mean .4778 + std .1100 > .5556: no positive at all
+    assert atss_assign(ROW, [5], gt, topk=2).tolist() == [-1] * 5
+
+
+def test_atss_hand_case_conflict_and_inside():
+    # GT 1 = [0, 0, 10, 12] has IoU 100/120 = .8333 with anchor 0 (threshold .5393, positive);
+    # anchor 0 is positive for both GTs and goes to GT 1, the higher IoU.
+    gts = torch.tensor([[0.0, 0.0, 18.0, 10.0], [0.0, 0.0, 10.0, 12.0]])
+    assert atss_assign(ROW, [5], gts, topk=5).tolist() == [1, -1, -1, -1, -1]
+    # GT [0, 0, 5, 10]: IoU .5 with anchor 0 (above the threshold) but anchor 0's centre
+    # x = 5 lies on the GT's border (distance 0 < 0.01): no positive
+    assert atss_assign(ROW, [5], torch.tensor([[0.0, 0.0, 5.0, 10.0]]), topk=5).tolist() == \
+        [-1] * 5
+    # no GT
+    assert atss_assign(ROW, [5], torch.zeros(0, 4), topk=5).tolist() == [-1] * 5
+
+
+def brute_force_atss(anchors, num_level, gts, topk):
+    """Plain-Python ATSS (loops over GTs and levels), an independent re-implementation."""
+    A = len(anchors)
+    best = [(-1.0, -1)] * A
+    iou = torchvision.ops.box_iou(anchors.double(), gts.double())
+    ac = ((anchors[:, :2] + anchors[:, 2:]) / 2).double()
+    for g in range(len(gts)):
+        gc = ((gts[g, :2] + gts[g, 2:]) / 2).double()
+        d = ((ac - gc) ** 2).sum(1).sqrt()
+        cand, start = [], 0
+        for n in num_level:
+            order = sorted(range(start, start + n), key=lambda a: (float(d[a]), a))
+            cand += order[:min(topk, n)]
+            start += n
+        vals = [float(iou[a, g]) for a in cand]
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+        for a, v in zip(cand, vals):
+            x, y = float(ac[a, 0]), float(ac[a, 1])
+            inside = min(x - gts[g, 0], y - gts[g, 1], gts[g, 2] - x, gts[g, 3] - y) > 0.01
+            if v >= mean + std and inside and v > best[a][0]:
+                best[a] = (v, g)
+    return [g for _, g in best]
+
+
+def test_atss_matches_brute_force(gen):
+    sizes = [(16, 16), (8, 8), (4, 4)]
+    priors = grid_priors(sizes, (8, 16, 32))
+    anchors = torch.cat(priors)
+    # distinct random offsets avoid ties in distance (torch.topk's tie order is unspecified)
+    anchors = anchors + torch.rand(len(anchors), 1, generator=gen) * 0.01
+    xy = torch.rand(6, 2, generator=gen) * 100
+    gts = torch.cat([xy, xy + 8 + torch.rand(6, 2, generator=gen) * 60], 1)
+    got = atss_assign(anchors, [p.shape[0] for p in priors], gts, topk=9)
+    assert got.tolist() == brute_force_atss(anchors, [p.shape[0] for p in priors], gts, 9)
+    assert (got >= 0).sum() > 0
+
+
+def test_centerness_target():
+    anchors = torch.tensor([[0.0, 0.0, 20.0, 20.0]])  # centre (10, 10)
+    gt = torch.tensor([[4.0, 6.0, 30.0, 12.0]])  # l 6, r 20, t 4, b 2
+    torch.testing.assert_close(centerness_target(anchors, gt),
+                               torch.tensor([math.sqrt(6 / 20 * 2 / 4)]))
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+# ---------------------------------------------------------------------------------------------
+
+
+def fake_outputs(B=1, C=3, size=128):
+    """Head outputs with low scores and 16-px boxes, to be edited by the tests."""
+    cls = [torch.full((B, C, size // s, size // s), 0.01) for s in STRIDES]
+    boxes = []
+    for s in STRIDES:
+        n = size // s
+        i, j = torch.meshgrid(torch.arange(n).float(), torch.arange(n).float(), indexing="ij")
+        boxes.append(torch.stack([j * s - 8, i * s - 8, j * s + 8, i * s + 8])[None]
+                     .repeat(B, 1, 1, 1))
+    return {"cls_scores": cls, "bbox_preds": boxes}
+
+
+def test_predict_original_coordinates_nms_and_limits(model):
+    out = fake_outputs()
+    # level 0: a detection at (2, 3) (box [16, 8, 32, 24] + 8 px to the right) and an
+    # overlapping weaker duplicate of the same class, plus one of another class
+    out["bbox_preds"][0][0, :, 2, 3] = torch.tensor([16.0, 8.0, 40.0, 24.0])
+    out["bbox_preds"][0][0, :, 2, 4] = torch.tensor([17.0, 8.0, 41.0, 24.0])
+    out["cls_scores"][0][0, 1, 2, 3] = 0.9
+    out["cls_scores"][0][0, 1, 2, 4] = 0.8  # IoU 23/25 > 0.6 with the first: suppressed
+    out["cls_scores"][0][0, 2, 2, 4] = 0.7  # other class: kept
+    # level 2: a box reaching outside the image, clipped to the original size
+    out["bbox_preds"][2][0, :, 3, 3] = torch.tensor([100.0, 90.0, 140.0, 130.0])
+    out["cls_scores"][2][0, 0, 3, 3] = 0.6
+    meta = {"scale_factor": 2.0, "orig_size": (60, 64)}
+    res = model.predict_by_feat(out, [meta])[0]
+    assert res["labels"].tolist() == [1, 2, 0]
+    torch.testing.assert_close(res["scores"], torch.tensor([0.9, 0.7, 0.6]))
+    torch.testing.assert_close(res["boxes"], torch.tensor([[8.0, 4.0, 20.0, 12.0],
+                                                           [8.5, 4.0, 20.5, 12.0],
+                                                           [50.0, 45.0, 64.0, 60.0]]))
+    # (w, h) scale factors, max_per_img and the score threshold
+    cfg = model.cfg
+    old = cfg.max_per_img, cfg.score_thr
+    try:
+        cfg.max_per_img = 1
+        res = model.predict_by_feat(out, [{"scale_factor": (2.0, 4.0), "orig_size": (60, 64)}])
+        torch.testing.assert_close(res[0]["boxes"], torch.tensor([[8.0, 2.0, 20.0, 6.0]]))
+        cfg.max_per_img, cfg.score_thr = 100, 0.95
+        assert model.predict_by_feat(out, [meta])[0]["boxes"].shape == (0, 4)
+    finally:
+        cfg.max_per_img, cfg.score_thr = old
+
+
+def test_predict_nms_pre_is_per_level(model):
+    out = fake_outputs()
+    # 5 disjoint boxes on level 0 with scores .5 ... .9; nms_pre 2 keeps the best two
+    for k in range(5):
+        out["bbox_preds"][0][0, :, 2 * k, 2 * k] = torch.tensor([16.0 * k, 16.0 * k,
+                                                                   16.0 * k + 10, 16.0 * k + 10])
+        out["cls_scores"][0][0, 0, 2 * k, 2 * k] = 0.5 + 0.1 * k
+    out["cls_scores"][1][0, 0, 1, 1] = 0.55  # another level keeps its own quota
+    old = model.cfg.nms_pre
+    try:
+        model.cfg.nms_pre = 2
+        res = model.predict_by_feat(out, [{"scale_factor": 1.0, "orig_size": (128, 128)}])[0]
+    finally:
+        model.cfg.nms_pre = old
+    torch.testing.assert_close(res["scores"], torch.tensor([0.9, 0.8, 0.55]))
+
+
+def test_predict_end_to_end(model, gen):
+    images = torch.randn(2, 3, 128, 256, generator=gen)
+    metas = [{"scale_factor": 0.5, "orig_size": (256, 512)},
+             {"scale_factor": 0.25, "orig_size": (512, 1024)}]
+    old = model.cfg.score_thr
+    model.eval()
+    try:
+        model.cfg.score_thr = 0.0  # untrained scores are ~0.01
+        res = model.predict(images, metas)
+    finally:
+        model.cfg.score_thr = old
+        model.train()
+    assert len(res) == 2
+    for r, meta in zip(res, metas):
+        n = r["boxes"].shape[0]
+        assert 0 < n <= model.cfg.max_per_img
+        assert r["scores"].shape == (n,) and r["labels"].dtype == torch.int64
+        h, w = meta["orig_size"]
+        assert (r["boxes"][:, 0::2] <= w).all() and (r["boxes"][:, 1::2] <= h).all()
+        assert (r["boxes"] >= 0).all()
+        assert (r["scores"][:-1] >= r["scores"][1:]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and backbone
+# ---------------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_errors():
+    cfg = small_cfg(anchor_type="anchor_based", ops="reference")
+    assert TOODConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        TOODConfig.from_dict({"num_clases": 3})
+    with pytest.raises(ValueError, match="ops"):
+        build_model(small_cfg(ops="fast"))
+    with pytest.raises(ValueError, match="head"):
+        build_model(small_cfg(head="atss"))
+    with pytest.raises(FileNotFoundError):
+        build_model(small_cfg(weights="/nonexistent/resnet18.pth"))
+
+
+def test_backbone_weights_file_and_freezing(tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(net.state_dict(), path)
+    m = build_model(small_cfg(weights=str(path)))
+    assert isinstance(m, TOOD)
+    torch.testing.assert_close(m.backbone.layer3[0].conv1.weight, net.layer3[0].conv1.weight)
+    # with weights: mmdetection's frozen_stages=1 and norm_eval
+    assert not any(p.requires_grad for p in m.backbone.stem.parameters())
+    assert not any(p.requires_grad for p in m.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in m.backbone.layer2.parameters())
+    m.train()
+    assert not m.backbone.layer3[0].bn1.training and m.head.training
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match="do not match"):
+        build_model(small_cfg(weights=str(tmp_path / "bad.pth")))
