@@ -189,9 +189,16 @@ class TaskAlignedAssigner(nn.Module):
         keep = _rank_in_groups(pair_s, t, S) < self.topk
         return b[keep], pair_a[keep], g[keep], u[keep], t[keep]
 
-    def _assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+    @staticmethod
+    def _tal_op():
+        """The TAL op used (a subclass may return :func:`tood_ext.reference.task_aligned_assign`,
+        as the benchmarks do)."""
         from ..ops.tal import task_aligned_assign
 
+        return task_aligned_assign
+
+    def _assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+        task_aligned_assign = self._tal_op()
         B, A, C = pd_scores.shape
         G = gt_bboxes.shape[1]
         dev = pd_scores.device
