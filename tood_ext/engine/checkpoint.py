@@ -1,0 +1,85 @@
+"""Checkpoints: model, optimizer, scheduler, AMP scaler, epoch, and what rebuilds the model.
+
+A checkpoint is written at the end of an epoch; resuming from it continues with the next epoch
+and, as the data order and flips are functions of (seed, epoch), reproduces the uninterrupted run
+(bit for bit on CPU: ``tests/test_engine.py``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, is_dataclass
+
+import torch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel / the loss wrapper, if any."""
+    while hasattr(model, "module") or hasattr(model, "detector"):
+        model = getattr(model, "module", None) or model.detector
+    return model
+
+
+def config_dict(cfg) -> dict:
+    if hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    if is_dataclass(cfg):
+        return asdict(cfg)
+    return dict(cfg)
+
+
+def save_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=None, epoch: int = 0,
+                    global_iter: int = 0, model_config=None, train_config=None,
+                    classes: dict | None = None) -> str:
+    """Write atomically (temporary file, then rename). ``epoch`` = epochs completed."""
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "epoch": int(epoch),
+        "global_iter": int(global_iter),
+        "model_config": config_dict(model_config) if model_config is not None else None,
+        "train_config": config_dict(train_config) if train_config is not None else None,
+        "classes": classes,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str, model=None, optimizer=None, scheduler=None, scaler=None,
+                    map_location="cpu") -> dict:
+    """Load a checkpoint into whichever of the objects are given; returns the raw dict."""
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if model is not None:
+        unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    return state
+
+
+def model_from_checkpoint(path: str, device="cpu", **overrides):
+    """Rebuild the detector a checkpoint was trained with and load its weights.
+
+    ``overrides`` replace config fields (e.g. ``score_thr=0.3`` or ``ops="reference"``).
+    Returns (model in eval mode, checkpoint dict).
+    """
+    from ..models import TOODConfig, build_model
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("model_config") is None:
+        raise ValueError(f"{path} has no model_config: not written by tood_ext.engine.train")
+    cfg_dict = dict(state["model_config"])
+    cfg_dict.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = (TOODConfig.from_dict(cfg_dict) if hasattr(TOODConfig, "from_dict")
+           else TOODConfig(**cfg_dict))
+    cfg.weights = None  # the checkpoint holds the backbone weights
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
