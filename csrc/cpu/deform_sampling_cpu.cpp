@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "../deform/deform_sampling.h"
+#include "cpu_utils.h"
 
 // Loops whose only memory dependences are gathers from a read-only plane:
 // tells GCC that the gathers do not alias the stores (it cannot prove it).
@@ -60,6 +61,8 @@
 namespace tood_ext {
 namespace deform {
 namespace {
+
+using cpu::grain_for;
 
 #ifdef TOOD_CPU_AVX2_CLONE
 inline bool cpu_has_avx2() {
@@ -95,25 +98,9 @@ inline void with_cpu_isa(Fn&& fn) {
 }
 
 constexpr int64_t kTile = 4096;        // pixels per corner table (~180 KiB for float32)
-constexpr int64_t kGrainWork = 32768;  // channel-pixel samples per parallel chunk, at least
 constexpr int64_t kHaloRows = 2;       // rows around a tile prefetched before its sweep
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-inline int64_t grain_for(int64_t work_per_unit) {
-  return std::max<int64_t>(1, kGrainWork / std::max<int64_t>(work_per_unit, 1));
-}
-
-// Corner offsets are plane-relative: index_t is int32_t whenever H * W fits
-// (narrower tables and gathers), else int64_t.
-template <typename Fn>
-inline void with_plane_index_type(int64_t plane, Fn&& fn) {
-  if (plane < std::numeric_limits<int32_t>::max()) {
-    fn(int32_t{});
-  } else {
-    fn(int64_t{});
-  }
-}
 
 // Everything a kernel needs about one call; pointers to contiguous tensors.
 template <typename scalar_t>
@@ -559,7 +546,7 @@ at::Tensor deform_sampling_cpu(const at::Tensor& input, const at::Tensor& offset
   at::Tensor out = at::empty(in.sizes(), in.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "deform_sampling_cpu", [&] {
-    with_plane_index_type(s.plane(), [&](auto index_c) {
+    with_index_type(s.plane(), [&](auto index_c) {
       forward_cpu_kernel<scalar_t, decltype(index_c)>(make_args<scalar_t>(s, in, off, m),
                                                       out.mutable_data_ptr<scalar_t>());
     });
@@ -590,7 +577,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cpu(
                                    grad_input.mutable_data_ptr<scalar_t>(),
                                    grad_offset.mutable_data_ptr<scalar_t>(),
                                    with_mask ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr};
-    with_plane_index_type(s.plane(), [&](auto index_c) {
+    with_index_type(s.plane(), [&](auto index_c) {
       backward_cpu_kernel<scalar_t, decltype(index_c)>(make_args<scalar_t>(s, in, off, m), gr);
     });
   });

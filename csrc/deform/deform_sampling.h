@@ -7,33 +7,11 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include "../host_utils.h"
 #include "deform_sampling_utils.h"
 
 namespace tood_ext {
 namespace deform {
-
-inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name,
-                              const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name,
-              " is on ", ref.device(), "; all inputs must be on the same device");
-}
-
-inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* name,
-                             const char* ref_name) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(),
-              " but ", ref_name, " has dtype ", ref.scalar_type(),
-              "; they must have the same floating dtype");
-}
-
-// float32/float64 on CPU, plus float16/bfloat16 (float32 accumulation) on CUDA.
-inline void check_float_dtype(const at::Tensor& t, const char* name) {
-  const auto st = t.scalar_type();
-  const bool ok = st == at::kFloat || st == at::kDouble ||
-                  (t.is_cuda() && (st == at::kHalf || st == at::kBFloat16));
-  TORCH_CHECK(ok, name, " must be float32 or float64",
-              t.is_cuda() ? " (or float16/bfloat16)" : " on CPU (float16/bfloat16 are CUDA-only)",
-              ", got ", st);
-}
 
 inline bool has_mask(const c10::optional<at::Tensor>& mask) {
   return mask.has_value() && mask->defined();
