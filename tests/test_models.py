@@ -173,7 +173,8 @@ def test_head_gradcheck_float64(anchor_type, gen):
         out = head(list(xs))
         return tuple(out["cls_scores"]) + tuple(out["bbox_preds"])
 
-    assert torch.autograd.gradcheck(fn, tuple(feats), eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(fn, tuple(feats), eps=1e-6, atol=1e-6, rtol=1e-4,
+                                    fast_mode=True)
 
 
 @pytest.mark.parametrize("anchor_type", ANCHOR_TYPES)
@@ -340,12 +341,13 @@ def test_no_gt_gives_negative_cls_loss_only(model, gen, epoch):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("epoch", [0, 4])
-def test_model_loss_kernel_equals_reference(gen, epoch):
+@pytest.mark.parametrize("epoch,anchor_type", [(0, "anchor_free"), (4, "anchor_free"),
+                                               (4, "anchor_based")])
+def test_model_loss_kernel_equals_reference(gen, epoch, anchor_type):
     """The whole training step (assignment, losses, backward) with our ops equals the one with
     the reference ops: losses to rtol 1e-4, every gradient to 1e-5 of its parameter's largest."""
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    m = build_model(small_cfg(anchor_type="anchor_free"))
+    m = build_model(small_cfg(anchor_type=anchor_type))
     spread_offsets(m.head, gen)
     images = torch.randn(2, 3, 128, 128, generator=gen)
     targets = [{"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 50.0, 120.0, 100.0]]),
@@ -367,6 +369,57 @@ def test_model_loss_kernel_equals_reference(gen, epoch):
     for name in gk:
         scale = max(float(gr[name].abs().max()), 1e-3)
         torch.testing.assert_close(gk[name], gr[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("epoch", [0, 4])
+def test_loss_normalisers_are_averaged_over_processes(model, gen, monkeypatch, epoch):
+    """With a process group, both normalisers are the mean over processes (all_reduce of
+    value / world size): a fake group of 2 whose other process contributes 10."""
+    import torch.distributed as dist
+
+    images, targets = one_gt_batch(gen)
+    with torch.no_grad():
+        out = model(images)
+        local = model.loss_by_feat(out, targets, epoch)
+        tg = model.get_targets(out, targets, epoch)
+    other = 10.0
+
+    def fake_all_reduce(t, op=None):
+        t.add_(other / 2)  # t holds value / 2 already
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    with torch.no_grad():
+        shared = model.loss_by_feat(out, targets, epoch)
+    if epoch < model.cfg.initial_epoch:
+        cls_f, bbox_f = float(tg["fg_mask"].sum()), float(tg["weights"].sum())
+    else:
+        cls_f = bbox_f = float(tg["soft_target"].sum())
+    for key, f in (("loss_cls", cls_f), ("loss_bbox", bbox_f)):
+        expected = local[key] * max(f, 1.0) / max((f + other) / 2, 1.0)
+        torch.testing.assert_close(shared[key], expected, rtol=1e-5, atol=1e-8, msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("epoch", [0, 4])
+def test_model_cuda_matches_cpu(gen, epoch):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = build_model(small_cfg())
+    spread_offsets(m.head, gen)
+    images, targets = one_gt_batch(gen)
+    res = []
+    for device in ("cpu", "cuda"):
+        m.to(device).zero_grad()
+        losses = m.loss(images.to(device), targets, epoch)
+        losses["loss"].backward()
+        res.append((losses["loss"].detach().cpu(),
+                    {n: p.grad.cpu() for n, p in m.head.named_parameters()}))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-3, atol=1e-5)
+    for name in res[0][1]:
+        scale = max(float(res[0][1][name].abs().max()), 1e-3)
+        torch.testing.assert_close(res[1][1][name], res[0][1][name], rtol=1e-3,
+                                   atol=1e-4 * scale, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------

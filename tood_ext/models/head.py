@@ -247,7 +247,9 @@ class TOODHead(nn.Module):
         cls_feat = self.cls_decomp(feat, avg_feat)
         reg_feat = self.reg_decomp(feat, avg_feat)
 
-        cls_score = sigmoid_geometric_mean(self.tood_cls(cls_feat), self.cls_prob_module(feat))
+        # in float32 under autocast: scores near 0 or 1 matter to the focal losses
+        cls_score = sigmoid_geometric_mean(_at_least_float32(self.tood_cls(cls_feat)),
+                                           _at_least_float32(self.cls_prob_module(feat)))
 
         reg = _at_least_float32(self.tood_reg(reg_feat))  # boxes in float32 under autocast
         raw = self.scales[level](reg.exp() if self.anchor_type == "anchor_free" else reg)
