@@ -12,10 +12,12 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
 .PHONY: test bench build gpu-check clean
 
-$(VENV)/.deps: requirements.txt
+$(VENV)/.deps: requirements.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-extras.txt \
+	  || echo "NOTE: optional extras (requirements-extras.txt) not installed; their tests skip"
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
