@@ -292,6 +292,10 @@ def test_tal_loss_normalisation(model, gen):
     torch.testing.assert_close(losses["loss_cls"].double(), exp_cls, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(losses["loss_bbox"].double(), exp_bbox, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(losses["loss"], losses["loss_cls"] + losses["loss_bbox"])
+    # the DDP-friendly entry point gives the same losses
+    via_forward = model(images, targets, epoch=model.cfg.initial_epoch)
+    for k in losses:
+        torch.testing.assert_close(via_forward[k], losses[k])
 
 
 def test_atss_loss_normalisation(model, gen):

@@ -51,8 +51,16 @@ class TOOD(nn.Module):
     def set_ops(self, ops: str) -> None:
         self.head.set_ops(ops)
 
-    def forward(self, images: torch.Tensor) -> dict:
-        return self.head(self.neck(self.backbone(images)))
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None,
+                epoch: int = 0) -> dict:
+        """Head outputs of ``images`` (see the class docstring); with ``targets``, the training
+        losses instead (``model(images, targets, epoch) == model.loss(images, targets,
+        epoch)``), so that a ``DistributedDataParallel`` wrapper sees the loss computation
+        through its own forward."""
+        out = self.head(self.neck(self.backbone(images)))
+        if targets is None:
+            return out
+        return self.loss_by_feat(out, targets, epoch)
 
     # -----------------------------------------------------------------------------------------
     # training
