@@ -59,7 +59,8 @@ TORCH_LIBRARY(tood_ext, m) {
   m.def("task_aligned_assign(Tensor pred_scores, Tensor pred_boxes, Tensor anchor_points, "
         "Tensor gt_labels, Tensor gt_boxes, Tensor gt_mask, int topk=13, float alpha=1.0, "
         "float beta=6.0, str candidates=\"topk_then_inside\", str iou_mode=\"iou\", "
-        "float inside_eps=0.01, float norm_eps=1e-07) "
+        "float inside_eps=0.01, float norm_eps=1e-07, str conflict=\"candidates\", "
+        "float min_inside_size=0.0) "
         "-> (Tensor assigned_gt, Tensor fg_mask, Tensor labels, Tensor boxes, Tensor iou, "
         "Tensor metric, Tensor soft_target)");
   // --- build information ---

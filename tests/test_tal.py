@@ -30,7 +30,7 @@ import torch
 
 from tood_ext._types import TALResult
 from tood_ext.reference.box_ops import alignment_metric as ref_metric
-from tood_ext.reference.tal import _positive_candidates
+from tood_ext.reference.tal import _positive_candidates, inside_boxes
 from tood_ext.reference.tal import task_aligned_assign as ref_tal
 
 from conftest import DEVICES, HAS_CUDA, TOL, assert_close, dtypes_for, metric_inputs
@@ -47,9 +47,14 @@ FLAVOURS = {
     "ultralytics": dict(candidates="inside_then_topk", iou_mode="ciou", inside_eps=1e-9,
                         norm_eps=1e-9, topk=10, alpha=0.5, beta=6.0),  # v8DetectionLoss
     "inside-iou": dict(candidates="inside_then_topk", topk=5, alpha=2.0, beta=2.5),
+    # ultralytics 8.4 exactly: its conflict rule and its widened inside test (stride_val)
+    "ultralytics-exact": dict(candidates="inside_then_topk", iou_mode="ciou", inside_eps=1e-9,
+                              norm_eps=1e-9, topk=10, alpha=0.5, beta=6.0, conflict="all_gts",
+                              min_inside_size=16.0),
+    "mmdet-all-gts-widened": dict(conflict="all_gts", min_inside_size=30.0, topk=9),
 }
 DEFAULTS = dict(topk=13, alpha=1.0, beta=6.0, candidates="topk_then_inside", iou_mode="iou",
-                inside_eps=0.01, norm_eps=1e-7)
+                inside_eps=0.01, norm_eps=1e-7, conflict="candidates", min_inside_size=0.0)
 FIELDS = TALResult._fields
 EXACT_FIELDS = ("assigned_gt", "fg_mask", "labels", "boxes")
 FLOAT_FIELDS = ("iou", "metric", "soft_target")
@@ -101,6 +106,20 @@ def _compute_dtype(dtype):
 # ---------------------------------------------------------------------------------------------
 
 
+def _metric(inputs, kw):
+    """t, u and the centre test (against the widened boxes when min_inside_size > 0) of the
+    (already cast) inputs, dense (B, G, A); t and u as alignment_metric gives them."""
+    ps, pb, ap, gl, gb, gm = inputs
+    t, u, inside = ref_metric(ps, pb, ap, gl, gb, gm, alpha=kw["alpha"], beta=kw["beta"],
+                              iou_mode=kw["iou_mode"], inside_eps=kw["inside_eps"])
+    if kw["min_inside_size"] > 0:
+        box = inside_boxes(gb, kw["min_inside_size"])[:, :, None, :]
+        pts = ap[None, None]
+        margin = torch.cat([pts - box[..., :2], box[..., 2:] - pts], -1).amin(-1)
+        inside = (margin > kw["inside_eps"]) & gm[:, :, None]
+    return t, u, inside
+
+
 def _ambiguities(inputs, kw, rel: float = 1e-5) -> int:
     """Number of decisions that a relative difference of ``rel`` in t or u could flip."""
     kw = _kw(kw)
@@ -108,8 +127,7 @@ def _ambiguities(inputs, kw, rel: float = 1e-5) -> int:
     B, A, _ = ps.shape
     if B == 0 or A == 0 or gl.shape[1] == 0:
         return 0
-    t, u, inside = ref_metric(ps, pb, ap, gl, gb, gm, alpha=kw["alpha"], beta=kw["beta"],
-                              iou_mode=kw["iou_mode"], inside_eps=kw["inside_eps"])
+    t, u, inside = _metric((ps, pb, ap, gl, gb, gm), kw)
     eligible = ~torch.isnan(t) & gm[:, :, None]
     if kw["candidates"] == "inside_then_topk":
         eligible &= inside
@@ -125,6 +143,11 @@ def _ambiguities(inputs, kw, rel: float = 1e-5) -> int:
         uu = torch.where(pos, u, torch.full_like(u, -1.0)).topk(2, dim=1).values  # (B, 2, A)
         u1, u2 = uu[:, 0], uu[:, 1]
         bad += int(((u2 >= 0) & (u1 != u2) & (u1 - u2 <= rel * u1)).sum())
+        if kw["conflict"] == "all_gts":  # the argmax over all GTs of the masked u
+            many = pos.sum(1) >= 2
+            uu = torch.where(inside, u, torch.zeros_like(u)).topk(2, dim=1).values
+            u1, u2 = uu[:, 0], uu[:, 1]
+            bad += int((many & (u1 != u2) & (u1 - u2 <= rel * u1)).sum())
     return bad
 
 
@@ -148,11 +171,10 @@ def _oracle(inputs, kw):
     G = gl.shape[1]
     if B == 0 or A == 0 or G == 0:
         return [[-1] * A for _ in range(B)], [[0.0] * A for _ in range(B)], None, None
-    t, u, inside = ref_metric(ps, pb, ap, gl, gb, gm, alpha=kw["alpha"], beta=kw["beta"],
-                              iou_mode=kw["iou_mode"], inside_eps=kw["inside_eps"])
+    t, u, inside = _metric((ps, pb, ap, gl, gb, gm), kw)
     T, U, U32, IN, M = t.tolist(), u.tolist(), u.float().tolist(), inside.tolist(), gm.tolist()
     k, mode = kw["topk"], kw["candidates"]
-    assigned, soft = [], []
+    assigned, soft, TM, UM = [], [], [], []
     for b in range(B):
         claims = [[] for _ in range(A)]
         for g in range(G):
@@ -167,15 +189,25 @@ def _oracle(inputs, kw):
                     claims[a].append(g)
         row = [max(c, key=lambda g: (U32[b][g][a], -g)) if c else -1
                for a, c in enumerate(claims)]
+        if kw["conflict"] == "all_gts":  # ultralytics: argmax over all GTs of the masked u
+            for a, c in enumerate(claims):
+                if len(c) >= 2:
+                    col = [U[b][g][a] if IN[b][g][a] else 0.0 for g in range(G)]
+                    row[a] = col.index(max(col))  # the first maximum
+        # t and u of the final pairs, masked to 0 outside the inside pairs
+        Tm = [[T[b][g][a] if IN[b][g][a] else 0.0 for a in range(A)] for g in range(G)]
+        Um = [[U[b][g][a] if IN[b][g][a] else 0.0 for a in range(A)] for g in range(G)]
         max_t, max_u = {}, {}
         for a, g in enumerate(row):
             if g >= 0:
-                max_t[g] = max(max_t.get(g, -math.inf), T[b][g][a])
-                max_u[g] = max(max_u.get(g, -math.inf), U[b][g][a])
-        soft.append([T[b][g][a] * max_u[g] / (max_t[g] + kw["norm_eps"]) if g >= 0 else 0.0
+                max_t[g] = max(max_t.get(g, -math.inf), Tm[g][a])
+                max_u[g] = max(max_u.get(g, -math.inf), Um[g][a])
+        soft.append([Tm[g][a] * max_u[g] / (max_t[g] + kw["norm_eps"]) if g >= 0 else 0.0
                      for a, g in enumerate(row)])
         assigned.append(row)
-    return assigned, soft, T, U
+        TM.append(Tm)
+        UM.append(Um)
+    return assigned, soft, TM, UM
 
 
 def _check_format(out, inputs):
@@ -209,20 +241,27 @@ def _check_invariants(out, inputs, kw):
     if not bool(fg.any()):
         return
     idx = ag.clamp(min=0)
-    assert bool(gm.gather(1, idx)[fg].all()), "an anchor is assigned to a padding GT"
+    all_gts = kw["conflict"] == "all_gts"
+    # "all_gts": an anchor whose masked u is 0 for every GT goes to GT 0, padding or not
+    # and inside or not (u = 0); other positives are inside valid GTs
+    # (only such a GT-0 anchor may be outside its GT or on a padding GT)
+    real = fg & ~((ag == 0) & (out.iou == 0)) if all_gts else fg
+    assert bool(gm.gather(1, idx)[real].all()), "an anchor is assigned to a padding GT"
     assert torch.equal(out.labels[fg], gl.gather(1, idx)[fg])
     assert torch.equal(out.boxes[fg], gb.gather(1, idx[..., None].expand(B, A, 4))[fg])
     counts = torch.zeros(B, G, dtype=torch.int64, device=ag.device).scatter_add_(
         1, idx, fg.long())
-    assert int(counts.max()) <= kw["topk"], "a GT holds more than topk anchors"
-    # the centre of every positive is inside its GT; t > 0 for topk_then_inside
+    if not all_gts:  # "all_gts" hands anchors to GTs that did not pick them
+        assert int(counts.max()) <= kw["topk"], "a GT holds more than topk anchors"
+    # the centre of every positive is inside its (widened) GT; t > 0 for topk_then_inside
     cdt = _compute_dtype(ps.dtype)
-    box = gb.gather(1, idx[..., None].expand(B, A, 4)).to(cdt)
+    box = inside_boxes(gb.to(cdt), kw["min_inside_size"]).gather(
+        1, idx[..., None].expand(B, A, 4))
     pts = ap.to(cdt)[None].expand(B, A, 2)
     margin = torch.cat([pts - box[..., :2], box[..., 2:] - pts], -1).amin(-1)
-    assert bool((margin[fg] > kw["inside_eps"]).all()), "a positive's centre is outside its GT"
+    assert bool((margin[real] > kw["inside_eps"]).all()), "a positive's centre is outside its GT"
     half = ps.dtype in HALF_TYPES
-    if kw["candidates"] == "topk_then_inside" and not half:  # a tiny t may round to 0 in half
+    if kw["candidates"] == "topk_then_inside" and not half and not all_gts:
         assert bool((out.metric[fg] > 0).all()), "a topk_then_inside positive has t <= 0"
     # soft_target = t * max u / (max t + eps) over the GT's positives, from the op's own outputs
     t, u = out.metric.double(), out.iou.double()
@@ -394,8 +433,9 @@ def test_matches_reference(gen, tal_op, device, flavour, scenario):
         # the loop oracle once per case (float64; the float32 run is checked against the
         # reference, which the oracle checks)
         out = _run_and_check(tal_op, inputs, kw, oracle=dtype == F64)
-        if scenario == "zero-area":
-            assert not bool(((out.assigned_gt >= 0) & (out.assigned_gt <= 2)).any())
+        if scenario == "zero-area" and not kw.get("min_inside_size"):  # widening: positives
+            zero_u_gt0 = (out.assigned_gt == 0) & (out.iou == 0)  # "all_gts" zero columns
+            assert not bool(((out.assigned_gt >= 0) & (out.assigned_gt <= 2) & ~zero_u_gt0).any())
         if scenario == "padding":
             assert not bool(out.fg_mask[0].any())
         if scenario == "zero-scores" and kw.get("candidates") != "inside_then_topk":
@@ -599,7 +639,7 @@ def test_inputs_requiring_grad_give_outputs_without_grad(gen, tal_op, device):
 def _schema_args(inputs, kw):
     kw = _kw(kw)
     return (*inputs, kw["topk"], kw["alpha"], kw["beta"], kw["candidates"], kw["iou_mode"],
-            kw["inside_eps"], kw["norm_eps"])
+            kw["inside_eps"], kw["norm_eps"], kw["conflict"], kw["min_inside_size"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -655,6 +695,11 @@ def test_errors(gen, tal_op):
     call(None, None, "topk must be >= 1", ValueError, topk=-3)
     call(None, None, "candidates", ValueError, candidates="topk")
     call(None, None, "iou_mode must be one of", ValueError, iou_mode="eiou")
+    call(None, None, "conflict must be", ValueError, conflict="all")
+    call(None, None, "min_inside_size must be finite and >= 0", ValueError,
+         min_inside_size=-1.0)
+    call(None, None, "min_inside_size must be finite and >= 0", ValueError,
+         min_inside_size=float("nan"))
     call(0, args[0][0], r"pred_scores must have shape \(B, A, C\)")
     call(1, args[1][:, :20], r"pred_boxes must have shape \(B, A, 4\)")
     call(2, args[2][:, :1], r"anchor_points must have shape \(A, 2\)")
@@ -729,19 +774,16 @@ def _ultralytics_inputs(gen, B, C, G, disjoint, n_pad=2):
 
 @pytest.mark.parametrize("disjoint", [True, False], ids=["disjoint-gts", "overlapping-gts"])
 def test_matches_ultralytics(gen, tal_op, disjoint):
-    """inside_then_topk + CIoU + eps 1e-9 is ultralytics' assigner where it is well defined:
-    every GT has >= topk inside anchors of t > 0 (its top-k then never reaches t = 0 anchors,
-    whose order is torch.topk's) and no GT side is below its stride (no widening). Its
-    conflict rule (argmax of u over all GTs containing the anchor, not only the claimants)
-    cannot differ on disjoint GTs; with overlapping GTs only fg_mask everywhere and the GT index
-    on anchors inside a single GT are compared."""
+    """inside_then_topk + CIoU + eps 1e-9 + conflict="all_gts" + min_inside_size=16 is
+    ultralytics' assigner wherever its torch.topk choice is unique: every GT has >= topk inside
+    anchors of t > 0 (its top-k then never reaches t = 0 anchors, whose order is torch.topk's).
+    Everything is compared, on overlapping GTs too (anchors inside >= 3 GTs included)."""
     tal_mod = pytest.importorskip("ultralytics.utils.tal")
     B, C, G, topk, alpha, beta = 2, 6, 8, 10, 0.5, 6.0
-    kw = dict(FLAVOURS["ultralytics"], topk=topk, alpha=alpha, beta=beta)
+    kw = dict(FLAVOURS["ultralytics-exact"], topk=topk, alpha=alpha, beta=beta)
     for _ in range(50):
         inputs = _ultralytics_inputs(gen, B, C, G, disjoint)
-        t, _, inside = ref_metric(*inputs, alpha=alpha, beta=beta, iou_mode="ciou",
-                                  inside_eps=1e-9)
+        t, _, inside = _metric(inputs, _kw(kw))
         enough = ((inside & (t > 0)).sum(-1) >= topk) | ~inputs[5]
         if bool(enough.all()) and _ambiguities(inputs, kw) == 0:
             break
@@ -755,14 +797,144 @@ def test_matches_ultralytics(gen, tal_op, disjoint):
     out = tal_op(*inputs, **kw)
     fg = out.fg_mask
     assert torch.equal(u_fg.bool(), fg)
-    if disjoint:
-        assert torch.equal(u_idx[fg], out.assigned_gt[fg])
-        assert torch.equal(t_labels[fg].long(), out.labels[fg])
-        assert torch.equal(t_boxes[fg], out.boxes[fg])
-        expected = torch.zeros(B, ps.shape[1], C, dtype=F64).scatter_(
-            2, out.labels.clamp(min=0)[..., None], out.soft_target[..., None])
-        torch.testing.assert_close(t_scores.to(F64), expected, rtol=1e-5, atol=1e-7)
-    else:
-        single = inside.sum(1) == 1  # (B, A) inside exactly one GT (padding has no inside)
-        assert bool((fg & single).any())
-        assert torch.equal(u_idx[fg & single], out.assigned_gt[fg & single])
+    assert torch.equal(u_idx[fg], out.assigned_gt[fg])
+    assert torch.equal(t_labels[fg].long(), out.labels[fg])
+    assert torch.equal(t_boxes[fg], out.boxes[fg])
+    expected = torch.zeros(B, ps.shape[1], C, dtype=F64).scatter_(
+        2, out.labels.clamp(min=0)[..., None], out.soft_target[..., None])
+    torch.testing.assert_close(t_scores.to(F64), expected, rtol=1e-5, atol=1e-7)
+    if not disjoint:
+        assert int(inside.sum(1).max()) >= 2
+
+
+def _crowded_conflicts(gen):
+    """Crowded, heavily overlapping GTs with few anchors: many anchors claimed by >= 2 GTs
+    inside a third one."""
+    ps, pb, ap, gl, gb, gm = metric_inputs(gen, 2, 300, 4, 60, dtype=F64, pad_frac=0.1)
+    return ps, pb, ap, gl, gb, gm
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flavour", ["ultralytics-exact", "mmdet-all-gts-widened"])
+def test_all_gts_conflicts_change_the_result(gen, tal_op, device, flavour):
+    """conflict="all_gts" vs the reference on crowded inputs, and it does differ from
+    "candidates" there: some anchors go to a GT that did not pick them."""
+    kw = FLAVOURS[flavour]
+    changed = 0
+    for make in (_crowded_conflicts, _overlapping, _crowded):
+        for dtype in dtypes_for(device):
+            inputs = _draw(lambda: make(gen), kw, dtype, device)
+            out = _run_and_check(tal_op, inputs, kw, oracle=dtype == F64 and make is not _crowded)
+            mm = tal_op(*inputs, **dict(kw, conflict="candidates"))
+            changed += int((out.assigned_gt != mm.assigned_gt).sum())
+            # some GT received an anchor outside its own top-k
+            if dtype == F64 and make is _crowded_conflicts:
+                pos = _positive_candidates(*_metric(_cpu64(inputs), _kw(kw))[::2], inputs[5].cpu(),
+                                           _kw(kw)["topk"], _kw(kw)["candidates"])
+                ag = out.assigned_gt.cpu()
+                fgc = ag >= 0
+                picked = pos.gather(1, ag.clamp(min=0)[:, None, :]).squeeze(1)
+                assert bool((fgc & ~picked).any()), "no anchor went to a GT that did not pick it"
+    assert changed > 0
+
+
+def test_all_gts_hand_case(tal_op):
+    """Anchor a0 is inside GTs 0, 1, 2, a1 inside GT 2 only; topk = 1: GTs 0 and 1 pick a0
+    (their only inside anchor), GT 2 picks a1 (larger t). a0's best u is with GT 2: "all_gts"
+    gives a0 to GT 2 (which did not pick it), "candidates" to GT 0 (10/18 > 10/19)."""
+    pts = torch.tensor([[5.0, 5.0], [15.0, 5.0]], dtype=F64)
+    gb = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 11.0], [0.0, 0.0, 20.0, 10.0]]],
+                      dtype=F64)
+    pb = torch.tensor([[[0.0, 0.0, 18.0, 10.0], [0.0, 0.0, 20.0, 10.0]]], dtype=F64)
+    ps = torch.tensor([[[0.9], [0.9]]], dtype=F64)
+    gl = torch.zeros(1, 3, dtype=torch.int64)
+    gm = torch.ones(1, 3, dtype=torch.bool)
+    inputs = (ps, pb, pts, gl, gb, gm)
+    kw = dict(topk=1, alpha=1.0, beta=1.0, candidates="inside_then_topk")
+    # u: a0 with GT0 10/18, GT1 10/19, GT2 18/20; a1 only inside GT2 (u 1)
+    mm = tal_op(*inputs, **kw)
+    assert mm.assigned_gt.tolist() == [[0, 2]]  # a0: GT0 (10/18 > 9/19)
+    ul = tal_op(*inputs, **kw, conflict="all_gts")
+    assert ul.assigned_gt.tolist() == [[2, 2]]  # a0: GT2 (18/20), which picked a1 only
+    # GT2's positives a0 (t .9 * .9, u .9) and a1 (t .9, u 1): t_hat = t * 1 / (.9 + eps)
+    want = torch.tensor([[0.81 / (0.9 + 1e-7), 0.9 / (0.9 + 1e-7)]], dtype=F64)
+    torch.testing.assert_close(ul.soft_target, want)
+    torch.testing.assert_close(ul.iou, torch.tensor([[0.9, 1.0]], dtype=F64))
+    # a zero column goes to GT 0 even when GT 0 is padding and does not contain the anchor
+    gm0 = gm.clone()
+    gm0[0, 0] = False
+    pb0 = torch.tensor([[[100.0, 100.0, 110.0, 110.0], [0.0, 0.0, 20.0, 10.0]]], dtype=F64)
+    out = tal_op(ps, pb0, pts, gl, gb, gm0, topk=2, candidates="inside_then_topk",
+                 conflict="all_gts")
+    assert out.assigned_gt.tolist() == [[0, 2]]
+    assert out.soft_target[0, 0].item() == 0.0 and out.iou[0, 0].item() == 0.0
+    ref = ref_tal(ps, pb0, pts, gl, gb, gm0, topk=2, candidates="inside_then_topk",
+                  conflict="all_gts")
+    _check_equal_assignment(out, ref, None)
+
+
+def test_min_inside_size_widens_the_centre_test(tal_op):
+    """A 4 x 4 GT misses the anchor at distance 5 from its centre; widened to 12 it contains
+    it (u, t and the output box still use the GT itself)."""
+    pts = torch.tensor([[10.0, 10.0], [15.0, 10.0], [30.0, 10.0]], dtype=F64)
+    gb = torch.tensor([[[8.0, 8.0, 12.0, 12.0]]], dtype=F64)
+    pb = torch.tensor([[[8.0, 8.0, 12.0, 12.0], [9.0, 8.0, 13.0, 12.0], [8.0, 8.0, 12.0, 12.0]]],
+                      dtype=F64)
+    ps = torch.full((1, 3, 1), 0.5, dtype=F64)
+    gl = torch.zeros(1, 1, dtype=torch.int64)
+    gm = torch.ones(1, 1, dtype=torch.bool)
+    for cand in ("topk_then_inside", "inside_then_topk"):
+        out = tal_op(ps, pb, pts, gl, gb, gm, topk=5, candidates=cand)
+        assert out.fg_mask.tolist() == [[True, False, False]]
+        out = tal_op(ps, pb, pts, gl, gb, gm, topk=5, candidates=cand, min_inside_size=12.0)
+        assert out.fg_mask.tolist() == [[True, True, False]]
+        assert torch.equal(out.boxes[0, 1], gb[0, 0])
+        torch.testing.assert_close(out.iou[0, 1], torch.tensor(0.6, dtype=F64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_widened_inside_test_is_ultralytics_bit_for_bit(gen, device):
+    """float32 GT boxes with edges a hair away from the anchors: the op's centre test (one GT per
+    image, inside_then_topk with topk = every anchor, so fg_mask = the test) equals ultralytics'
+    select_candidates_in_gts (xyxy -> xywh -> widen -> xyxy) exactly."""
+    if SELF_TEST:
+        pytest.skip("compares the op")
+    tal_mod = pytest.importorskip("ultralytics.utils.tal")
+    op = _load_op()
+    xs = torch.arange(16, dtype=torch.float32) * 8 + 4
+    gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+    ap = torch.stack([gx.flatten(), gy.flatten()], -1)
+    A, B = ap.shape[0], 64
+    # edges on anchor coordinates +- a few ulps, sides 1 to 40 px (many below 16)
+    lo = xs[torch.randint(0, 12, (B, 1, 2), generator=gen)]
+    side = torch.randint(1, 40, (B, 1, 2), generator=gen).float() + torch.rand(
+        B, 1, 2, generator=gen) * 0.01
+    jit = (torch.randint(-3, 4, (B, 1, 4), generator=gen) * 1e-6).float()
+    gb = torch.cat([lo, lo + side], -1) + jit
+    gm = torch.ones(B, 1, dtype=torch.bool)
+    ul = tal_mod.TaskAlignedAssigner(topk=10, num_classes=1)
+    want = ul.select_candidates_in_gts(ap, gb, gm[..., None].float()).reshape(B, A)
+    ps = torch.ones(B, A, 1)
+    pb = gb.expand(B, A, 4).clone()
+    top = A if device == "cpu" else 64
+    out = op(ps.to(device), pb.to(device), ap.to(device), torch.zeros(B, 1, dtype=torch.int64,
+             device=device), gb.to(device), gm.to(device), topk=top,
+             candidates="inside_then_topk", iou_mode="ciou", inside_eps=1e-9,
+             min_inside_size=16.0)
+    got = out.fg_mask.cpu()
+    if device != "cpu":
+        want = want & (want.long().cumsum(-1) <= top)
+    assert torch.equal(got, want), int((got != want).sum())
+    plain = op(ps, pb, ap, torch.zeros(B, 1, dtype=torch.int64), gb, gm, topk=A,
+               candidates="inside_then_topk", inside_eps=1e-9)
+    assert not torch.equal(plain.fg_mask, got)  # the widening mattered
+
+
+def test_bad_conflict_string_from_the_dispatcher(gen):
+    op = _dispatcher_op()
+    args = _schema_args(metric_inputs(gen, 1, 20, 3, 2), dict(conflict="everyone"))
+    with pytest.raises(RuntimeError, match="conflict must be 'candidates' or 'all_gts'"):
+        op(*args)
+    args = _schema_args(metric_inputs(gen, 1, 20, 3, 2), dict(min_inside_size=-2.0))
+    with pytest.raises(RuntimeError, match="min_inside_size must be finite"):
+        op(*args)

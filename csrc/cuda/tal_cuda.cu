@@ -1,16 +1,23 @@
 // CUDA kernel of task_aligned_assign, never a (B, G, A) tensor:
 //   1. candidates: a warp per (image, GT). Each lane scans anchors lane,
-//      lane + 32, ... computing t, u and the centre test with the shared
-//      math of box_iou_utils.h and keeps its own ranked top-k (registers /
-//      local memory, tal_utils.h's insertion); then k rounds of a warp-wide
-//      arg-best over the 32 list heads (shuffles) merge them in rank order.
-//   2. conflicts: a thread per (image, GT, slot); each positive candidate
-//      atomicMax-es its packed (u, GT) key into the anchor's claim. The max is
-//      order-independent, so the result is deterministic.
-//   3. a thread per (image, GT): maxima of t and u over the anchors it won,
-//      then its positives' outputs (each anchor is written by one thread).
-// Extra memory: candidates (B, G, k) x (index, t, u, flag) and claims (B, A).
-// topk <= 64 on CUDA.
+//      lane + 32, ... computing t, u and the centre test (against the box of
+//      tal_utils.h's inside_box) with the shared math of box_iou_utils.h and
+//      keeps its own ranked top-k (registers / local memory, tal_utils.h's
+//      insertion); then k rounds of a warp-wide arg-best over the 32 list
+//      heads (shuffles) merge them in rank order.
+//   2. claims: a thread per (image, GT, slot); each positive candidate
+//      atomicMax-es its packed (u, GT) key into the anchor's claim (and, for
+//      conflict="all_gts", atomicAdd-s the anchor's claim count).
+//   3. resolve: a thread per (image, anchor) with a claim: its final GT (the
+//      key's, or for "all_gts" with >= 2 claims the argmax over all G GTs,
+//      tal_utils.h's all_gts_argmax, recomputing u and the centre test), its
+//      t and u (the winner's slot, recomputed when the winner did not pick
+//      it), and an atomicMax of both into the GT's maxima (order-preserving
+//      integer images of the floats, NaN on top).
+//   4. outputs: a thread per (image, anchor).
+// Every atomic is a max (or a count), order-independent: deterministic.
+// Extra memory: candidates (B, G, k) x (index, t, u, flag), claims, counts
+// and final t, u (B, A), maxima (B, G) x 2. topk <= 64 on CUDA.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -20,6 +27,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "../tal/tal.h"
@@ -45,8 +53,43 @@ struct Inputs {
   int topk;
   bool inside_first;
   box_ops::MetricExponents<acc_t> expo;
-  acc_t inside_eps, eps;
+  acc_t inside_eps, eps, min_size;
 };
+
+// Order-preserving unsigned image of a float (for atomicMax): negative values
+// bit-inverted, positive ones with the sign bit set; NaN maps to the top, as
+// max_nan ranks it. 0 lies below every image, the "no positive yet" value.
+template <typename T>
+struct Ordered;
+template <>
+struct Ordered<float> {
+  using type = unsigned int;
+};
+template <>
+struct Ordered<double> {
+  using type = unsigned long long;
+};
+
+template <typename T>
+__device__ __forceinline__ typename Ordered<T>::type to_ordered(T v) {
+  using U = typename Ordered<T>::type;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  if (!(v == v)) return ~U(0);
+  U bits;
+  memcpy(&bits, &v, sizeof(U));
+  return (bits & sign) ? ~bits : (bits | sign);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_ordered(typename Ordered<T>::type o) {
+  using U = typename Ordered<T>::type;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  if (o == ~U(0)) return std::numeric_limits<T>::quiet_NaN();
+  const U bits = (o & sign) ? (o & ~sign) : ~o;
+  T v;
+  memcpy(&v, &bits, sizeof(U));
+  return v;
+}
 
 template <typename scalar_t, IoUMode kMode, int KMAX>
 __global__ void __launch_bounds__(kThreads)
@@ -59,8 +102,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t bg = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   if (bg >= in.rows || !in.gt_mask[bg]) return;  // whole warps; slots stay -1 / false
   const int64_t A = in.num_anchors, b = bg / in.num_gts, K = in.topk;
-  acc_t gt[4];
+  acc_t gt[4], ib[4];
   box_ops::load_box(in.gt_boxes + 4 * bg, gt);
+  inside_box(gt, in.min_size, ib);  // the box of the centre test
   const acc_t theta_gt =
       kMode == IoUMode::kCIoU ? box_ops::aspect_angle(gt[0], gt[1], gt[2], gt[3]) : acc_t(0);
   const scalar_t* score_col = in.scores + b * A * in.num_classes + in.labels[bg];
@@ -77,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
     t = box_ops::alignment_metric_value(static_cast<acc_t>(score_col[a * in.num_classes]), u,
                                         in.expo);
     inside = box_ops::centre_inside(static_cast<acc_t>(in.points[2 * a]),
-                                    static_cast<acc_t>(in.points[2 * a + 1]), gt, in.inside_eps);
+                                    static_cast<acc_t>(in.points[2 * a + 1]), ib, in.inside_eps);
   };
 
   acc_t vals[KMAX];
@@ -128,54 +172,97 @@ template <typename acc_t>
 __global__ void tal_claim_kernel(const int32_t* __restrict__ cand_idx,
                                  const acc_t* __restrict__ cand_u,
                                  const bool* __restrict__ cand_pos, int64_t total, int64_t G,
-                                 int64_t K, int64_t A, unsigned long long* __restrict__ claims) {
+                                 int64_t K, int64_t A, unsigned long long* __restrict__ claims,
+                                 int* __restrict__ counts) {
   for (int64_t i = global_thread<int64_t>(); i < total; i += grid_stride<int64_t>()) {
     if (!cand_pos[i]) continue;
     const int64_t bg = i / K;
     const int64_t b = bg / G, g = bg - b * G;
-    atomicMax(claims + b * A + cand_idx[i],
-              static_cast<unsigned long long>(claim_key(cand_u[i], g)));
+    const int64_t ba = b * A + cand_idx[i];
+    atomicMax(claims + ba, static_cast<unsigned long long>(claim_key(cand_u[i], g)));
+    if (counts != nullptr) atomicAdd(counts + ba, 1);
   }
 }
 
-template <typename scalar_t>
-__global__ void tal_outputs_kernel(const int32_t* __restrict__ cand_idx,
+template <typename scalar_t, IoUMode kMode>
+__global__ void tal_resolve_kernel(const Inputs<scalar_t> in,
+                                   const int32_t* __restrict__ cand_idx,
                                    const at::opmath_type<scalar_t>* __restrict__ cand_t,
                                    const at::opmath_type<scalar_t>* __restrict__ cand_u,
                                    const bool* __restrict__ cand_pos,
                                    const unsigned long long* __restrict__ claims,
-                                   const int64_t* __restrict__ labels,
-                                   const scalar_t* __restrict__ gt_boxes, int64_t rows, int64_t G,
-                                   int64_t K, int64_t A, double norm_eps, int64_t* o_assigned,
-                                   bool* o_fg, int64_t* o_labels, scalar_t* o_boxes,
-                                   scalar_t* o_iou, scalar_t* o_metric, scalar_t* o_soft) {
+                                   const int* __restrict__ counts, int64_t total,
+                                   int64_t* __restrict__ o_assigned,
+                                   at::opmath_type<scalar_t>* __restrict__ fin_t,
+                                   at::opmath_type<scalar_t>* __restrict__ fin_u,
+                                   typename Ordered<at::opmath_type<scalar_t>>::type* max_t,
+                                   typename Ordered<at::opmath_type<scalar_t>>::type* max_u) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t bg = global_thread<int64_t>(); bg < rows; bg += grid_stride<int64_t>()) {
-    const int64_t b = bg / G, g = bg - b * G;
-    acc_t max_t = -std::numeric_limits<acc_t>::infinity(), max_u = max_t;
-    bool any = false;
-    for (int64_t s = 0; s < K; ++s) {
-      const int64_t i = bg * K + s;
-      if (!cand_pos[i] || claim_gt(claims[b * A + cand_idx[i]]) != g) continue;
-      any = true;
-      max_t = cand_t[i] > max_t ? cand_t[i] : max_t;
-      max_u = cand_u[i] > max_u ? cand_u[i] : max_u;
+  const int64_t A = in.num_anchors, G = in.num_gts, K = in.topk;
+  for (int64_t ba = global_thread<int64_t>(); ba < total; ba += grid_stride<int64_t>()) {
+    const unsigned long long key = claims[ba];
+    if (key == 0) continue;  // nobody's positive
+    const int64_t b = ba / A, a = ba - b * A;
+    int64_t w = claim_gt(key);
+    acc_t u_w = acc_t(0);
+    bool inside_w = false;
+    if (counts != nullptr && counts[ba] >= 2) {  // conflict="all_gts"
+      acc_t pred[4];
+      box_ops::load_box(in.boxes + 4 * ba, pred);
+      const acc_t theta = kMode == IoUMode::kCIoU
+                              ? box_ops::aspect_angle(pred[0], pred[1], pred[2], pred[3])
+                              : acc_t(0);
+      w = all_gts_argmax<acc_t, kMode>(
+          pred, theta, static_cast<acc_t>(in.points[2 * a]),
+          static_cast<acc_t>(in.points[2 * a + 1]), in.gt_boxes + 4 * b * G, in.gt_mask + b * G,
+          G, in.eps, in.inside_eps, in.min_size, &u_w, &inside_w);
     }
-    if (!any) continue;
-    const acc_t denom = max_t + static_cast<acc_t>(norm_eps);
-    for (int64_t s = 0; s < K; ++s) {
-      const int64_t i = bg * K + s;
-      if (!cand_pos[i] || claim_gt(claims[b * A + cand_idx[i]]) != g) continue;
-      const int64_t ba = b * A + cand_idx[i];
-      o_assigned[ba] = g;
-      o_fg[ba] = true;
-      o_labels[ba] = labels[bg];
+    const int64_t bg = b * G + w, row = bg * K;
+    const int s = find_slot(cand_idx + row, cand_pos + row, K, static_cast<int32_t>(a));
+    acc_t t, u;
+    if (s >= 0) {  // the winner picked it (always so for conflict="candidates")
+      t = cand_t[row + s];
+      u = cand_u[row + s];
+    } else {  // masked values: 0 unless inside the valid winner
+      u = u_w;
+      t = inside_w ? box_ops::alignment_metric_value(
+                         static_cast<acc_t>(in.scores[ba * in.num_classes + in.labels[bg]]), u_w,
+                         in.expo)
+                   : acc_t(0);
+    }
+    o_assigned[ba] = w;
+    fin_t[ba] = t;
+    fin_u[ba] = u;
+    atomicMax(max_t + bg, to_ordered(t));
+    atomicMax(max_u + bg, to_ordered(u));
+  }
+}
+
+template <typename scalar_t>
+__global__ void tal_outputs_kernel(const int64_t* __restrict__ assigned,
+                                   const at::opmath_type<scalar_t>* __restrict__ fin_t,
+                                   const at::opmath_type<scalar_t>* __restrict__ fin_u,
+                                   const typename Ordered<at::opmath_type<scalar_t>>::type* max_t,
+                                   const typename Ordered<at::opmath_type<scalar_t>>::type* max_u,
+                                   const int64_t* __restrict__ labels,
+                                   const scalar_t* __restrict__ gt_boxes, int64_t total, int64_t G,
+                                   int64_t A, double norm_eps, bool* o_fg, int64_t* o_labels,
+                                   scalar_t* o_boxes, scalar_t* o_iou, scalar_t* o_metric,
+                                   scalar_t* o_soft) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t ba = global_thread<int64_t>(); ba < total; ba += grid_stride<int64_t>()) {
+    const int64_t g = assigned[ba];
+    if (g < 0) continue;
+    const int64_t bg = (ba / A) * G + g;
+    const acc_t denom = from_ordered<acc_t>(max_t[bg]) + static_cast<acc_t>(norm_eps);
+    const acc_t t = fin_t[ba];
+    o_fg[ba] = true;
+    o_labels[ba] = labels[bg];
 #pragma unroll
-      for (int c = 0; c < 4; ++c) o_boxes[4 * ba + c] = gt_boxes[4 * bg + c];
-      o_iou[ba] = static_cast<scalar_t>(cand_u[i]);
-      o_metric[ba] = static_cast<scalar_t>(cand_t[i]);
-      o_soft[ba] = static_cast<scalar_t>(cand_t[i] * max_u / denom);
-    }
+    for (int c = 0; c < 4; ++c) o_boxes[4 * ba + c] = gt_boxes[4 * bg + c];
+    o_iou[ba] = static_cast<scalar_t>(fin_u[ba]);
+    o_metric[ba] = static_cast<scalar_t>(t);
+    o_soft[ba] = static_cast<scalar_t>(t * from_ordered<acc_t>(max_u[bg]) / denom);
   }
 }
 
@@ -184,12 +271,14 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
                                     const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
                                     int64_t topk, double alpha, double beta,
                                     c10::string_view candidates, c10::string_view iou_mode,
-                                    double inside_eps, double norm_eps) {
+                                    double inside_eps, double norm_eps,
+                                    c10::string_view conflict, double min_inside_size) {
   TORCH_CHECK(topk <= kMaxTopkCuda, "task_aligned_assign on CUDA supports topk <= ",
               kMaxTopkCuda, ", got ", topk);
   const c10::cuda::CUDAGuard guard(pred_scores.device());
   const TALArgs args = check_tal_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
-                                      gt_mask, topk, candidates, iou_mode);
+                                      gt_mask, topk, candidates, iou_mode, conflict,
+                                      min_inside_size);
   const int64_t B = args.shape.batch, A = args.shape.num_anchors, G = args.shape.num_gts,
                 C = args.shape.num_classes;
   TALOutputs out = background_outputs(pred_scores, gt_boxes, B, A);
@@ -205,6 +294,15 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
   at::Tensor cand_u = at::empty({B, G, K}, acc_opts);
   at::Tensor claims = at::zeros({B, A}, sc.options().dtype(at::kLong));
   auto* p_claims = reinterpret_cast<unsigned long long*>(claims.mutable_data_ptr<int64_t>());
+  const bool all_gts = args.conflict == Conflict::kAllGts;
+  at::Tensor counts;  // claims per anchor, conflict="all_gts" only
+  if (all_gts) counts = at::zeros({B, A}, sc.options().dtype(at::kInt));
+  int* p_counts = all_gts ? counts.mutable_data_ptr<int>() : nullptr;
+  at::Tensor fin_t = at::empty({B, A}, acc_opts), fin_u = at::empty({B, A}, acc_opts);
+  // per-GT maxima as Ordered<acc_t> images (same width as acc_t), 0 = none yet
+  const auto ord_dtype = at::toOpMathType(sc.scalar_type()) == at::kDouble ? at::kLong : at::kInt;
+  at::Tensor max_t = at::zeros({B, G}, sc.options().dtype(ord_dtype));
+  at::Tensor max_u = at::zeros({B, G}, sc.options().dtype(ord_dtype));
   const int64_t rows = B * G;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   auto& [assigned, fg, labels, boxes, ious, metrics, soft] = out;
@@ -212,13 +310,18 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(),
                                   "task_aligned_assign_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    using ord_t = typename Ordered<acc_t>::type;
+    static_assert(sizeof(ord_t) == sizeof(acc_t), "Ordered<acc_t> must match acc_t's width");
+    auto* p_max_t = static_cast<ord_t*>(max_t.mutable_data_ptr());
+    auto* p_max_u = static_cast<ord_t*>(max_u.mutable_data_ptr());
     const Inputs<scalar_t> in{sc.const_data_ptr<scalar_t>(), pb.const_data_ptr<scalar_t>(),
                               ap.const_data_ptr<scalar_t>(), gl.const_data_ptr<int64_t>(),
                               gb.const_data_ptr<scalar_t>(), gm.const_data_ptr<bool>(),
                               rows, G, A, C, static_cast<int>(K),
                               args.candidates == Candidates::kInsideThenTopk,
                               box_ops::make_metric_exponents<acc_t>(alpha, beta),
-                              acc_t(inside_eps), acc_t(kOverlapEps)};
+                              acc_t(inside_eps), acc_t(kOverlapEps), acc_t(min_inside_size)};
+    const int64_t total = rows * K, anchors = B * A;
     box_ops::dispatch_iou_mode(args.mode, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
       const int64_t blocks = (rows * 32 + kThreads - 1) / kThreads;
@@ -232,17 +335,21 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
             cand_u.mutable_data_ptr<acc_t>(), cand_pos.mutable_data_ptr<bool>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      tal_claim_kernel<acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+          cand_idx.const_data_ptr<int32_t>(), cand_u.const_data_ptr<acc_t>(),
+          cand_pos.const_data_ptr<bool>(), total, G, K, A, p_claims, p_counts);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      tal_resolve_kernel<scalar_t, kMode><<<num_blocks(anchors), kThreads, 0, stream>>>(
+          in, cand_idx.const_data_ptr<int32_t>(), cand_t.const_data_ptr<acc_t>(),
+          cand_u.const_data_ptr<acc_t>(), cand_pos.const_data_ptr<bool>(), p_claims, p_counts,
+          anchors, assigned.mutable_data_ptr<int64_t>(), fin_t.mutable_data_ptr<acc_t>(),
+          fin_u.mutable_data_ptr<acc_t>(), p_max_t, p_max_u);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    const int64_t total = rows * K;
-    tal_claim_kernel<acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        cand_idx.const_data_ptr<int32_t>(), cand_u.const_data_ptr<acc_t>(),
-        cand_pos.const_data_ptr<bool>(), total, G, K, A, p_claims);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    tal_outputs_kernel<scalar_t><<<num_blocks(rows), kThreads, 0, stream>>>(
-        cand_idx.const_data_ptr<int32_t>(), cand_t.const_data_ptr<acc_t>(),
-        cand_u.const_data_ptr<acc_t>(), cand_pos.const_data_ptr<bool>(), p_claims,
-        gl.const_data_ptr<int64_t>(), gb.const_data_ptr<scalar_t>(), rows, G, K, A, norm_eps,
-        assigned.mutable_data_ptr<int64_t>(), fg.mutable_data_ptr<bool>(),
+    tal_outputs_kernel<scalar_t><<<num_blocks(anchors), kThreads, 0, stream>>>(
+        assigned.const_data_ptr<int64_t>(), fin_t.const_data_ptr<acc_t>(),
+        fin_u.const_data_ptr<acc_t>(), p_max_t, p_max_u, gl.const_data_ptr<int64_t>(),
+        gb.const_data_ptr<scalar_t>(), anchors, G, A, norm_eps, fg.mutable_data_ptr<bool>(),
         labels.mutable_data_ptr<int64_t>(), boxes.mutable_data_ptr<scalar_t>(),
         ious.mutable_data_ptr<scalar_t>(), metrics.mutable_data_ptr<scalar_t>(),
         soft.mutable_data_ptr<scalar_t>());

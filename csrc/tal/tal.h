@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
 
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -27,23 +28,35 @@ inline Candidates parse_candidates(c10::string_view candidates) {
               std::string(candidates), "'");
 }
 
+inline Conflict parse_conflict(c10::string_view conflict) {
+  if (conflict == "candidates") return Conflict::kCandidates;
+  if (conflict == "all_gts") return Conflict::kAllGts;
+  TORCH_CHECK(false, "conflict must be 'candidates' or 'all_gts', got '", std::string(conflict),
+              "'");
+}
+
 struct TALArgs {
   box_ops::MetricShape shape;
   box_ops::IoUMode mode;
   Candidates candidates;
+  Conflict conflict;
 };
 
 // Every check of alignment_metric (shapes, dtypes, devices, label values)
-// plus topk and the candidate mode.
+// plus topk, the candidate and conflict modes and min_inside_size.
 inline TALArgs check_tal_args(const at::Tensor& pred_scores, const at::Tensor& pred_boxes,
                               const at::Tensor& anchor_points, const at::Tensor& gt_labels,
                               const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
                               int64_t topk, c10::string_view candidates,
-                              c10::string_view iou_mode) {
+                              c10::string_view iou_mode, c10::string_view conflict,
+                              double min_inside_size) {
   TORCH_CHECK(topk >= 1, "topk must be >= 1, got ", topk);
+  TORCH_CHECK(min_inside_size >= 0.0 && min_inside_size < std::numeric_limits<double>::infinity(),
+              "min_inside_size must be finite and >= 0 (0 = off), got ", min_inside_size);
   TALArgs args{box_ops::check_alignment_metric_args(pred_scores, pred_boxes, anchor_points,
                                                     gt_labels, gt_boxes, gt_mask),
-               box_ops::parse_iou_mode(iou_mode, "iou_mode"), parse_candidates(candidates)};
+               box_ops::parse_iou_mode(iou_mode, "iou_mode"), parse_candidates(candidates),
+               parse_conflict(conflict)};
   TORCH_CHECK(args.shape.num_anchors < (int64_t(1) << 31) && args.shape.num_gts < (int64_t(1) << 31),
               "task_aligned_assign supports fewer than 2^31 anchors and GTs per image");
   box_ops::check_label_values(gt_labels, gt_mask, args.shape.num_classes);

@@ -8,8 +8,16 @@
 // overlap u compared at float32 precision; equal -> lower GT index. Both are
 // folded into one 64-bit key so that the CUDA kernel can resolve them with a
 // single atomicMax (order-independent, hence deterministic).
+// conflict="all_gts" (ultralytics): an anchor claimed by >= 2 GTs goes to the
+// argmax over ALL the image's GTs of u masked to 0 outside (inside & valid)
+// pairs (all_gts_argmax below: torch.argmax's rules, first maximum, NaN above
+// everything).
+// min_inside_size (ultralytics' stride_val): the centre test runs against the
+// GT box converted xyxy -> (centre, size) -> xyxy with sides shorter than
+// min_inside_size set to it (inside_box below, ultralytics' arithmetic).
 #pragma once
 
+#include "../box_ops/box_iou_utils.h"
 #include "../macros.h"
 
 #include <cstdint>
@@ -19,6 +27,7 @@ namespace tood_ext {
 namespace tal {
 
 enum class Candidates : int { kTopkThenInside = 0, kInsideThenTopk = 1 };
+enum class Conflict : int { kCandidates = 0, kAllGts = 1 };
 
 // (t1, a1) ranks before (t2, a2)
 template <typename T>
@@ -60,6 +69,96 @@ TOOD_HOST_DEVICE_INLINE uint64_t claim_key(T u, int64_t g) {
 
 TOOD_HOST_DEVICE_INLINE int64_t claim_gt(uint64_t key) {
   return static_cast<int64_t>(0xFFFFFFFFu - static_cast<uint32_t>(key & 0xFFFFFFFFu));
+}
+
+// The box of the centre test. min_size <= 0: the GT itself. Otherwise
+// ultralytics' select_candidates_in_gts: xyxy2xywh, each side < min_size set
+// to min_size, xywh2xyxy, in the same operation order (c = (lo + hi) / 2,
+// w = hi - lo, lo' = c - w / 2, hi' = c + w / 2), so that in float32 the box,
+// and hence the test, is bit for bit ultralytics'. Every step is an add or
+// an exact halving, so FMA contraction cannot change it.
+template <typename T>
+TOOD_HOST_DEVICE_INLINE void inside_box(const T gt[4], T min_size, T out[4]) {
+  if (!(min_size > T(0))) {
+    out[0] = gt[0];
+    out[1] = gt[1];
+    out[2] = gt[2];
+    out[3] = gt[3];
+    return;
+  }
+  for (int d = 0; d < 2; ++d) {
+    const T lo = gt[d], hi = gt[d + 2];
+    const T c = (lo + hi) / T(2);
+    T w = hi - lo;
+    w = w < min_size ? min_size : w;
+    const T half = w / T(2);
+    out[d] = c - half;
+    out[d + 2] = c + half;
+  }
+}
+
+// torch.argmax's order on one value: v replaces the best so far when it is
+// larger, or NaN over a number (the first NaN wins, as the first maximum).
+template <typename T>
+TOOD_HOST_DEVICE_INLINE bool argmax_beats(T v, T best) {
+  const bool best_nan = !(best == best);
+  return !best_nan && (v > best || !(v == v));
+}
+
+// NaN-propagating max (torch.amax's), for the per-GT maxima of t and u.
+template <typename T>
+TOOD_HOST_DEVICE_INLINE T max_nan(T a, T b) {
+  return (!(a == a) || a >= b) ? a : b;
+}
+
+// conflict="all_gts": the GT of anchor a (image b) by ultralytics' rule, the
+// argmax over all G GTs of u masked to 0 where the centre is not inside the
+// (widened) GT or the GT is padding; the first maximum wins, so an all-zero
+// column gives GT 0 (padding or not). Writes the masked u and t's inputs of
+// the winner: *u_out and *inside_out (valid & inside); t is the caller's
+// (it needs the score). pred: the predicted box, theta_pred its aspect angle
+// (CIoU only); gts / mask: the image's (G, 4) GT boxes and (G,) mask.
+template <typename T, box_ops::IoUMode kMode, typename scalar_t>
+TOOD_HOST_DEVICE_INLINE int64_t all_gts_argmax(const T pred[4], T theta_pred, T px, T py,
+                                               const scalar_t* gts, const bool* mask, int64_t G,
+                                               T eps, T inside_eps, T min_size, T* u_out,
+                                               bool* inside_out) {
+  int64_t best_g = 0;
+  T best_u = T(0);
+  bool best_in = false;
+  for (int64_t g = 0; g < G; ++g) {
+    T u = T(0);
+    bool in = false;
+    if (mask[g]) {
+      T gt[4], ib[4];
+      box_ops::load_box(gts + 4 * g, gt);
+      inside_box(gt, min_size, ib);
+      in = box_ops::centre_inside(px, py, ib, inside_eps);
+      if (in) {
+        const T theta_gt =
+            kMode == box_ops::IoUMode::kCIoU ? box_ops::aspect_angle(gt[0], gt[1], gt[2], gt[3])
+                                             : T(0);
+        u = box_ops::metric_overlap<T, kMode>(pred, gt, theta_pred, theta_gt, eps);
+      }
+    }
+    if (g == 0 || argmax_beats(u, best_u)) {
+      best_g = g;
+      best_u = u;
+      best_in = in;
+    }
+  }
+  *u_out = best_u;
+  *inside_out = best_in;
+  return best_g;
+}
+
+// Slot s in [0, K) of the candidate list (idx, pos) holding positive anchor a,
+// or -1 (conflict="all_gts": did the winner pick the anchor itself?).
+TOOD_HOST_DEVICE_INLINE int find_slot(const int32_t* idx, const bool* pos, int64_t K, int32_t a) {
+  for (int64_t s = 0; s < K; ++s) {
+    if (pos[s] && idx[s] == a) return static_cast<int>(s);
+  }
+  return -1;
 }
 
 }  // namespace tal

@@ -4,7 +4,8 @@
 alpha=1.0, beta=6.0, stride=None, eps=1e-9, topk2=None``) and has the same forward signature and
 outputs as ultralytics' class, but runs the assignment with tood-ext's fused op
 (:func:`tood_ext.task_aligned_assign` with ``candidates="inside_then_topk"``,
-``iou_mode="ciou"``, ``inside_eps=1e-9``, ``norm_eps=eps``): no (B, G, A) tensor.
+``iou_mode="ciou"``, ``inside_eps=1e-9``, ``norm_eps=eps``, ``conflict="all_gts"``,
+``min_inside_size=stride_val``): no (B, G, A) tensor.
 
 ``patch_ultralytics()`` swaps it into a live ultralytics install (the class in
 ``ultralytics.utils.tal`` and the name ``v8DetectionLoss`` builds its assigner from, in
@@ -12,13 +13,16 @@ outputs as ultralytics' class, but runs the assignment with tood-ext's fused op
 ``unpatch_ultralytics()`` undoes it; ``patched_ultralytics()`` is the context-manager form.
 This module never imports ultralytics unless one of those functions is called.
 
-What is reproduced (ultralytics 8.4.190, ``utils/tal.py``):
+What is reproduced (ultralytics 8.4.190, ``utils/tal.py``), by the op itself
+(``conflict="all_gts"``, ``min_inside_size=stride_val``):
 
 * the inside test on the GT box converted xyxy -> xywh -> xyxy, with sides shorter than
-  ``stride_val`` (``stride[1]``) widened to it about the centre (valid GTs only);
+  ``stride_val`` (``stride[1]``) widened to it about the centre, bit for bit in float32;
 * s = score of the GT's class, u = CIoU(gt, pred) clamped at 0, t = s**alpha * u**beta on inside
   pairs; per GT the top-k by t among its inside anchors; an anchor claimed by several GTs goes to
-  the one of largest u; the optional ``topk2`` filter; ``t_hat = t * max u / (max t + eps)`` over
+  the argmax of u over *all* GTs (u = 0 outside inside & valid pairs; first maximum, so an
+  all-zero column gives GT 0), which may be a GT that did not select it and which then counts it
+  among its positives; the optional ``topk2`` filter; ``t_hat = t * max u / (max t + eps)`` over
   each GT's final positives; targets gathered with GT index 0 on background anchors (so
   background rows of target_labels / target_bboxes hold GT 0's values, as in ultralytics);
   ``target_scores`` the one-hot label times t_hat; G = 0 returns ultralytics' empty outputs.
@@ -30,16 +34,14 @@ Known differences (documented, and what the tests pin down):
   (mostly outside the GT, so dropped); here the t = 0 *inside* anchors of lowest index fill them.
   Those anchors are in ``fg_mask`` with ``target_scores`` 0, so they weigh nothing in
   ``v8DetectionLoss`` (box and DFL losses are weighted by the target scores; the cls target is 0
-  either way): the loss is the same, ``fg_mask`` may differ on such anchors.
-* conflicts: ultralytics resolves an anchor claimed by >= 2 GTs with the argmax of u over *all*
-  GTs whose (widened) box contains the anchor, also GTs that did not select it; here the argmax
-  is over the GTs that selected it (the paper's and mmdetection's rule). The two differ only for
-  an anchor inside >= 3 GTs, claimed by >= 2 of them, whose best u is with a third (on the
-  crowded random layouts of ``benchmarks/compat.py``: 1 of 1105 foreground anchors at G=10,
-  13 of 1816 at B=4, G=100). Reproducing it needs the op's conflict pass to know the claimants
-  and all containing GTs (not available from its outputs).
-* u of GTs without a widened side is computed by the op (CIoU without ultralytics' ``+ eps`` on
-  the heights and union): values agree to float rounding, not bit for bit.
+  either way): the loss is the same, ``fg_mask`` may differ on such anchors. Through the
+  conflict rule such a t = 0 anchor claimed twice may also move to a third GT of larger u (t > 0
+  there), which ultralytics would not have made a positive; this needs a GT with fewer than
+  ``topk`` inside anchors of t > 0 (tiny or unmatched GTs) and is rare.
+* u is computed by the op (CIoU without ultralytics' ``+ eps`` on the heights and union): values
+  agree to float rounding, not bit for bit, so a near-tie of two GTs' u (relative ~1e-7) may
+  resolve differently.
+* half inputs: the op computes in float32 on CUDA (ultralytics in the half type).
 * ``**extra`` (the pose / segmentation ``pair_overlaps`` inputs) is not supported; the subclasses
   ``SegTaskAlignedAssigner``, ``PoseTaskAlignedAssigner`` and ``RotatedTaskAlignedAssigner``
   are left untouched by the patch (they keep ultralytics' implementation).
@@ -48,7 +50,6 @@ Known differences (documented, and what the tests pin down):
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator
 
 import torch
@@ -58,41 +59,7 @@ __all__ = ["TaskAlignedAssigner", "is_patched", "patch_ultralytics", "patched_ul
            "unpatch_ultralytics"]
 
 _INSIDE_EPS = 1e-9  # select_candidates_in_gts' default eps (not the assigner's eps)
-_CIOU_EPS = 1e-7  # bbox_iou's default eps
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def _inside_boxes(gt_bboxes: torch.Tensor, valid: torch.Tensor, stride_val: float):
-    """The boxes of ultralytics' inside test: xyxy -> xywh, valid GTs' sides < stride_val set
-    to stride_val, -> xyxy (the same arithmetic as its ``select_candidates_in_gts``).
-    Returns (boxes (B, G, 4), widened (B, G) bool: a valid GT with a widened side)."""
-    x1, y1, x2, y2 = gt_bboxes.unbind(-1)
-    c = torch.stack(((x1 + x2) / 2, (y1 + y2) / 2), -1)
-    wh = torch.stack((x2 - x1, y2 - y1), -1)
-    small = (wh < stride_val) & valid[..., None]
-    wh = torch.where(small, torch.tensor(stride_val, dtype=wh.dtype, device=wh.device), wh)
-    half = wh / 2
-    return torch.cat((c - half, c + half), -1), small.any(-1)
-
-
-def _ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = _CIOU_EPS) -> torch.Tensor:
-    """CIoU of aligned xyxy boxes (N, 4), the arithmetic of ultralytics' ``bbox_iou(CIoU=True)``
-    (``+ eps`` on the heights, the union and the diagonal; alpha a constant)."""
-    b1x1, b1y1, b1x2, b1y2 = box1.unbind(-1)
-    b2x1, b2y1, b2x2, b2y2 = box2.unbind(-1)
-    w1, h1 = b1x2 - b1x1, b1y2 - b1y1 + eps
-    w2, h2 = b2x2 - b2x1, b2y2 - b2y1 + eps
-    inter = ((b1x2.minimum(b2x2) - b1x1.maximum(b2x1)).clamp(0)
-             * (b1y2.minimum(b2y2) - b1y1.maximum(b2y1)).clamp(0))
-    union = w1 * h1 + w2 * h2 - inter + eps
-    iou = inter / union
-    cw = b1x2.maximum(b2x2) - b1x1.minimum(b2x1)
-    ch = b1y2.maximum(b2y2) - b1y1.minimum(b2y1)
-    c2 = cw.pow(2) + ch.pow(2) + eps
-    rho2 = ((b2x1 + b2x2 - b1x1 - b1x2).pow(2) + (b2y1 + b2y2 - b1y1 - b1y2).pow(2)) / 4
-    v = (4 / math.pi ** 2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
-    alpha = v / (1 - iou + v + eps)
-    return iou - (rho2 / c2 + v * alpha)
 
 
 def _rank_in_groups(group: torch.Tensor, value: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -161,37 +128,6 @@ class TaskAlignedAssigner(nn.Module):
 
     # -----------------------------------------------------------------------------------------
 
-    def _candidates_widened(self, pd_scores, pd_bboxes, anc_points, labels, gt_bboxes, ibox,
-                            widened):
-        """Positive candidates of the GTs with a widened side, from a sparse list of their
-        inside pairs (a side < stride_val bounds the number of anchors inside the box).
-        Returns (b, a, g, u, t) of each GT's top-k among its inside anchors (t desc, lower
-        anchor first, NaN t never), u and t with ultralytics' arithmetic."""
-        sb, sg = widened.nonzero(as_tuple=True)
-        S, A = sb.numel(), anc_points.shape[0]
-        wb = ibox[sb, sg]
-        ax, ay = anc_points[:, 0], anc_points[:, 1]
-        chunk = max(1, (1 << 22) // max(A, 1))
-        ps, pa = [], []
-        for i in range(0, S, chunk):
-            w = wb[i:i + chunk]
-            m = ax - w[:, 0:1] > _INSIDE_EPS
-            m &= ay - w[:, 1:2] > _INSIDE_EPS
-            m &= w[:, 2:3] - ax > _INSIDE_EPS
-            m &= w[:, 3:4] - ay > _INSIDE_EPS
-            s_idx, a_idx = m.nonzero(as_tuple=True)
-            ps.append(s_idx + i)
-            pa.append(a_idx)
-        pair_s, pair_a = torch.cat(ps), torch.cat(pa)
-        b, g = sb[pair_s], sg[pair_s]
-        score = pd_scores[b, pair_a, labels[b, g]]
-        u = _ciou(gt_bboxes[b, g], pd_bboxes[b, pair_a]).clamp_(0)
-        t = score.pow(self.alpha) * u.pow(self.beta)
-        ok = ~torch.isnan(t)
-        pair_s, pair_a, b, g, u, t = (x[ok] for x in (pair_s, pair_a, b, g, u, t))
-        keep = _rank_in_groups(pair_s, t, S) < self.topk
-        return b[keep], pair_a[keep], g[keep], u[keep], t[keep]
-
     @staticmethod
     def _tal_op():
         """The TAL op used (a subclass may return :func:`tood_ext.reference.task_aligned_assign`,
@@ -211,35 +147,18 @@ class TaskAlignedAssigner(nn.Module):
         work = torch.promote_types(pd_scores.dtype, pd_bboxes.dtype)
         op_dtype = torch.float32 if (work in _HALF and dev.type == "cpu") else work
 
-        ibox, widened = _inside_boxes(gt_bboxes, valid, self.stride_val)
-        plain = valid & ~widened
-        # GTs without a widened side: the fused op, on the round-tripped boxes so that the
-        # inside test is ultralytics' to the bit (u moves by at most an ulp of the box)
+        # ultralytics' whole assignment up to the positives: its widened inside test
+        # (min_inside_size = stride_val) and its conflict rule (argmax of u over all GTs)
         res = task_aligned_assign(
             pd_scores.to(op_dtype), pd_bboxes.to(op_dtype), anc_points.to(op_dtype),
-            torch.where(plain, labels, torch.zeros_like(labels)), ibox.to(op_dtype), plain,
+            torch.where(valid, labels, torch.zeros_like(labels)), gt_bboxes.to(op_dtype), valid,
             topk=self.topk, alpha=self.alpha, beta=self.beta, candidates="inside_then_topk",
-            iou_mode="ciou", inside_eps=_INSIDE_EPS, norm_eps=self.eps)
+            iou_mode="ciou", inside_eps=_INSIDE_EPS, norm_eps=self.eps, conflict="all_gts",
+            min_inside_size=float(self.stride_val))
         cb, ca = res.fg_mask.nonzero(as_tuple=True)
         cg = res.assigned_gt[cb, ca]
         cu = res.iou[cb, ca].to(work)
         ct = res.metric[cb, ca].to(work)
-        if bool(widened.any()):
-            wb_, wa, wg, wu, wt = self._candidates_widened(pd_scores, pd_bboxes, anc_points,
-                                                           labels, gt_bboxes, ibox, widened)
-            cb, ca, cg = torch.cat((cb, wb_)), torch.cat((ca, wa)), torch.cat((cg, wg))
-            cu, ct = torch.cat((cu, wu.to(work))), torch.cat((ct, wt.to(work)))
-            # conflicts: largest u (float32), then lower GT index; the op has already resolved
-            # the plain GTs among themselves with the same rule, and max is associative
-            anchor = cb * A + ca
-            o = torch.sort(cg, stable=True).indices
-            o = o[torch.sort(cu[o].float().nan_to_num(nan=-1.0), descending=True,
-                             stable=True).indices]
-            o = o[torch.sort(anchor[o], stable=True).indices]
-            first = torch.ones(o.numel(), dtype=torch.bool, device=dev)
-            first[1:] = anchor[o][1:] != anchor[o][:-1]
-            o = o[first]
-            cb, ca, cg, cu, ct = cb[o], ca[o], cg[o], cu[o], ct[o]
 
         gt_flat = cb * G + cg  # (n,) the GT of each final positive, flat over (B, G)
         if self.topk2 != self.topk:  # keep each GT's top topk2 by t among its final positives

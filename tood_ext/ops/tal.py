@@ -2,8 +2,9 @@
 
 ``task_aligned_assign`` runs TOOD's assignment for a whole batch: the alignment metric of every
 (image, GT, anchor) is computed on the fly (the device functions of ``alignment_metric``), each
-GT keeps its top-k candidates, conflicts go to the GT of highest IoU, and the soft targets are
-normalised per GT. See :func:`task_aligned_assign` for the exact semantics.
+GT keeps its top-k candidates, conflicts go to the GT of highest IoU (among the claimants, or
+ultralytics' argmax over all GTs), and the soft targets are normalised per GT. See
+:func:`task_aligned_assign` for the exact semantics.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from .._types import TALResult
 from .box_ops import _check_mode
 
 CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
+CONFLICT_MODES = ("candidates", "all_gts")
 
-__all__ = ["CANDIDATE_MODES", "TALResult", "task_aligned_assign"]
+__all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "task_aligned_assign"]
 
 
 def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
@@ -23,7 +25,8 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
                         gt_boxes: torch.Tensor, gt_mask: torch.Tensor, topk: int = 13,
                         alpha: float = 1.0, beta: float = 6.0,
                         candidates: str = "topk_then_inside", iou_mode: str = "iou",
-                        inside_eps: float = 0.01, norm_eps: float = 1e-7) -> TALResult:
+                        inside_eps: float = 0.01, norm_eps: float = 1e-7,
+                        conflict: str = "candidates", min_inside_size: float = 0.0) -> TALResult:
     """TOOD's task-aligned assignment of anchors to GTs, for a batch, in one op.
 
     Args:
@@ -41,16 +44,35 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         inside_eps: the centre is inside when min(cx - x1, cy - y1, x2 - cx, y2 - cy) >
             inside_eps (0.01 in mmdetection, 1e-9 in ultralytics).
         norm_eps: ``t_hat = t * max_u / (max_t + norm_eps)``.
+        conflict: who wins an anchor that is a positive candidate of several GTs.
+            ``"candidates"`` (paper, mmdetection): the claimant of largest u. ``"all_gts"``
+            (ultralytics 8.4): the argmax over *all* G GTs of the overlap masked to 0 outside
+            (centre inside, GT valid) pairs: the winner may be a GT that did not pick the anchor,
+            which then becomes that GT's positive (its t and u, masked the same way, enter the
+            GT's max t / max u).
+        min_inside_size: 0 (off) or ultralytics' ``stride_val`` (16): for the centre test only,
+            each GT box is converted xyxy -> (centre, size) -> xyxy with sides shorter than
+            ``min_inside_size`` set to it, in ultralytics' arithmetic (``c = (x1 + x2) / 2``,
+            ``w = x2 - x1``, ``x1' = c - w / 2``, ``x2' = c + w / 2``: bit for bit in float32).
+            u, t and the output boxes use the GT box itself.
 
     Semantics (kernels and :func:`tood_ext.reference.task_aligned_assign` agree exactly):
         * ranking of one GT's candidates: larger t first, equal t -> lower anchor index first;
           a NaN t is never a candidate; fewer than k anchors (or inside anchors) -> fewer
           candidates;
-        * an anchor that is a positive of several GTs goes to the GT of largest u compared at
-          float32 precision, equal -> lower GT index;
+        * an anchor that is a positive of several GTs: ``conflict="candidates"``: the claimant
+          of largest u compared at float32 precision, equal -> lower GT index.
+          ``conflict="all_gts"``: ``torch.argmax`` over all G GTs (compute precision: float32
+          for float32 / half inputs, float64 for float64) of u where the centre is inside the
+          (widened) GT and the GT is valid, 0 elsewhere: the first maximum wins (equal -> lower
+          GT index; a column of zeros -> GT 0, even when GT 0 is padding or does not contain
+          the anchor; its label and box are then GT 0's as given, u = 0, and t = 0 unless GT 0 is
+          valid and contains it), a NaN u above every number. A GT may so hold more than topk
+          positives. Anchors of a single claim keep it;
         * ``t_hat`` of a positive: its t times the largest u over its GT's final positives,
           divided by the largest t over them plus ``norm_eps``;
-        * padding GTs, G = 0, A = 0 or B = 0: all anchors background.
+        * padding GTs claim nothing (only the ``"all_gts"`` zero column above can give an
+          anchor to GT 0 when it is padding); G = 0, A = 0 or B = 0: all anchors background.
 
     Returns:
         :class:`TALResult` ``(assigned_gt, fg_mask, labels, boxes, iou, metric, soft_target)``:
@@ -59,14 +81,21 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         outputs in the dtype of the scores. No gradient flows (the outputs are constants).
 
     Extra memory: O(B*A + B*G*topk) on both devices, never a (B, G, A) tensor: the candidates
-    (B, G, k) x (index, t, u, flag), one claim key per anchor (B, A), and on CPU one scratch row
-    of A anchors per thread. Deterministic on both devices. One device sync on CUDA (label
-    validation).
+    (B, G, k) x (index, t, u, flag); on CUDA (B, A) claim keys, final t and u, for ``"all_gts"``
+    claim counts, and (B, G) maxima; on CPU scratch rows of A anchors and of G GTs per thread.
+    ``"all_gts"`` recomputes u and the centre test against all G GTs only for anchors claimed
+    >= 2 times (O(G) each). Deterministic on both devices (every CUDA atomic is a max or a
+    count). One device sync on CUDA (label validation).
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     if candidates not in CANDIDATE_MODES:
         raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {candidates!r}")
+    if conflict not in CONFLICT_MODES:
+        raise ValueError(f"conflict must be one of {CONFLICT_MODES}, got {conflict!r}")
+    if not (0.0 <= min_inside_size < float("inf")):
+        raise ValueError(f"min_inside_size must be finite and >= 0 (0 = off), got "
+                         f"{min_inside_size!r}")
     _check_mode(iou_mode, "iou_mode")
     _loader.check_inputs("task_aligned_assign", pred_scores=pred_scores, pred_boxes=pred_boxes,
                          anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
@@ -74,7 +103,7 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
     out = torch.ops.tood_ext.task_aligned_assign(
         pred_scores.detach(), pred_boxes.detach(), anchor_points.detach(), gt_labels,
         gt_boxes.detach(), gt_mask, topk, alpha, beta, candidates, iou_mode, inside_eps,
-        norm_eps)
+        norm_eps, conflict, float(min_inside_size))
     return TALResult(*out)
 
 
@@ -82,8 +111,10 @@ def _register():
     @torch.library.register_fake("tood_ext::task_aligned_assign")
     def _fake(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk=13,
               alpha=1.0, beta=6.0, candidates="topk_then_inside", iou_mode="iou",
-              inside_eps=0.01, norm_eps=1e-7):
+              inside_eps=0.01, norm_eps=1e-7, conflict="candidates", min_inside_size=0.0):
         torch._check(topk >= 1, lambda: f"topk must be >= 1, got {topk}")
+        torch._check(conflict in CONFLICT_MODES,
+                     lambda: f"conflict must be one of {CONFLICT_MODES}, got {conflict!r}")
         B, A = pred_scores.shape[0], pred_scores.shape[1]
         idx = pred_scores.new_empty((B, A), dtype=torch.int64)
         return (idx, pred_scores.new_empty((B, A), dtype=torch.bool), torch.empty_like(idx),
@@ -94,7 +125,7 @@ def _register():
         ctx.mark_non_differentiable(*output)
 
     def _backward(ctx, *grads):
-        return (None,) * 13
+        return (None,) * 15
 
     torch.library.register_autograd("tood_ext::task_aligned_assign", _backward,
                                     setup_context=_setup)

@@ -9,23 +9,32 @@ tests, the benchmarks and as a fallback where the compiled kernels are unavailab
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._types import TALResult
 from .box_ops import _check_mode, alignment_metric
 
 CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
+CONFLICT_MODES = ("candidates", "all_gts")
 
-__all__ = ["CANDIDATE_MODES", "TALResult", "task_aligned_assign"]
+__all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "inside_boxes",
+           "task_aligned_assign"]
 
 
 def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode) -> None:
+                candidates, iou_mode, conflict="candidates", min_inside_size=0.0) -> None:
     """The op's argument errors (messages as the kernels' checks)."""
     if isinstance(topk, bool) or int(topk) != topk or topk < 1:
         raise ValueError(f"topk must be >= 1 (an int), got {topk!r}")
     if candidates not in CANDIDATE_MODES:
         raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {candidates!r}")
+    if conflict not in CONFLICT_MODES:
+        raise ValueError(f"conflict must be one of {CONFLICT_MODES}, got {conflict!r}")
+    if not (0.0 <= min_inside_size < math.inf):
+        raise ValueError(f"min_inside_size must be finite and >= 0 (0 = off), got "
+                         f"{min_inside_size!r}")
     _check_mode(iou_mode, "iou_mode")
     if pred_scores.dim() != 3:
         raise RuntimeError(f"pred_scores must have shape (B, A, C), got {tuple(pred_scores.shape)}")
@@ -60,6 +69,19 @@ def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def inside_boxes(gt_boxes: torch.Tensor, min_inside_size: float) -> torch.Tensor:
+    """The boxes of the centre test: ``gt_boxes`` itself when ``min_inside_size`` is 0, else
+    ultralytics' ``select_candidates_in_gts`` arithmetic: xyxy -> (centre, size), each side
+    below ``min_inside_size`` set to it, -> xyxy (in the dtype of ``gt_boxes``)."""
+    if not min_inside_size > 0:
+        return gt_boxes
+    x1, y1, x2, y2 = gt_boxes.unbind(-1)
+    c = torch.stack(((x1 + x2) / 2, (y1 + y2) / 2), -1)
+    wh = torch.stack((x2 - x1, y2 - y1), -1)
+    wh = torch.where(wh < min_inside_size, torch.full_like(wh, min_inside_size), wh)
+    return torch.cat((c - wh / 2, c + wh / 2), -1)
 
 
 def _positive_candidates(metric: torch.Tensor, inside: torch.Tensor, gt_mask: torch.Tensor,
@@ -106,7 +128,8 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
                         gt_boxes: torch.Tensor, gt_mask: torch.Tensor, topk: int = 13,
                         alpha: float = 1.0, beta: float = 6.0,
                         candidates: str = "topk_then_inside", iou_mode: str = "iou",
-                        inside_eps: float = 0.01, norm_eps: float = 1e-7) -> TALResult:
+                        inside_eps: float = 0.01, norm_eps: float = 1e-7,
+                        conflict: str = "candidates", min_inside_size: float = 0.0) -> TALResult:
     """Reference of :func:`tood_ext.ops.tal.task_aligned_assign` (dense (B, G, A) tensors).
 
     Args:
@@ -120,13 +143,18 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         iou_mode: the overlap u (``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``), clamped at 0.
         inside_eps: centre inside when min(cx - x1, cy - y1, x2 - cx, y2 - cy) > inside_eps.
         norm_eps: eps of the soft-target normalisation.
+        conflict: ``"candidates"`` (mmdetection) or ``"all_gts"`` (ultralytics), step 3.
+        min_inside_size: 0 or ultralytics' ``stride_val``: the centre test runs against
+            :func:`inside_boxes` of the GTs.
         (mmdetection: the defaults; ultralytics: ``candidates="inside_then_topk"``,
-        ``iou_mode="ciou"``, ``inside_eps=1e-9``, ``norm_eps=1e-9``.)
+        ``iou_mode="ciou"``, ``inside_eps=1e-9``, ``norm_eps=1e-9``, ``conflict="all_gts"``,
+        ``min_inside_size=stride_val``.)
 
     Semantics:
         1. Per (image, valid GT g, anchor a): s = pred_scores[b, a, label_g], u = IoU-family
            value of (pred box, GT) clamped at 0, t = s**alpha * u**beta, and the centre test
-           (see :func:`tood_ext.reference.box_ops.alignment_metric`).
+           (see :func:`tood_ext.reference.box_ops.alignment_metric`), the latter against
+           ``inside_boxes(gt_boxes, min_inside_size)``; "inside" below includes "GT valid".
         2. Ranking of the anchors per GT: t descending, ties by lower anchor index (a stable
            descending sort, not ``torch.topk``); an anchor of NaN t is never ranked, never a
            candidate.
@@ -134,10 +162,14 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
            with t > 0 and the centre inside. ``inside_then_topk``: the first k of the anchors
            whose centre is inside; all are positive candidates, t = 0 included. Fewer ranked
            anchors than k (A < k, few inside) give fewer candidates.
-        3. Conflicts: an anchor that is a positive candidate of several GTs goes to the one of
-           highest u compared at float32 precision (``u.float()``), ties to the lower GT index.
-        4. For each final positive: ``t_hat = t * max_u / (max_t + norm_eps)``, maxima over the
-           final positives (after step 3) of its GT.
+        3. Conflicts: an anchor that is a positive candidate of several GTs goes
+           (``"candidates"``) to the claimant of highest u compared at float32 precision
+           (``u.float()``), ties to the lower GT index; (``"all_gts"``) to ``argmax`` over all G
+           GTs of ``where(inside, u, 0)`` at compute precision (first maximum, so all zeros ->
+           GT 0; NaN above all), which becomes the anchor's GT even if it did not pick it.
+        4. For each final positive, with t and u masked to 0 outside the inside pairs:
+           ``t_hat = t * max_u / (max_t + norm_eps)``, maxima over the final positives (after
+           step 3) of its GT.
         Empty inputs (B, A or G = 0) and images whose GTs are all padding give background.
 
     Returns:
@@ -146,7 +178,7 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         ``pred_scores``. No output carries a gradient.
     """
     _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode)
+                candidates, iou_mode, conflict, min_inside_size)
     B, A, _ = pred_scores.shape
     G = gt_labels.shape[1]
     if B == 0 or A == 0 or G == 0:
@@ -157,7 +189,17 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
             _upcast(pred_scores.detach()), _upcast(pred_boxes.detach()),
             _upcast(anchor_points.detach()), gt_labels, _upcast(gt_boxes.detach()), gt_mask,
             alpha=alpha, beta=beta, iou_mode=iou_mode, inside_eps=inside_eps)
+        if min_inside_size > 0:  # the centre test against the widened boxes
+            points = _upcast(anchor_points.detach())[None, None]  # (1, 1, A, 2)
+            boxes = inside_boxes(_upcast(gt_boxes.detach()), min_inside_size)[:, :, None, :]
+            deltas = torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+            inside = (deltas.amin(-1) > inside_eps) & gt_mask[:, :, None]
         pos = _positive_candidates(metric, inside, gt_mask, topk, candidates)  # (B, G, A)
+        # from here t and u masked to 0 outside the inside pairs (ultralytics' tensors); the
+        # positive candidates are inside pairs, so only "all_gts" sees the difference
+        zero = torch.zeros((), dtype=metric.dtype, device=metric.device)
+        metric = torch.where(inside, metric, zero)
+        overlaps = torch.where(inside, overlaps, zero)
 
         # conflicts: highest u.float() among the GTs that picked the anchor, first on ties;
         # a NaN u (only possible with beta = 0) ranks below every number
@@ -165,9 +207,12 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         rank_u = torch.where(pos, u32.nan_to_num(nan=-1.0), torch.full_like(u32, -2.0))
         fg = pos.any(dim=1)  # (B, A)
         best = rank_u.argmax(dim=1)  # (B, A); torch.argmax returns the first maximum
+        if conflict == "all_gts":  # >= 2 claims: argmax of the masked u over all GTs
+            many = pos.sum(dim=1) >= 2
+            best = torch.where(many, overlaps.argmax(dim=1), best)
         assigned = torch.where(fg, best, torch.full_like(best, -1))
         gt_ids = torch.arange(G, device=assigned.device)[None, :, None]
-        final = pos & (gt_ids == assigned[:, None, :])  # (B, G, A)
+        final = gt_ids == assigned[:, None, :]  # (B, G, A); a subset of pos for "candidates"
 
         ninf = torch.full_like(metric, float("-inf"))
         max_t = torch.where(final, metric, ninf).amax(dim=-1)  # (B, G), -inf without positives
@@ -178,7 +223,6 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         u_a = overlaps.gather(1, idx[:, None, :]).squeeze(1)
         soft = t_a * max_u.gather(1, idx) / (max_t.gather(1, idx) + norm_eps)
 
-        zero = torch.zeros((), dtype=metric.dtype, device=metric.device)
         out_dtype = pred_scores.dtype
         labels = gt_labels.gather(1, idx).where(fg, torch.full_like(idx, -1))
         boxes = gt_boxes.detach().gather(1, idx[:, :, None].expand(B, A, 4))
