@@ -162,11 +162,15 @@ def _small_model():
 
 
 @pytest.fixture(scope="module")
-def exported():
+def model():
+    return _small_model()
+
+
+@pytest.fixture(scope="module")
+def exported(model):
     """(model, ExportedProgram with detections + raw maps, output names), traced once."""
     from tood_ext.export import ExportableTOOD, export_program
 
-    model = _small_model()
     wrapper = ExportableTOOD(model, with_nms=True, raw_outputs=True)
     ep = export_program(wrapper, image_size=(256, 256), dynamic=True)
     assert not model.training
@@ -210,15 +214,6 @@ def _check_raw(got, want, box_atol, box_rtol):
             torch.testing.assert_close(g, w, atol=box_atol, rtol=box_rtol)
 
 
-def test_nms_candidates_suppressed():
-    """The NMS test is not vacuous: candidates above the threshold are suppressed."""
-    model = _small_model()
-    x = _images(*SIZES[0], seed=3)
-    out, dets = _reference(model, x)
-    n_above = sum(int((s[0] > model.cfg.score_thr).sum()) for s in out[:5])
-    assert n_above > len(dets[0]["scores"]) >= 5
-
-
 def test_torch_export_program(exported, tmp_path):
     model, ep, _ = exported
     path = tmp_path / "tood.pt2"
@@ -256,16 +251,20 @@ def test_onnx_runtime_matches_pytorch(exported, tmp_path):
         _check_dets(got, dets, box_atol=2e-3)
 
 
-def test_exportable_module_matches_predict():
-    """The eager wrapper (multiclass_nms op through torchvision) equals model.predict."""
+def test_exportable_module_matches_predict(model):
+    """The eager wrapper (multiclass_nms op through torchvision) equals model.predict, and the
+    comparison is not vacuous: candidates above the threshold are suppressed by NMS."""
     from tood_ext.export import ExportableTOOD
 
-    model = _small_model()
     x = _images(*SIZES[0], seed=40)
-    _, dets = _reference(model, x)
+    raw, dets = _reference(model, x)
     with torch.no_grad():
         got = ExportableTOOD(model, with_nms=True)(x)
+    assert len(got) == 4
     _check_dets(got, dets, box_atol=0)
+    for b in range(x.shape[0]):
+        n_above = sum(int((s[b] > model.cfg.score_thr).sum()) for s in raw[:5])
+        assert n_above > len(dets[b]["scores"])
 
 
 def test_image_size_checks():
@@ -278,22 +277,36 @@ def test_image_size_checks():
     assert example_inputs((128, 256), batch=1)[0].shape == (1, 3, 128, 256)
 
 
-def test_cli_pt2_from_checkpoint(tmp_path):
-    """python -m tood_ext export's entry point: a static-shape .pt2 of a saved model."""
-    from tood_ext.export import main
+def test_cli_from_checkpoint(model, tmp_path, monkeypatch):
+    """python -m tood_ext export's entry point: checkpoint formats and argument plumbing (the
+    exports themselves are tested above)."""
+    from tood_ext import export
 
-    model = _small_model()
-    ckpt = tmp_path / "model.pth"
-    torch.save({"config": model.cfg.to_dict(), "model": model.state_dict()}, ckpt)
-    out = tmp_path / "cli.pt2"
-    main(["--checkpoint", str(ckpt), "--format", "pt2", "--out", str(out), "--static",
-          "--image-size", "256", "384"])
-    ep = torch.export.load(str(out))
-    assert any("tood_ext.deform_sampling" in str(n.target) for n in ep.graph.nodes)
-    x = _images(1, 256, 384, seed=50)
-    with torch.no_grad():
-        got = ep.module()(x)
-    _check_raw(got, _reference(model, x)[0], box_atol=1e-4, box_rtol=1e-6)
+    calls = []
+    monkeypatch.setattr(export, "export_pt2", lambda m, path, **kw: calls.append(("pt2", m, kw)))
+    monkeypatch.setattr(export, "export_onnx", lambda m, path, **kw: calls.append(("onnx", m, kw)))
+    plain = tmp_path / "plain.pth"  # {"config", "model"}
+    torch.save({"config": model.cfg.to_dict(), "model": model.state_dict()}, plain)
+    engine = tmp_path / "engine.pth"  # tood_ext.engine's keys
+    torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict(), "epoch": 1},
+               engine)
+    export.main(["--checkpoint", str(plain), "--format", "pt2", "--out", "a.pt2", "--static",
+                 "--image-size", "256", "384"])
+    export.main(["--checkpoint", str(engine), "--out", "b.onnx", "--with-nms", "--opset", "18",
+                 "--score-thr", "0.3", "--ops", "reference"])
+    (fmt1, m1, kw1), (fmt2, m2, kw2) = calls
+    assert fmt1 == "pt2" and kw1 == {"image_size": (256, 384), "dynamic": False,
+                                     "with_nms": False}
+    assert fmt2 == "onnx" and kw2 == {"image_size": (640, 640), "dynamic": True,
+                                      "with_nms": True, "score_thr": 0.3, "opset": 18,
+                                      "deform": "grid_sample"}
+    assert m2.cfg.ops == "reference" and not m1.training and not m2.training
+    for m in (m1, m2):
+        for k, v in model.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="model_config"):
+        torch.save({"model": model.state_dict()}, plain)
+        export.main(["--checkpoint", str(plain), "--out", "c.onnx"])
 
 
 def test_import_without_onnx():

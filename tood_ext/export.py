@@ -15,7 +15,9 @@ Here every op of the inference path is a dispatcher op with a fake kernel, so:
   - ``tood_ext::deform_sampling`` -> ``GridSample`` (bilinear, zeros padding,
     ``align_corners=0``) with the pixel -> normalised coordinate conversion written out
     (``gx = (2 (j + dx) + 1) / W - 1``, likewise y), the offset groups folded into the batch
-    (``(B, C, H, W) -> (B G, C / G, H, W)``), the optional mask as a ``Mul``;
+    (``(B, C, H, W) -> (B G, C / G, H, W)``), the optional mask as a ``Mul``; or, with
+    ``deform="gather"``, the kernel's own arithmetic (``Floor``, four ``GatherElements``,
+    bilinear weights), which avoids GridSample's coordinate round trip;
   - ``tood_ext::box_iou`` (not on the inference path; for models that call it) -> elementwise
     ops (``Min``/``Max``/``Clip``/``Div``, ``Atan`` for CIoU, NaN for non-finite boxes);
   - ``tood_ext_export::multiclass_nms`` (``with_nms=True``) -> ``NonMaxSuppression`` on a
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 import torch
 from torch import nn
@@ -510,6 +513,11 @@ def add_export_subparser(subparsers) -> argparse.ArgumentParser:
     """Adds ``export`` to an ``argparse`` subparsers object (``python -m tood_ext export``)."""
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX or torch.export (.pt2)",
                               description="Export a TOOD checkpoint (see tood_ext.export).")
+    _add_export_args(p)
+    return p
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="tood_ext.engine checkpoint, or {'config': ..., 'model': state_dict}")
     p.add_argument("--format", default="onnx", choices=("onnx", "pt2"))
@@ -520,6 +528,9 @@ def add_export_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--with-nms", action="store_true",
                    help="NMS inside the graph: outputs boxes, scores, labels, num_dets")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    p.add_argument("--deform", default="grid_sample", choices=DEFORM_MODES,
+                   help="ONNX decomposition of deform_sampling: one GridSample (default) or "
+                        "the kernel's arithmetic with GatherElements")
     p.add_argument("--score-thr", type=float, default=None)
     p.add_argument("--nms-pre", type=int, default=None)
     p.add_argument("--iou-thr", type=float, default=None)
@@ -527,7 +538,6 @@ def add_export_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ops", default=None, choices=("kernel", "reference"),
                    help="trace our kernels (default) or the pure-PyTorch references")
     p.set_defaults(func=cmd_export)
-    return p
 
 
 def cmd_export(args) -> str:
@@ -537,7 +547,7 @@ def cmd_export(args) -> str:
     common = dict(image_size=tuple(args.image_size), dynamic=not args.static,
                   with_nms=args.with_nms, **nms)
     if args.format == "onnx":
-        export_onnx(model, args.out, opset=args.opset, **common)
+        export_onnx(model, args.out, opset=args.opset, deform=args.deform, **common)
     else:
         export_pt2(model, args.out, **common)
     print(f"wrote {args.out}")
@@ -546,9 +556,10 @@ def cmd_export(args) -> str:
 
 def main(argv: list[str] | None = None):
     """``python -m tood_ext.export --checkpoint ... --format onnx|pt2 --out ...``."""
-    parser = argparse.ArgumentParser(prog="python -m tood_ext.export")
-    add_export_subparser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["export", *(argv if argv is not None else __import__("sys").argv[1:])])
+    parser = argparse.ArgumentParser(prog="python -m tood_ext.export",
+                                     description="Export a TOOD checkpoint (see tood_ext.export).")
+    _add_export_args(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return args.func(args)
 
 
