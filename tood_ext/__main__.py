@@ -1,10 +1,11 @@
-"""Command line: ``python -m tood_ext {generate,train,eval,predict,demo} ...``.
+"""Command line: ``python -m tood_ext {generate,train,eval,predict,demo,export} ...``.
 
   generate  write a synthetic COCO-format dataset (ROOT/train, ROOT/val: images/ + annotations.json)
   train     train TOOD on a COCO-format set (single process, or under torchrun for DDP)
   eval      COCO bbox AP of a checkpoint on a COCO-format set (table printed, JSON written)
   predict   draw a checkpoint's detections on images, as PNG files
   demo      generate a small synthetic set, train, evaluate, draw a few predictions
+  export    a checkpoint to ONNX or torch.export (tood_ext/export.py), when available
 
 ``python -m tood_ext <command> -h`` lists each command's options.
 """
@@ -148,8 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ops", default="kernel", choices=("kernel", "reference"))
     p.add_argument("--num-predictions", type=int, default=6)
-    # room for later subcommands (analyze, export) is left in this parser
+    _add_plugin_commands(sub)
     return parser
+
+
+# Subcommands that live in their own modules: tood_ext.<name>.add_<name>_subparser(subparsers)
+# adds the parser and sets ``func`` (see tood_ext/export.py).
+PLUGINS = ("export", "analyze")
+
+
+def _add_plugin_commands(sub) -> None:
+    import importlib
+    for name in PLUGINS:
+        try:
+            module = importlib.import_module(f"tood_ext.{name}")
+            getattr(module, f"add_{name}_subparser")(sub)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"tood_ext.{name}":
+                _broken_plugin(sub, name, exc)
+        except Exception as exc:  # a broken plugin must not take the other commands down
+            _broken_plugin(sub, name, exc)
+
+
+def _broken_plugin(sub, name: str, exc: Exception) -> None:
+    def fail(_args):
+        sys.exit(f"{name}: tood_ext.{name} could not be loaded: {exc!r}")
+    p = sub.add_parser(name, help=f"(unavailable: {type(exc).__name__})")
+    p.set_defaults(func=fail)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -199,6 +225,8 @@ def cmd_generate(args) -> None:
 
 
 def cmd_train(args) -> dict:
+    import torch
+
     from .data import CocoDetection
     from .engine import dist as D
     from .engine import train
@@ -214,6 +242,7 @@ def cmd_train(args) -> dict:
     val_set = CocoDetection(va[0], va[1], scale=scale) if va else None
     mcfg = _model_config(args, train_set.num_classes)
     tcfg = _train_config(args)
+    torch.manual_seed(args.seed)  # the same initial weights in every process and every run
     model = build_model(mcfg)
     if D.is_main():
         n = sum(p.numel() for p in model.parameters())
@@ -341,7 +370,9 @@ COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval,
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    if args.command in COMMANDS:
+        return COMMANDS[args.command](args)
+    return args.func(args)
 
 
 if __name__ == "__main__":
