@@ -140,6 +140,39 @@ def test_box_iou_decomposition(tmp_path):
                                        equal_nan=True)
 
 
+class _NMS(nn.Module):
+    def forward(self, boxes, scores, labels):
+        return torch.ops.tood_ext_export.multiclass_nms(boxes, scores, labels, 3, 0.5, 0.25, 6)
+
+
+def test_multiclass_nms_decomposition(tmp_path):
+    """Hand case: strict score threshold, class-wise suppression, padding (K < max_det)."""
+    _onnx()
+    from tood_ext.export import onnx_translation_table
+
+    boxes = torch.tensor([[[0, 0, 10, 10], [0, 0, 10, 11], [1, 0, 10, 10], [40, 40, 50, 50],
+                           [60, 60, 70, 70]],
+                          [[0, 0, 10, 10], [0, 0, 10, 11], [1, 0, 10, 10], [40, 40, 50, 50],
+                           [60, 60, 70, 70.]]])
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.25, 0.2500001],  # 0.25: not above the threshold
+                           [0.9, 0.8, 0.7, 0.6, 0.1]])
+    labels = torch.tensor([[0, 0, 1, 2, 2], [0, 1, 0, 2, 2]])
+    want_boxes = torch.tensor([[[0, 0, 10, 10], [1, 0, 10, 10], [60, 60, 70, 70]],
+                               [[0, 0, 10, 10], [0, 0, 10, 11], [40, 40, 50, 50]]])
+    path = tmp_path / "nms.onnx"
+    torch.onnx.export(_NMS().eval(), (boxes, scores, labels), str(path), dynamo=True,
+                      verbose=False, external_data=False,
+                      custom_translation_table=onnx_translation_table())
+    _assert_standard_onnx(path)
+    for got in (_NMS()(boxes, scores, labels), _run(_session(path), boxes, scores, labels)):
+        b, s, lab, num = (torch.as_tensor(np.asarray(t)) for t in got)
+        assert num.tolist() == [3, 3] and b.shape == (2, 6, 4)
+        assert torch.equal(b[:, :3], want_boxes.float()) and (b[:, 3:] == 0).all()
+        assert lab.tolist() == [[0, 1, 2, -1, -1, -1], [0, 1, 2, -1, -1, -1]]
+        torch.testing.assert_close(s[:, :3], torch.tensor([[0.9, 0.7, 0.2500001],
+                                                           [0.9, 0.8, 0.6]]))
+
+
 # ---------------------------------------------------------------------------------------------
 # the detector
 # ---------------------------------------------------------------------------------------------
