@@ -265,17 +265,6 @@ def _loss_and_grads(loss_fn, preds, batch):
     return loss.detach().clone(), preds["boxes"].grad.clone(), preds["scores"].grad.clone()
 
 
-def _max_inside_count(batch, B, size):
-    """The largest number of GTs (widened to 16 px) whose box contains one anchor."""
-    ap = grid_points(size)
-    xy, wh = batch["bboxes"][:, :2] * size, (batch["bboxes"][:, 2:] * size).clamp(min=16)
-    inside = torch.zeros(B, ap.shape[0], dtype=torch.int64)
-    for i in range(xy.shape[0]):
-        lo, hi = xy[i] - wh[i] / 2, xy[i] + wh[i] / 2
-        inside[int(batch["batch_idx"][i])] += ((ap > lo) & (ap < hi)).all(-1)
-    return int(inside.max())
-
-
 def _assigner_well_posed(loss_fn, preds, batch) -> bool:
     """Runs ``loss_fn`` recording its assigner's inputs; ultralytics' choice on them is unique
     (``_ul_well_posed``: in particular no GT fills its top-k with t = 0 anchors in torch.topk's
@@ -299,18 +288,16 @@ def _assigner_well_posed(loss_fn, preds, batch) -> bool:
                    for args in seen)
 
 
-@pytest.mark.parametrize("B,max_gt", [
-    (2, 8),
-    pytest.param(2, 30, marks=pytest.mark.xfail(strict=False, reason=(
-        "random v8 predictions leave many GTs with < topk inside anchors of t > 0: ultralytics "
-        "fills their top-k with t = 0 anchors in torch.topk's tie order, the op with the "
-        "lowest-index inside ones, and the all-GT conflict rule can carry such an anchor to a "
-        "third GT with t > 0 (documented difference); well-posed crowded draws are rare"))),
-], ids=["sparse", "crowded"])
+# Crowded batches (anchors inside >= 3 GTs) are covered at the assigner level by
+# test_ultralytics_assigner_matches_crowded; here the loss is compared on sparse batches only:
+# with random v8 predictions many crowded GTs have < topk inside anchors of t > 0, ultralytics
+# then fills their top-k with t = 0 anchors in torch.topk's (unspecified) tie order, and its
+# all-GT conflict rule can carry such a filler to a third GT with t > 0, so its own result is
+# not well defined there (documented in tood_ext.compat.ultralytics).
+@pytest.mark.parametrize("B,max_gt", [(2, 8), (4, 8)], ids=["B2", "B4"])
 def test_v8_detection_loss_same_with_patch(gen, B, max_gt):
-    """Same loss and gradients, also on crowded batches (anchors inside >= 3 GTs, where
-    ultralytics' conflict rule over all GTs matters), drawn where ultralytics' own choice is
-    unique (see ``_assigner_well_posed``)."""
+    """Same loss and gradients with and without the patch, on batches drawn where ultralytics'
+    own choice is unique (see ``_assigner_well_posed``)."""
     loss_mod = pytest.importorskip("ultralytics.utils.loss")
     import ultralytics.utils.tal as tal_mod
 
@@ -323,8 +310,7 @@ def test_v8_detection_loss_same_with_patch(gen, B, max_gt):
     assert type(plain.assigner) is original_cls
     for _ in range(100):
         preds, batch = _yolo_batch(gen, B, nc, size, max_gt=max_gt)
-        if (max_gt <= 8 or _max_inside_count(batch, B, size) >= 3) and _assigner_well_posed(
-                plain, preds, batch):
+        if _assigner_well_posed(plain, preds, batch):
             break
     else:
         pytest.fail("no well-posed batch in 100 draws")
