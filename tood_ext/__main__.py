@@ -22,7 +22,7 @@ DEMO = {  # the demo's defaults: ~10 minutes on 2 CPU cores (see README)
     "train_images": 240, "val_images": 48, "image_size": 256, "num_classes": 4,
     "max_objects": 4, "min_size": 0.15, "max_size": 0.55,
     "depth": 18, "fpn_channels": 64, "feat_channels": 64, "stacked_convs": 3, "num_groups": 16,
-    "epochs": 12, "initial_epoch": 1, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3,
+    "epochs": 16, "initial_epoch": 1, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3,
     "weight_decay": 0.05, "warmup_iters": 60, "schedule": "cosine",
 }
 
@@ -357,7 +357,7 @@ def cmd_demo(args) -> dict:
     written = predict_images(model, paths, os.path.join(args.out, "predictions"), scale=scale,
                              class_names=train_set.class_names, score_thr=0.3, device=device)
     total = time.perf_counter() - t_start
-    print(f"demo done in {total / 60:.1f} min (training {t_train / 60:.1f} min): "
+    print(f"demo done in {total / 60:.1f} min (data + training {t_train / 60:.1f} min): "
           f"AP {100 * metrics['AP']:.1f}, AP50 {100 * metrics['AP50']:.1f}; "
           f"checkpoint {result['checkpoint']}, metrics {os.path.join(args.out, 'metrics.json')}, "
           f"{len(written)} prediction images in {os.path.join(args.out, 'predictions')}")
