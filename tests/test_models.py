@@ -604,7 +604,7 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="ops"):
         build_model(small_cfg(ops="fast"))
     with pytest.raises(ValueError, match="head"):
-        build_model(small_cfg(head="atss"))
+        build_model(small_cfg(head="fcos"))
     with pytest.raises(FileNotFoundError):
         build_model(small_cfg(weights="/nonexistent/resnet18.pth"))
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["TOODConfig", "build_model"]
+__all__ = ["HEADS", "TOODConfig", "build_model"]
+
+HEADS = ("tood", "atss")
 
 
 @dataclass
@@ -23,9 +25,13 @@ class TOODConfig:
         norm_eval: keep the backbone's BatchNorm layers in eval mode (frozen statistics) while
             training. None: True with ``weights`` (mmdetection), False without.
         fpn_channels: FPN output channels (= the head's ``in_channels``).
-        head: head type; only ``"tood"`` (the T-head) now.
-        feat_channels, stacked_convs, la_down_rate, norm, num_groups: the T-head, see
-            :class:`tood_ext.models.TOODHead`.
+        head: ``"tood"``: the T-head (:class:`tood_ext.models.TOODHead`, detector
+            :class:`~tood_ext.models.TOOD`); ``"atss"``: the conventional parallel two-branch
+            head of ATSS with its centerness branch (:class:`tood_ext.models.ATSSHead`,
+            detector :class:`~tood_ext.models.ATSS`), the baseline of TOOD's ablation.
+        feat_channels, stacked_convs, la_down_rate, norm, num_groups: the head, see
+            :class:`tood_ext.models.TOODHead` (for ``head="atss"``, ``stacked_convs`` is per
+            branch and ``la_down_rate`` is unused).
         anchor_type: ``"anchor_free"`` or ``"anchor_based"`` (box decoding, see TOODHead).
         strides: FPN level strides (P3-P7).
         offset_init_std: std of the normal init of the offset branch's convs (mmdetection:
@@ -34,7 +40,10 @@ class TOODConfig:
 
     Training:
         initial_epoch: epochs ``< initial_epoch`` use the ATSS assigner (``atss_topk`` per
-            level), focal loss and centerness-weighted GIoU; later epochs TAL.
+            level), focal loss and centerness-weighted GIoU; later epochs TAL. This is also
+            the assigner switch: ``initial_epoch >= `` the number of training epochs trains
+            with ATSS only (the "+ ATSS" arms of TOOD's ablation), ``initial_epoch=0`` with
+            TAL from the first iteration.
         topk, alpha, beta: TAL (candidates per GT, ``t = s**alpha * u**beta``).
         atss_topk: ATSS candidates per level and GT.
         focal_alpha, gamma: the initial focal loss (alpha) and both focal losses' exponent.
@@ -96,7 +105,15 @@ class TOODConfig:
 
 
 def build_model(cfg: TOODConfig):
-    """The :class:`~tood_ext.models.TOOD` detector described by ``cfg``."""
+    """The detector described by ``cfg``: :class:`~tood_ext.models.TOOD` (``head="tood"``) or
+    :class:`~tood_ext.models.ATSS` (``head="atss"``, same backbone, FPN, losses switch and
+    inference, parallel head)."""
+    if cfg.head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
+    if cfg.head == "atss":
+        from .atss_head import ATSS
+
+        return ATSS(cfg)
     from .detector import TOOD
 
     return TOOD(cfg)

@@ -28,10 +28,13 @@ class TOOD(nn.Module):
     calls (deformable sampling, TAL, IoU, GIoU loss); :meth:`set_ops` switches later.
     """
 
+    HEAD = "tood"  # the ``cfg.head`` this class builds (subclasses: other heads)
+
     def __init__(self, cfg: TOODConfig):
         super().__init__()
-        if cfg.head != "tood":
-            raise ValueError(f"head must be 'tood' (only T-head implemented), got {cfg.head!r}")
+        if cfg.head != self.HEAD:
+            raise ValueError(f"{type(self).__name__} builds head {self.HEAD!r}, got "
+                             f"head={cfg.head!r} (build_model(cfg) picks the class)")
         self.cfg = cfg
         frozen = cfg.frozen_stages if cfg.frozen_stages is not None else \
             (1 if cfg.weights else -1)
@@ -40,9 +43,12 @@ class TOOD(nn.Module):
         if len(cfg.strides) != 5:
             raise ValueError(f"strides must have 5 levels (P3-P7), got {cfg.strides}")
         self.neck = FPN(self.backbone.out_channels, cfg.fpn_channels, num_extra=2)
-        self.head = TOODHead(cfg.num_classes, cfg.fpn_channels, cfg.feat_channels,
-                             cfg.stacked_convs, cfg.la_down_rate, cfg.strides, cfg.anchor_type,
-                             cfg.norm, cfg.num_groups, cfg.offset_init_std, cfg.ops)
+        self.head = self._build_head(cfg)
+
+    def _build_head(self, cfg: TOODConfig) -> nn.Module:
+        return TOODHead(cfg.num_classes, cfg.fpn_channels, cfg.feat_channels,
+                        cfg.stacked_convs, cfg.la_down_rate, cfg.strides, cfg.anchor_type,
+                        cfg.norm, cfg.num_groups, cfg.offset_init_std, cfg.ops)
 
     @property
     def ops(self):
@@ -221,13 +227,18 @@ class TOOD(nn.Module):
 
     @torch.no_grad()
     def predict_by_feat(self, out: dict, metas: list[dict]) -> list[dict]:
+        """Detections from head outputs (see :meth:`predict`). An optional
+        ``out["score_factors"]`` ([(B, 1, H_l, W_l)], e.g. the ATSS head's sigmoid centerness)
+        multiplies the scores after the ``score_thr`` / ``nms_pre`` selection, before NMS
+        (mmdetection's ``with_score_factors``)."""
         cfg = self.cfg
         cls_scores, bbox_preds = out["cls_scores"], out["bbox_preds"]
+        factors = out.get("score_factors")
         B, C = cls_scores[0].shape[:2]
         results = []
         for b in range(B):
             all_boxes, all_scores, all_labels = [], [], []
-            for s_map, b_map in zip(cls_scores, bbox_preds):
+            for level, (s_map, b_map) in enumerate(zip(cls_scores, bbox_preds)):
                 scores = s_map[b].permute(1, 2, 0).reshape(-1, C).float()
                 boxes = b_map[b].permute(1, 2, 0).reshape(-1, 4).float()
                 valid = scores > cfg.score_thr
@@ -236,6 +247,8 @@ class TOOD(nn.Module):
                 sc, order = sc.sort(descending=True)
                 sc, order = sc[:cfg.nms_pre], order[:cfg.nms_pre]
                 loc, cls = loc_cls[order].unbind(1)
+                if factors is not None:
+                    sc = sc * factors[level][b].reshape(-1).float()[loc]
                 all_boxes.append(boxes[loc])
                 all_scores.append(sc)
                 all_labels.append(cls)
