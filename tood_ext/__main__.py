@@ -22,7 +22,7 @@ DEMO = {  # the demo's defaults: ~10 minutes on 2 CPU cores (see README)
     "train_images": 240, "val_images": 48, "image_size": 256, "num_classes": 4,
     "max_objects": 4, "min_size": 0.15, "max_size": 0.55,
     "depth": 18, "fpn_channels": 64, "feat_channels": 64, "stacked_convs": 3, "num_groups": 16,
-    "epochs": 16, "initial_epoch": 1, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3,
+    "epochs": 12, "initial_epoch": 1, "batch_size": 4, "optimizer": "adamw", "lr": 2e-3,
     "weight_decay": 0.05, "warmup_iters": 60, "schedule": "cosine",
 }
 
