@@ -73,8 +73,15 @@ def _ul_well_posed(ul, inputs, topk, rel=1e-4, zero_fill=False) -> bool:
     pos_t = torch.where(inside & (t > 0), t, torch.zeros_like(t))
     n_pos = (pos_t > 0).sum(-1)
     zero_inside = (inside & (t == 0)).sum(-1)
-    if not zero_fill and bool(((n_pos < topk) & (zero_inside > 0) & valid).any()):
-        return False
+    fills = (n_pos < topk) & (zero_inside > 0) & valid  # (B, G): top-k filled with t = 0
+    if bool(fills.any()):
+        if not zero_fill:
+            return False
+        # a filler (inside anchor of t = 0, picked in torch.topk's tie order) is harmless only
+        # while it lies in no other valid GT: the all-GT conflict rule could carry it to one
+        fillers = (inside & (t == 0) & fills[..., None]).any(1)  # (B, A)
+        if bool((fillers & ((inside & valid[..., None]).sum(1) >= 2)).any()):
+            return False
     top = pos_t.topk(min(topk + 1, pos_t.shape[-1]), dim=-1).values  # (B, G, k+1)
     kth, nxt = top[..., topk - 1], top[..., topk]
     if bool(((n_pos > topk) & (kth - nxt <= rel * kth) & valid).any()):
@@ -267,8 +274,9 @@ def _loss_and_grads(loss_fn, preds, batch):
 
 def _assigner_well_posed(loss_fn, preds, batch) -> bool:
     """Runs ``loss_fn`` recording its assigner's inputs; ultralytics' choice on them is unique
-    (``_ul_well_posed``: in particular no GT fills its top-k with t = 0 anchors in torch.topk's
-    tie order, which the conflict rule over all GTs could then carry to a third GT)."""
+    (``_ul_well_posed``: a GT may fill its top-k with t = 0 anchors in torch.topk's tie order,
+    which changes fg_mask only on anchors of zero weight in every loss term, provided no such
+    anchor lies in a second GT, where the conflict rule over all GTs could carry it to a third)."""
     assigner = loss_fn.assigner
     seen = []
     forward = assigner.forward
@@ -284,7 +292,8 @@ def _assigner_well_posed(loss_fn, preds, batch) -> bool:
     finally:
         del assigner.forward
     with torch.no_grad():
-        return all(_ul_well_posed(assigner, tuple(a.detach() for a in args), assigner.topk)
+        return all(_ul_well_posed(assigner, tuple(a.detach() for a in args), assigner.topk,
+                                  zero_fill=True)
                    for args in seen)
 
 

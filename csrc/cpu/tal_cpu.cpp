@@ -78,6 +78,9 @@ TALOutputs task_aligned_assign_cpu(const at::Tensor& pred_scores, const at::Tens
     box_ops::dispatch_iou_mode(args.mode, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
       const at::Tensor cols = cpu::box_columns<scalar_t, kMode>(pb, B, A);
+      constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
+      const scalar_t* p_cols = cols.const_data_ptr<scalar_t>();
+      const scalar_t* p_scores = sc.const_data_ptr<scalar_t>();
       const cpu::MetricInputs<scalar_t> in{
           sc.const_data_ptr<scalar_t>(), cols.const_data_ptr<scalar_t>(),
           ap.const_data_ptr<scalar_t>(), p_labels, p_gt, p_mask, G, A, C,
@@ -96,24 +99,47 @@ TALOutputs task_aligned_assign_cpu(const at::Tensor& pred_scores, const at::Tens
         std::vector<int32_t> idxs(K);
         for (int64_t bg = begin; bg < end; ++bg) {
           if (!p_mask[bg]) continue;
-          cpu::overlap_row<scalar_t, kMode>(in, bg, u_row.data(), in_row.get());
-          if (min_size > acc_t(0)) {  // the centre test against the widened box
+          int count = 0;
+          if (inside_first) {
+            // the centre test first (vectorised), then u (vectorised) and t of
+            // the spans of inside anchors only: a GT holds a small share of
+            // the anchors, in runs along the grid rows
             acc_t gt[4], ib[4];
             box_ops::load_box(p_gt + 4 * bg, gt);
-            inside_box(gt, min_size, ib);
-            for (int64_t a = 0; a < A; ++a) {
-              in_row[a] = box_ops::centre_inside(static_cast<acc_t>(p_pts[2 * a]),
-                                                 static_cast<acc_t>(p_pts[2 * a + 1]), ib,
-                                                 in.inside_eps);
+            if (min_size > acc_t(0)) {  // the centre test against the widened box
+              inside_box(gt, min_size, ib);
+            } else {
+              std::copy(gt, gt + 4, ib);
             }
-          }
-          int count = 0;
-          for (int64_t a = 0; a < A; ++a) {
-            const bool ranked = inside_first ? in_row[a] : (all_anchors || u_row[a] > 0);
-            if (!ranked) continue;
-            const scalar_t t = static_cast<scalar_t>(cpu::metric_of(in, bg, a, u_row[a]));
-            topk_insert(vals.data(), idxs.data(), static_cast<int>(K), &count, t,
-                        static_cast<int32_t>(a));
+            cpu::inside_row(in, ib, in_row.get());
+            const int64_t b = bg / G;
+            const scalar_t* img_cols = p_cols + b * R * A;
+            const scalar_t* class_scores = p_scores + b * A * C + p_labels[bg];
+            const acc_t theta_gt = cpu::angle_of<kMode>(gt);
+            cpu::for_each_true_span(in_row.get(), A, [&](int64_t begin, int64_t end) {
+              cpu::overlap_span<scalar_t, kMode>(in, img_cols, gt, theta_gt, begin, end,
+                                                 u_row.data());
+              for (int64_t a = begin; a < end; ++a) {
+                const scalar_t t =
+                    static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, u_row[a]));
+                topk_insert(vals.data(), idxs.data(), static_cast<int>(K), &count, t,
+                            static_cast<int32_t>(a));
+              }
+            });
+          } else {
+            cpu::overlap_row<scalar_t, kMode>(in, bg, u_row.data(), in_row.get());
+            if (min_size > acc_t(0)) {  // the centre test against the widened box
+              acc_t gt[4], ib[4];
+              box_ops::load_box(p_gt + 4 * bg, gt);
+              inside_box(gt, min_size, ib);
+              cpu::inside_row(in, ib, in_row.get());
+            }
+            for (int64_t a = 0; a < A; ++a) {
+              if (!(all_anchors || u_row[a] > 0)) continue;
+              const scalar_t t = static_cast<scalar_t>(cpu::metric_of(in, bg, a, u_row[a]));
+              topk_insert(vals.data(), idxs.data(), static_cast<int>(K), &count, t,
+                          static_cast<int32_t>(a));
+            }
           }
           for (int s = 0; s < count; ++s) {
             const int32_t a = idxs[s];
@@ -133,8 +159,6 @@ TALOutputs task_aligned_assign_cpu(const at::Tensor& pred_scores, const at::Tens
       scalar_t* o_iou = ious.mutable_data_ptr<scalar_t>();
       scalar_t* o_metric = metrics.mutable_data_ptr<scalar_t>();
       scalar_t* o_soft = soft.mutable_data_ptr<scalar_t>();
-      constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
-      const scalar_t* p_cols = cols.const_data_ptr<scalar_t>();
       at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
         std::vector<uint64_t> key(A);
         std::vector<int64_t> slot(A);
