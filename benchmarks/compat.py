@@ -24,6 +24,7 @@ import types
 
 import torch
 
+from tood_ext.compat.synthetic import random_v8_batch, tiny_v8_model
 from tood_ext.reference.tal import task_aligned_assign as ref_tal
 
 from .harness import Case, register_family
@@ -86,40 +87,17 @@ def _assigner_case(device, B, G, A, C, small_frac=0.0, with_reference=True):
                 sizes={"B": B, "G": G, "A": A, "C": C}, dtype="float32", setup=setup, note=note)
 
 
-def _tiny_yolo(nc: int, reg_max: int, device: str):
-    head = torch.nn.Module()
-    head.stride, head.nc, head.reg_max = torch.tensor([8.0, 16.0, 32.0]), nc, reg_max
-    model = torch.nn.Module()
-    model.model = torch.nn.ModuleList([torch.nn.Linear(1, 1), head])
-    model.args = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
-    return model.to(device)
-
-
 def _loss_case(device, B, A, C, max_gt, reg_max=16):
     def setup():
         import ultralytics.utils.loss as loss_mod
 
         from tood_ext.compat import ultralytics as tul
 
-        g = _gen(31)
-        side = round(image_side(A))
-        feats = [torch.zeros(B, 1, side // s, side // s, device=device) for s in (8, 16, 32)]
-        n_anchor = sum(f.shape[2] * f.shape[3] for f in feats)
-        boxes = (torch.randn(B, 4 * reg_max, n_anchor, generator=g) * 2).to(device)
-        scores = (torch.randn(B, C, n_anchor, generator=g) - 3).to(device)
-        boxes.requires_grad_()
-        scores.requires_grad_()
-        counts = torch.randint(1, max_gt + 1, (B,), generator=g)
-        batch_idx = torch.cat([torch.full((int(k),), i, dtype=torch.float32)
-                               for i, k in enumerate(counts)])
-        N = batch_idx.numel()
-        wh = 0.02 + torch.rand(N, 2, generator=g) * 0.5
-        xy = wh / 2 + torch.rand(N, 2, generator=g) * (1 - wh)
-        batch = {"batch_idx": batch_idx.to(device),
-                 "cls": torch.randint(0, C, (N, 1), generator=g).float().to(device),
-                 "bboxes": torch.cat((xy, wh), -1).to(device)}
-        preds = {"boxes": boxes, "scores": scores, "feats": feats}
-        model = _tiny_yolo(C, reg_max, device)
+        preds, batch = random_v8_batch(_gen(31), B, C, round(image_side(A)), reg_max=reg_max,
+                                       max_gt=max_gt, max_wh=0.5, score_shift=-3.0,
+                                       device=device)
+        boxes, scores = preds["boxes"], preds["scores"]
+        model = tiny_v8_model(C, reg_max, device)
         plain = loss_mod.v8DetectionLoss(model)
         with tul.patched_ultralytics():
             patched = loss_mod.v8DetectionLoss(model)
@@ -148,16 +126,63 @@ def _loss_case(device, B, A, C, max_gt, reg_max=16):
                       "unpatched"))
 
 
+def _tood_step_case(device, B, size, G, num_classes=80, depth=18, channels=64, stacked=3):
+    """One TOOD training step (forward, TAL targets, QFL + GIoU losses, backward): compiled ops
+    vs the same model (same weights) with every op swapped for its reference."""
+    def setup():
+        import copy
+
+        from tood_ext.models import TOODConfig, build_model
+
+        torch.manual_seed(0)
+        cfg = TOODConfig(num_classes=num_classes, depth=depth, fpn_channels=channels,
+                         feat_channels=channels, stacked_convs=stacked, num_groups=16,
+                         initial_epoch=0)
+        kernel_model = build_model(cfg).to(device).train()
+        reference_model = copy.deepcopy(kernel_model)
+        reference_model.set_ops("reference")
+        g = _gen(41)
+        images = torch.rand(B, 3, size, size, generator=g).to(device)
+        targets = []
+        for _ in range(B):
+            wh = (0.05 + 0.45 * torch.rand(G, 2, generator=g)) * size
+            xy = torch.rand(G, 2, generator=g) * (size - wh)
+            targets.append({"boxes": torch.cat((xy, xy + wh), -1).to(device),
+                            "labels": torch.randint(0, num_classes, (G,), generator=g).to(device)})
+
+        def step(model):
+            def run():
+                model.zero_grad(set_to_none=True)
+                losses = model.loss(images, targets, epoch=1)
+                total = sum(losses.values())
+                total.backward()
+                return total.detach()
+            return run
+
+        return {"kernel": step(kernel_model), "reference": step(reference_model)}
+
+    return Case(name=f"compat.tood_train_step B={B} {size}x{size} G={G} C={num_classes}",
+                family="compat", op="tood_ext.models.TOOD.loss", passes="fwd+bwd",
+                sizes={"B": B, "H": size, "W": size, "G": G, "C": num_classes},
+                dtype="float32", setup=setup, repeats=5,
+                note=(f"TOOD-R{depth} (FPN/head {channels} ch, {stacked} stacked convs) training "
+                      "step after the ATSS epochs (TAL): forward, targets, losses, backward; "
+                      "kernel = compiled ops, reference = model.set_ops('reference'), same "
+                      "weights"))
+
+
 @register_family("compat")
 def cases(device: str, quick: bool) -> list:
     if quick:
         out = [_assigner_case(device, 2, 8, 336, 8)]
         if _has_ultralytics():
             out.append(_loss_case(device, 2, 336, 8, 8))
+        out.append(_tood_step_case(device, 1, 128, 2, num_classes=4, stacked=1))
         return out
     out = [_assigner_case(device, 16, G, 8400, 80, with_reference=G <= 100)
            for G in (10, 100, 400)]
     out.append(_assigner_case(device, 16, 100, 8400, 80, small_frac=0.5))
     if _has_ultralytics():
         out.append(_loss_case(device, 16, 8400, 80, 40))
+    out.append(_tood_step_case(device, 4, 512, 20))
     return out

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from tood_ext.compat import mmdet as tmm
+from tood_ext.compat.synthetic import random_v8_batch, tiny_v8_model
 
 F64 = torch.float64
 
@@ -235,33 +236,12 @@ def test_ultralytics_adapter_refuses_extra_inputs(gen):
 
 
 def _tiny_yolo(nc: int, reg_max: int = 16):
-    """The minimum v8DetectionLoss reads from a model: parameters (device), args (gains) and
-    model[-1] with stride, nc, reg_max."""
-    head = torch.nn.Module()
-    head.stride, head.nc, head.reg_max = torch.tensor([8.0, 16.0, 32.0]), nc, reg_max
-    model = torch.nn.Module()
-    model.model = torch.nn.ModuleList([torch.nn.Linear(1, 1), head])
-    model.args = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
-    return model
+    return tiny_v8_model(nc, reg_max)
 
 
 def _yolo_batch(gen, B, nc, size, reg_max=16, max_gt=8):
-    """Random raw head outputs for a size x size image and a random target batch (normalised
-    xywh, ultralytics' format); crowded when max_gt is large (anchors inside several GTs)."""
-    feats = [torch.zeros(B, 1, size // s, size // s) for s in (8, 16, 32)]
-    A = sum(f.shape[2] * f.shape[3] for f in feats)
-    boxes = (torch.randn(B, 4 * reg_max, A, generator=gen) * 2).requires_grad_()
-    scores = (torch.randn(B, nc, A, generator=gen) - 2).requires_grad_()
-    ap = grid_points(size)
-    n = torch.randint(1, max_gt + 1, (B,), generator=gen)
-    batch_idx = torch.cat([torch.full((int(k),), i, dtype=torch.float32)
-                           for i, k in enumerate(n)])
-    N = batch_idx.numel()
-    wh = 0.02 + torch.rand(N, 2, generator=gen) * 0.4
-    xy = wh / 2 + torch.rand(N, 2, generator=gen) * (1 - wh)
-    batch = {"batch_idx": batch_idx, "cls": torch.randint(0, nc, (N, 1), generator=gen).float(),
-             "bboxes": torch.cat((xy, wh), -1)}
-    return {"boxes": boxes, "scores": scores, "feats": feats}, batch
+    """Random raw head outputs and targets; crowded when max_gt is large."""
+    return random_v8_batch(gen, B, nc, size, reg_max=reg_max, max_gt=max_gt)
 
 
 def _loss_and_grads(loss_fn, preds, batch):
