@@ -1,7 +1,9 @@
 # Two commands on a fresh machine (each creates the venv, installs torch and the requirements,
 # and builds the extension when needed):
-#   make bench   the main job: benchmarks of every op, kernel vs reference vs peers
+#   make demo    the main job: synthetic COCO-format set, train TOOD, COCO AP table, prediction PNGs
 #   make test    the test suite
+# and further:
+#   make bench   benchmarks of every op, kernel vs reference vs peers (benchmarks/results/)
 # CUDA kernels are compiled whenever torch is a CUDA build and nvcc is found (CUDA_HOME, else
 # /usr/local/cuda); FORCE_CUDA=1 makes that mandatory, TOOD_EXT_CPU_ONLY=1 skips it.
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: test bench build gpu-check clean
+.PHONY: demo test bench build gpu-check clean
 
 $(VENV)/.deps: requirements.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,9 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	touch $@
 
 build: $(VENV)/.built
+
+demo: build
+	$(PY) -m tood_ext demo
 
 test: build
 	$(PY) -m pytest -q tests

@@ -352,3 +352,13 @@ def test_cli_generate(tmp_path):
         data = json.load(open(tmp_path / split / "annotations.json"))
         assert len(data["images"]) == n
         assert len(os.listdir(tmp_path / split / "images")) == n
+
+
+def test_cli_head_option_builds_the_baseline():
+    from tood_ext.__main__ import _model_config, build_parser
+
+    for head in ("tood", "atss"):
+        args = build_parser().parse_args(["train", "--data", "unused", "--head", head])
+        assert _model_config(args, 5).head == head
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--head", "fcos"])

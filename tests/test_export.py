@@ -329,6 +329,16 @@ def test_image_size_checks():
     assert example_inputs((128, 256), batch=1)[0].shape == (1, 3, 128, 256)
 
 
+def test_atss_head_is_refused():
+    from tood_ext.export import ExportableTOOD
+    from tood_ext.models import TOODConfig, build_model
+
+    cfg = TOODConfig(num_classes=3, depth=18, fpn_channels=32, feat_channels=32, stacked_convs=1,
+                     num_groups=8, head="atss")
+    with pytest.raises(NotImplementedError, match="head='atss'"):
+        ExportableTOOD(build_model(cfg).eval())
+
+
 def test_cli_from_checkpoint(model, tmp_path, monkeypatch):
     """python -m tood_ext export's entry point: checkpoint formats and argument plumbing (the
     exports themselves are tested above)."""

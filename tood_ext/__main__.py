@@ -6,6 +6,7 @@
   predict   draw a checkpoint's detections on images, as PNG files
   demo      generate a small synthetic set, train, evaluate, draw a few predictions
   export    a checkpoint to ONNX or torch.export (tood_ext/export.py), when available
+  analyze   alignment report (score-rank vs IoU-rank PCC, correct/redundant/error) of checkpoints
 
 ``python -m tood_ext <command> -h`` lists each command's options.
 """
@@ -55,6 +56,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stacked-convs", type=int, default=6)
     g.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups of the head")
     g.add_argument("--anchor-type", default="anchor_free", choices=("anchor_free", "anchor_based"))
+    g.add_argument("--head", default="tood", choices=("tood", "atss"),
+                   help="tood: the T-head; atss: ATSS's parallel head with centerness (baseline)")
     g.add_argument("--initial-epoch", type=int, default=4, help="ATSS epochs before TAL")
     g.add_argument("--topk", type=int, default=13)
     g.add_argument("--alpha", type=float, default=1.0)
@@ -194,7 +197,8 @@ def _model_config(args, num_classes: int):
     return TOODConfig(num_classes=num_classes, depth=args.depth, weights=args.weights,
                       fpn_channels=args.fpn_channels, feat_channels=args.feat_channels,
                       stacked_convs=args.stacked_convs, num_groups=args.num_groups,
-                      anchor_type=args.anchor_type, initial_epoch=args.initial_epoch,
+                      anchor_type=args.anchor_type, head=getattr(args, "head", "tood"),
+                      initial_epoch=args.initial_epoch,
                       topk=args.topk, alpha=args.alpha, beta=args.beta, ops=args.ops)
 
 

@@ -123,6 +123,10 @@ class ExportableTOOD(nn.Module):
                  max_per_img: int | None = None, raw_outputs: bool | None = None):
         super().__init__()
         cfg = model.cfg
+        if getattr(cfg, "head", "tood") != "tood":
+            raise NotImplementedError(
+                f"export supports the TOOD head only, got head={cfg.head!r} (the ATSS baseline "
+                "scores with cls x centerness, which the exported outputs do not carry)")
         self.model, self.with_nms = model, with_nms
         self.raw_outputs = (not with_nms) if raw_outputs is None else bool(raw_outputs)
         if not (with_nms or self.raw_outputs):
