@@ -110,8 +110,10 @@ def _extensions():
     if _env_flag("FORCE_CUDA") and not build_cuda:
         raise RuntimeError(f"FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    # -fno-trapping-math lets GCC if-convert, hence vectorise, the branch-free pair math
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math"]
+    # -fno-trapping-math lets GCC if-convert, hence vectorise, the branch-free pair math;
+    # -ffp-contract=off: no FMA contraction, so the CPU kernels' ISA clones (csrc/cpu) give the
+    # same bits as their baseline code
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     ext_kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     if build_cuda:
         archs = _arch_list()

@@ -12,7 +12,14 @@
 #define TOOD_HOST_DEVICE
 #endif
 
+// Host compilers: always inline, also into the CPU kernels' ISA-specific
+// clones (functions with a target attribute), into which GCC otherwise declines
+// to inline plain inline functions, leaving the hot loops scalar with calls.
+#if !defined(__CUDACC__) && !defined(__HIPCC__) && defined(__GNUC__)
+#define TOOD_HOST_DEVICE_INLINE TOOD_HOST_DEVICE inline __attribute__((always_inline))
+#else
 #define TOOD_HOST_DEVICE_INLINE TOOD_HOST_DEVICE inline
+#endif
 
 // Loop unrolling hint for the shared math (nvcc honours it; host compilers
 // unroll the fixed 4-iteration loops on their own at -O3).

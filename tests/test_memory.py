@@ -63,3 +63,23 @@ def test_task_aligned_assign_memory_is_o_of_b_times_a(gen, device):
     one_dense_tensor = B * G * A * 4
     assert peak <= bound, (peak, bound)
     assert peak < one_dense_tensor / 20
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deform_sampling_memory_is_the_outputs(gen, device):
+    """Forward: only its output; backward: only the three gradients (tensor allocations; the
+    CPU kernels' per-thread tile scratch is a fixed size, stated in the docstring)."""
+    B, C, G, H, W = 2, 16, 4, 40, 56
+    x = torch.randn(B, C, H, W, generator=gen).to(device)
+    off = (torch.randn(B, 2 * G, H, W, generator=gen) * 2).to(device)
+    m = torch.rand(B, G, H, W, generator=gen).to(device)
+    grad = torch.randn(B, C, H, W, generator=gen).to(device)
+    out_bytes = x.numel() * 4
+    peak = peak_extra_memory(lambda: tood_ext.deform_sampling(x, off, m), device)
+    assert out_bytes <= peak <= out_bytes + SLACK, peak
+    grads = (x.numel() + off.numel() + m.numel()) * 4
+    peak = peak_extra_memory(
+        lambda: torch.ops.tood_ext._deform_sampling_backward(grad, x, off, m), device)
+    assert grads <= peak <= grads + SLACK, (peak, grads)
+    # the grid_sample reference builds a sampling grid and the modulated output besides
+    assert peak_extra_memory(lambda: ref.deform_sampling(x, off, m), device) > out_bytes + SLACK

@@ -4,14 +4,17 @@
 // call).
 //
 // Work is cut into (image b, offset group g) blocks. Within a block, pixels
-// are taken in tiles of kTile: the corners of a tile (offsets, weights,
-// validity, fractions) are computed once into a per-thread structure-of-arrays
-// table and reused by every channel of the group (all C channels for G = 1);
-// then each channel plane is swept over the tile. The sweeps that gather
-// (forward value, offset/mask gradient) are plain loops over the table that
-// the compiler vectorises (selects instead of branches, emulated gathers);
-// the grad_input scatter is scalar, over the tile's "inner" pixels (all four
-// corners inside the map: no validity tests) and then its "edge" pixels.
+// are taken in tiles of up to kTile (a whole plane at the usual sizes): the
+// cell of every pixel of the tile (its top-left corner's plane offset, the
+// fractional parts, whether all four corners are inside the plane) is
+// computed once into a per-thread structure-of-arrays plan and reused by
+// every channel of the group (all C channels for G = 1). Each channel plane
+// is then swept over the tile: the sweeps that gather (forward value,
+// offset/mask gradient) are dense loops over the plan that the compiler
+// vectorises with hardware gathers (edge pixels, with a corner outside the
+// plane, get placeholder loads that are selected away), followed by a short
+// exact pass over the tile's edge pixels; the grad_input scatter is scalar,
+// over the inner pixels and then the edge pixels.
 //
 // Race-freedom and determinism (bitwise, for any thread count):
 // * forward: every output element is written once.
@@ -41,6 +44,10 @@
 
 #include "../deform/deform_sampling.h"
 #include "cpu_utils.h"
+
+// Code called inside the ISA clones (with_cpu_isa below) must be inlined into
+// them: [[gnu::always_inline]] on every helper, and no std::min/std::fill &
+// co. there (GCC would call their baseline-ISA copies).
 
 // Loops whose only memory dependences are gathers from a read-only plane:
 // tells GCC that the gathers do not alias the stores (it cannot prove it).
@@ -75,17 +82,26 @@ inline bool cpu_has_avx2() {
   return avx2;
 }
 
+// tune=icelake-server: GCC's generic tuning never emits hardware gathers, and
+// the emulated ones (a scalar load and a shuffle per lane) are what the
+// sweeps then spend their time on. (An AVX-512 clone measured no faster on a
+// Sapphire Rapids core: the sweeps are bound by gathered loads, not width.)
 template <typename Fn>
-__attribute__((target("avx2"))) void run_avx2(Fn& fn) {
+__attribute__((target("avx2,tune=icelake-server"))) void run_avx2(Fn& fn) {
   fn();  // inlined: the loops in fn are compiled for AVX2 here
 }
 #endif
 
-// Marks the lambda given to with_cpu_isa: its body is inlined into each
-// target's wrapper and compiled once per target.
+// Marks the lambdas called inside the ISA clones (the one given to
+// with_cpu_isa and the scatter adds): their bodies are inlined into each
+// clone and compiled for its target. (GCC does not inline a plain function
+// into a function with a target attribute: it would be called, compiled for
+// the baseline, and mixing its SSE code with the clone's AVX code stalls.)
 #define TOOD_INLINE_BODY __attribute__((always_inline))
 
 // Runs fn() (the hot loops of one work unit) with the best code generation.
+// Every clone does the same IEEE operations in the same order (the build
+// passes -ffp-contract=off: no FMA contraction), so all give the same bits.
 template <typename Fn>
 inline void with_cpu_isa(Fn&& fn) {
 #ifdef TOOD_CPU_AVX2_CLONE
@@ -97,7 +113,7 @@ inline void with_cpu_isa(Fn&& fn) {
   fn();
 }
 
-constexpr int64_t kTile = 4096;        // pixels per corner table (~180 KiB for float32)
+constexpr int64_t kTile = 16384;  // pixels per corner table (~210 KiB for float32)
 constexpr int64_t kHaloRows = 2;       // rows around a tile prefetched before its sweep
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -123,180 +139,162 @@ DeformArgs<scalar_t> make_args(const DeformShape& s, const at::Tensor& input,
 // [p0, p1) sample with offsets of up to kHaloRows rows: the gathers of a
 // sweep then find their lines in cache instead of missing in random order.
 template <bool kWrite = false, typename scalar_t>
-inline void prefetch_rows(const scalar_t* plane, int64_t W, int64_t HW, int64_t p0, int64_t p1) {
+[[gnu::always_inline]] inline void prefetch_rows(const scalar_t* plane, int64_t W, int64_t HW, int64_t p0, int64_t p1) {
   constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  const int64_t lo = std::max<int64_t>(0, p0 - kHaloRows * W);
-  const int64_t hi = std::min<int64_t>(HW, p1 + kHaloRows * W);
+  const int64_t lo = p0 - kHaloRows * W > 0 ? p0 - kHaloRows * W : 0;
+  const int64_t hi = p1 + kHaloRows * W < HW ? p1 + kHaloRows * W : HW;
   for (int64_t k = lo; k < hi; k += kLine) __builtin_prefetch(plane + k, kWrite ? 1 : 0, 2);
 }
 
-// Read-only view of a tile table: the fields of BilinearCorners, one array
-// each (structure of arrays, so that the sweeps vectorise).
+// The corners of one tile of pixels [p0, p1) of block (b, g), computed once
+// and reused by every channel of the group. Dense arrays over the tile's
+// pixels q (structure of arrays, so that the channel sweeps vectorise):
+//   base[q]   y0 * W + x0, the plane offset of corner (y0, x0);
+//   ly[q], lx[q]  the fractional parts;
+//   inner[q]  1 when all four corners are inside the plane.
+// For an "edge" pixel (inner[q] = 0: a corner outside the map, the sample
+// outside it, or a NaN position) base/ly/lx are 0, so that the dense sweeps
+// load in-bounds values for it (plane offsets 0, 1, W, W + 1: needs H, W >= 2)
+// and select them away; its exact corners (BilinearCorners, with validity) are
+// kept in a short side list and swept separately.
 template <typename acc_t, typename index_t>
-struct TileView {
-  const index_t* offset[4];
-  const acc_t* weight[4];
-  const uint8_t* valid[4];
-  const acc_t* ly;
-  const acc_t* lx;
+class TilePlan {
+ public:
+  explicit TilePlan(int64_t len)
+      : base_(len), ly_(len), lx_(len), inner_(len), edge_q_(len), edge_(len) {}
 
-  BilinearCorners<acc_t, index_t> operator[](int64_t q) const {
-    BilinearCorners<acc_t, index_t> c;
-    for (int k = 0; k < 4; ++k) {
-      c.offset[k] = offset[k][q];
-      c.weight[k] = weight[k][q];
-      c.valid[k] = valid[k][q] != 0;
+  template <typename scalar_t>
+  [[gnu::always_inline]] void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0,
+                                   int64_t p1) {
+    n_ = p1 - p0;
+    const scalar_t* __restrict dy = a.offset + 2 * bg * a.HW + p0;
+    const scalar_t* __restrict dx = dy + a.HW;
+    const index_t H = static_cast<index_t>(a.H), W = static_cast<index_t>(a.W);
+    index_t* __restrict base = base_.data();
+    acc_t* __restrict ly = ly_.data();
+    acc_t* __restrict lx = lx_.data();
+    uint8_t* __restrict inner = inner_.data();
+    // row segments (i fixed, j the loop index): a loop without carried state
+    for (int64_t p = p0; p < p1;) {
+      const index_t i = static_cast<index_t>(p / a.W);
+      const int64_t row = static_cast<int64_t>(i) * a.W;
+      const index_t j0 = static_cast<index_t>(p - row);
+      const index_t j1 = static_cast<index_t>(p1 < row + a.W ? p1 - row : a.W);
+      const int64_t q0 = row - p0;
+      TOOD_GATHER_LOOP
+      for (index_t j = j0; j < j1; ++j) {
+        const int64_t q = q0 + j;
+        index_t y0, x0;
+        acc_t fy, fx;
+        bool inside;
+        sample_cell(static_cast<acc_t>(i) + static_cast<acc_t>(dy[q]),
+                    static_cast<acc_t>(j) + static_cast<acc_t>(dx[q]), H, W, y0, x0, fy, fx,
+                    inside);
+        const bool in = cell_inner(y0, x0, H, W);
+        base[q] = in ? y0 * W + x0 : index_t(0);
+        ly[q] = in ? fy : acc_t(0);
+        lx[q] = in ? fx : acc_t(0);
+        inner[q] = in;
+      }
+      p = row + j1;
     }
-    c.ly = ly[q];
-    c.lx = lx[q];
-    return c;
+    n_edge_ = 0;
+    for (int64_t q = 0; q < n_; ++q) {
+      if (!inner[q]) {
+        const int64_t p = p0 + q;
+        deform_corners(static_cast<index_t>(p / a.W), static_cast<index_t>(p % a.W),
+                       static_cast<acc_t>(dy[q]), static_cast<acc_t>(dx[q]), H, W,
+                       edge_[n_edge_]);
+        edge_q_[n_edge_++] = static_cast<int32_t>(q);
+      }
+    }
+    // every pixel is an edge pixel when H < 2 or W < 2 (no cell has four
+    // corners in the plane): the dense sweeps are skipped, and their loads at
+    // offsets W, W + 1 would leave the plane
+    dense_ = n_edge_ < n_;
   }
+
+  [[gnu::always_inline]] int64_t size() const { return n_; }
+  [[gnu::always_inline]] bool dense() const { return dense_; }
+  [[gnu::always_inline]] const index_t* base() const { return base_.data(); }
+  [[gnu::always_inline]] const acc_t* ly() const { return ly_.data(); }
+  [[gnu::always_inline]] const acc_t* lx() const { return lx_.data(); }
+  [[gnu::always_inline]] const uint8_t* inner() const { return inner_.data(); }
+  [[gnu::always_inline]] int64_t n_edge() const { return n_edge_; }
+  [[gnu::always_inline]] int32_t edge_q(int64_t k) const { return edge_q_[k]; }
+  [[gnu::always_inline]] const BilinearCorners<acc_t, index_t>& edge(int64_t k) const { return edge_[k]; }
+
+ private:
+  std::vector<index_t> base_;
+  std::vector<acc_t> ly_, lx_;
+  std::vector<uint8_t> inner_;
+  std::vector<int32_t> edge_q_;  // tile-relative pixels of the edge list, raster order
+  std::vector<BilinearCorners<acc_t, index_t>> edge_;
+  int64_t n_ = 0, n_edge_ = 0;
+  bool dense_ = false;
 };
 
-// Calls fn(q, corners) for the pixels p = p0 + q in [p0, p1) of block (b, g).
-template <typename acc_t, typename index_t, typename scalar_t, typename Fn>
-[[gnu::always_inline]] inline void compute_corners(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0, int64_t p1, Fn&& fn) {
-  const scalar_t* dy = a.offset + 2 * bg * a.HW;
-  const scalar_t* dx = dy + a.HW;
-  const index_t H = static_cast<index_t>(a.H), W = static_cast<index_t>(a.W);
-  index_t i = static_cast<index_t>(p0 / a.W), j = static_cast<index_t>(p0 % a.W);
-  for (int64_t q = 0; q < p1 - p0; ++q) {
-    BilinearCorners<acc_t, index_t> c;
-    deform_corners(i, j, static_cast<acc_t>(dy[p0 + q]), static_cast<acc_t>(dx[p0 + q]), H, W, c);
-    fn(q, c);
-    if (++j == W) {
-      j = 0;
-      ++i;
-    }
-  }
+// The four corner values of an inner pixel whose corner (y0, x0) is at plane + o.
+template <typename acc_t, typename index_t, typename scalar_t>
+[[gnu::always_inline]] inline void load_cell(const scalar_t* plane, index_t o, index_t W,
+                                             acc_t v[4]) {
+  v[0] = static_cast<acc_t>(plane[o]);
+  v[1] = static_cast<acc_t>(plane[o + 1]);
+  v[2] = static_cast<acc_t>(plane[o + W]);
+  v[3] = static_cast<acc_t>(plane[o + W + 1]);
 }
 
-// The corners of one tile as a structure of arrays (forward): per-thread scratch.
-template <typename acc_t, typename index_t>
-class SoATileTable {
- public:
-  explicit SoATileTable(int64_t len) : ly_(len), lx_(len) {
-    for (int k = 0; k < 4; ++k) {
-      offset_[k].resize(len);
-      weight_[k].resize(len);
-      valid_[k].resize(len);
-    }
+// p[0] += a, p[1] += b (two horizontally adjacent corners): for float and
+// double one read-modify-write of a two-lane vector, the same two IEEE
+// additions as two scalar ones, with half the memory operations.
+template <typename scalar_t, typename acc_t>
+[[gnu::always_inline]] inline void add_pair(scalar_t* p, acc_t a, acc_t b) {
+  if constexpr (std::is_same_v<scalar_t, acc_t> &&
+                (std::is_same_v<acc_t, float> || std::is_same_v<acc_t, double>)) {
+    typedef acc_t pair_t __attribute__((vector_size(2 * sizeof(acc_t))));
+    pair_t x;
+    std::memcpy(&x, p, sizeof(x));
+    const pair_t d = {a, b};
+    x += d;
+    std::memcpy(p, &x, sizeof(x));
+  } else {
+    p[0] = static_cast<scalar_t>(static_cast<acc_t>(p[0]) + a);
+    p[1] = static_cast<scalar_t>(static_cast<acc_t>(p[1]) + b);
   }
-
-  template <typename scalar_t>
-  [[gnu::always_inline]] void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0,
-                                   int64_t p1) {
-    compute_corners<acc_t, index_t>(a, bg, p0, p1, [&](int64_t q,
-                                                       const BilinearCorners<acc_t, index_t>& c) {
-      for (int k = 0; k < 4; ++k) {
-        offset_[k][q] = c.offset[k];
-        weight_[k][q] = c.weight[k];
-        valid_[k][q] = c.valid[k];
-      }
-      ly_[q] = c.ly;
-      lx_[q] = c.lx;
-    });
-  }
-
-  TileView<acc_t, index_t> view() const {
-    TileView<acc_t, index_t> v;
-    for (int k = 0; k < 4; ++k) {
-      v.offset[k] = offset_[k].data();
-      v.weight[k] = weight_[k].data();
-      v.valid[k] = valid_[k].data();
-    }
-    v.ly = ly_.data();
-    v.lx = lx_.data();
-    return v;
-  }
-
- private:
-  std::vector<index_t> offset_[4];
-  std::vector<acc_t> weight_[4];
-  std::vector<uint8_t> valid_[4];
-  std::vector<acc_t> ly_, lx_;
-};
-
-// The corners of one tile as an array of structures (backward), with the
-// tile's pixels sorted into "inner" ones (all four corners inside the map: no
-// validity tests, no mispredicted branches) and "edge" ones (the rest).
-template <typename acc_t, typename index_t>
-class AoSTileTable {
- public:
-  explicit AoSTileTable(int64_t len) : corners_(len), inner_(len), edge_(len) {}
-
-  template <typename scalar_t>
-  [[gnu::always_inline]] void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0,
-                                   int64_t p1) {
-    n_inner_ = n_edge_ = 0;
-    compute_corners<acc_t, index_t>(a, bg, p0, p1, [&](int64_t q,
-                                                       const BilinearCorners<acc_t, index_t>& c) {
-      corners_[q] = c;
-      if (all_corners_valid(c)) {
-        inner_[n_inner_++] = static_cast<int32_t>(q);
-      } else {
-        edge_[n_edge_++] = static_cast<int32_t>(q);
-      }
-    });
-  }
-
-  // fn(q, corners, all_valid) over the inner pixels, then the edge ones, each
-  // in raster order; all_valid is std::true_type / std::false_type.
-  template <typename Fn>
-  [[gnu::always_inline]] void for_each_inner_then_edge(Fn&& fn) const {
-    for (int64_t k = 0; k < n_inner_; ++k) fn(inner_[k], corners_[inner_[k]], std::true_type{});
-    for (int64_t k = 0; k < n_edge_; ++k) fn(edge_[k], corners_[edge_[k]], std::false_type{});
-  }
-
- private:
-  std::vector<BilinearCorners<acc_t, index_t>> corners_;
-  std::vector<int32_t> inner_, edge_;  // tile-relative pixels, raster order
-  int64_t n_inner_ = 0, n_edge_ = 0;
-};
+}
 
 // ---- forward ------------------------------------------------------------------------
 
-// dst[q] = (m[q] *) value of pixel q of the tile in plane src.
+// dst[q] = (m[q] *) value of pixel q of the tile in plane src: a dense sweep
+// over every pixel (edge pixels get a placeholder), then the edge list
+// overwrites its pixels with their exact values.
 template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
-[[gnu::always_inline]] inline void sample_tile(const TileView<acc_t, index_t>& t, int64_t n, const scalar_t* src,
-                 const scalar_t* m, scalar_t* dst) {
-  TOOD_GATHER_LOOP
-  for (int64_t q = 0; q < n; ++q) {
-    const BilinearCorners<acc_t, index_t> c = t[q];
+[[gnu::always_inline]] inline void sample_tile(const TilePlan<acc_t, index_t>& t, index_t W,
+                                               const scalar_t* __restrict src,
+                                               const scalar_t* __restrict m,
+                                               scalar_t* __restrict dst) {
+  const int64_t n = t.size();
+  if (t.dense()) {
+    const index_t* __restrict base = t.base();
+    const acc_t* __restrict ly = t.ly();
+    const acc_t* __restrict lx = t.lx();
+    TOOD_GATHER_LOOP
+    for (int64_t q = 0; q < n; ++q) {
+      acc_t v[4], w[4];
+      load_cell(src, base[q], W, v);
+      bilinear_weights(ly[q], lx[q], w);
+      acc_t value = bilinear_combine(w, v);
+      if (kMask) value *= static_cast<acc_t>(m[q]);
+      dst[q] = static_cast<scalar_t>(value);
+    }
+  }
+  for (int64_t k = 0; k < t.n_edge(); ++k) {
+    const int64_t q = t.edge_q(k);
     acc_t v[4];
-    load_corners(src, c, v);
-    acc_t value = bilinear_value(c, v);
+    load_corners(src, t.edge(k), v);
+    acc_t value = bilinear_value(t.edge(k), v);
     if (kMask) value *= static_cast<acc_t>(m[q]);
     dst[q] = static_cast<scalar_t>(value);
-  }
-}
-
-// One channel per group: corners computed and used at once, no table.
-// out[p] = (mask[p] *) value at pixel p in [p0, p1) of block bg.
-template <bool kMask, typename acc_t, typename index_t, typename scalar_t>
-[[gnu::always_inline]] inline void sample_direct(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0, int64_t p1,
-                   const scalar_t* src, scalar_t* dst) {
-  const scalar_t* dy = a.offset + 2 * bg * a.HW;
-  const scalar_t* dx = dy + a.HW;
-  const scalar_t* m = kMask ? a.mask + bg * a.HW : nullptr;
-  const index_t H = static_cast<index_t>(a.H), W = static_cast<index_t>(a.W);
-  for (int64_t p = p0; p < p1;) {  // row segments: i fixed, j the loop index
-    const index_t i = static_cast<index_t>(p / a.W);
-    const int64_t base = static_cast<int64_t>(i) * a.W;
-    const index_t j0 = static_cast<index_t>(p - base);
-    const index_t j1 = static_cast<index_t>(std::min(p1, base + a.W) - base);
-    TOOD_GATHER_LOOP
-    for (index_t j = j0; j < j1; ++j) {
-      BilinearCorners<acc_t, index_t> c;
-      deform_corners(i, j, static_cast<acc_t>(dy[base + j]), static_cast<acc_t>(dx[base + j]), H,
-                     W, c);
-      acc_t v[4];
-      load_corners(src, c, v);
-      acc_t value = bilinear_value(c, v);
-      if (kMask) value *= static_cast<acc_t>(m[base + j]);
-      dst[base + j] = static_cast<scalar_t>(value);
-    }
-    p = base + j1;
   }
 }
 
@@ -305,41 +303,24 @@ void forward_cpu_kernel(const DeformArgs<scalar_t>& a, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t tiles = ceil_div(a.HW, kTile);
   const int64_t tile_len = std::min(kTile, a.HW);
-  if (a.Cg == 1) {
-    at::parallel_for(0, a.B * a.G * tiles, grain_for(tile_len), [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t bg = u / tiles;  // = b * C + c
-        const int64_t p0 = (u - bg * tiles) * kTile, p1 = std::min(p0 + kTile, a.HW);
-        const scalar_t* src = a.input + bg * a.HW;
-        with_cpu_isa([&]() TOOD_INLINE_BODY {
-          if (a.mask) {
-            sample_direct<true, acc_t, index_t>(a, bg, p0, p1, src, out + bg * a.HW);
-          } else {
-            sample_direct<false, acc_t, index_t>(a, bg, p0, p1, src, out + bg * a.HW);
-          }
-        });
-      }
-    });
-    return;
-  }
+  const index_t W = static_cast<index_t>(a.W);
   at::parallel_for(0, a.B * a.G * tiles, grain_for(a.Cg * tile_len), [&](int64_t begin,
                                                                          int64_t end) {
-    SoATileTable<acc_t, index_t> table(tile_len);
+    TilePlan<acc_t, index_t> plan(tile_len);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t bg = u / tiles, b = bg / a.G, g = bg - b * a.G;
       const int64_t p0 = (u - bg * tiles) * kTile, p1 = std::min(p0 + kTile, a.HW);
       with_cpu_isa([&]() TOOD_INLINE_BODY {
-        table.fill(a, bg, p0, p1);
-        const TileView<acc_t, index_t> view = table.view();
+        plan.fill(a, bg, p0, p1);
         const scalar_t* m = a.mask ? a.mask + bg * a.HW + p0 : nullptr;
         for (int64_t c = 0; c < a.Cg; ++c) {
           const int64_t plane = (b * a.C + g * a.Cg + c) * a.HW;
           const scalar_t* src = a.input + plane;
           if (c + 1 < a.Cg) prefetch_rows(src + a.HW, a.W, a.HW, p0, p1);
           if (m) {
-            sample_tile<true>(view, p1 - p0, src, m, out + plane + p0);
+            sample_tile<true>(plan, W, src, m, out + plane + p0);
           } else {
-            sample_tile<false>(view, p1 - p0, src, m, out + plane + p0);
+            sample_tile<false>(plan, W, src, m, out + plane + p0);
           }
         }
       });
@@ -361,11 +342,94 @@ struct DeformGrads {
 // sums over channels of grad * d value / d (y, x) and of grad * value.
 template <typename acc_t, typename index_t>
 struct BackwardScratch {
-  AoSTileTable<acc_t, index_t> table;
+  TilePlan<acc_t, index_t> plan;
   std::vector<acc_t> acc;
 
-  explicit BackwardScratch(int64_t len) : table(len), acc(3 * len) {}
+  explicit BackwardScratch(int64_t len) : plan(len), acc(3 * len) {}
 };
+
+// acc_y/acc_x (/acc_m) of the tile's pixels += grad * d value / d (y, x)
+// (/ grad * value) of one channel plane src: a dense gathering sweep in which
+// edge pixels add 0, then the edge list adds their exact terms.
+template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
+[[gnu::always_inline]] inline void position_grad_tile(const TilePlan<acc_t, index_t>& t,
+                                                      index_t W,
+                                                      const scalar_t* __restrict src,
+                                                      const scalar_t* __restrict go,
+                                                      acc_t* __restrict acc_y,
+                                                      acc_t* __restrict acc_x,
+                                                      acc_t* __restrict acc_m) {
+  const int64_t n = t.size();
+  if (t.dense()) {
+    const index_t* __restrict base = t.base();
+    const acc_t* __restrict ly = t.ly();
+    const acc_t* __restrict lx = t.lx();
+    const uint8_t* __restrict inner = t.inner();
+    TOOD_GATHER_LOOP
+    for (int64_t q = 0; q < n; ++q) {
+      acc_t v[4], gy, gx;
+      load_cell(src, base[q], W, v);
+      bilinear_position_grad(ly[q], lx[q], v, gy, gx);
+      const acc_t g_out = static_cast<acc_t>(go[q]);
+      const bool in = inner[q] != 0;
+      acc_y[q] += in ? g_out * gy : acc_t(0);
+      acc_x[q] += in ? g_out * gx : acc_t(0);
+      if (kMask) {
+        acc_t w[4];
+        bilinear_weights(ly[q], lx[q], w);
+        acc_m[q] += in ? g_out * bilinear_combine(w, v) : acc_t(0);
+      }
+    }
+  }
+  for (int64_t k = 0; k < t.n_edge(); ++k) {
+    const int64_t q = t.edge_q(k);
+    const BilinearCorners<acc_t, index_t>& c = t.edge(k);
+    acc_t v[4], gy, gx;
+    load_corners(src, c, v);
+    bilinear_position_grad(c, v, gy, gx);
+    const acc_t g_out = static_cast<acc_t>(go[q]);
+    acc_y[q] += g_out * gy;
+    acc_x[q] += g_out * gx;
+    if (kMask) acc_m[q] += g_out * bilinear_value(c, v);
+  }
+}
+
+// grad_input plane gin += the tile's upstream gradient go (times m) spread
+// over each pixel's corners: inner pixels (no validity tests), then the edge
+// list, each in raster order. Scalar read-modify-writes: neighbouring pixels
+// share corners, so the adds must not be reordered into vector scatters.
+template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
+[[gnu::always_inline]] inline void input_grad_tile(const TilePlan<acc_t, index_t>& t, index_t W,
+                                                   const scalar_t* __restrict go,
+                                                   const scalar_t* __restrict m,
+                                                   scalar_t* __restrict gin) {
+  const int64_t n = t.size();
+  auto add = [gin](index_t off, acc_t v) TOOD_INLINE_BODY {
+    gin[off] = static_cast<scalar_t>(static_cast<acc_t>(gin[off]) + v);
+  };
+  if (t.dense()) {
+    const index_t* __restrict base = t.base();
+    const acc_t* __restrict ly = t.ly();
+    const acc_t* __restrict lx = t.lx();
+    const uint8_t* __restrict inner = t.inner();
+    for (int64_t q = 0; q < n; ++q) {
+      if (!inner[q]) continue;
+      acc_t g = static_cast<acc_t>(go[q]);
+      if (kMask) g *= static_cast<acc_t>(m[q]);
+      acc_t w[4];
+      bilinear_weights(ly[q], lx[q], w);
+      const index_t o = base[q];
+      add_pair(gin + o, g * w[0], g * w[1]);
+      add_pair(gin + o + W, g * w[2], g * w[3]);
+    }
+  }
+  for (int64_t k = 0; k < t.n_edge(); ++k) {
+    const int64_t q = t.edge_q(k);
+    acc_t g = static_cast<acc_t>(go[q]);
+    if (kMask) g *= static_cast<acc_t>(m[q]);
+    scatter_corners(t.edge(k), g, add);
+  }
+}
 
 // One tile [p0, p1) of block (b, g), channels [c0, c1) of the group.
 // kInput: scatter into the grad_input planes of those channels (owned by the
@@ -374,46 +438,43 @@ struct BackwardScratch {
 // kPosition: grad_offset / grad_mask of the tile's pixels (needs all channels
 // of the group, c0 = 0, c1 = Cg).
 template <bool kInput, bool kPosition, typename scalar_t, typename acc_t, typename index_t>
-[[gnu::always_inline]] inline void backward_tile(const DeformArgs<scalar_t>& a, const DeformGrads<scalar_t>& gr, int64_t bg,
-                   int64_t p0, int64_t p1, int64_t c0, int64_t c1,
-                   BackwardScratch<acc_t, index_t>& scratch) {
+[[gnu::always_inline]] inline void backward_tile(const DeformArgs<scalar_t>& a,
+                                                 const DeformGrads<scalar_t>& gr, int64_t bg,
+                                                 int64_t p0, int64_t p1, int64_t c0, int64_t c1,
+                                                 BackwardScratch<acc_t, index_t>& scratch) {
   const int64_t b = bg / a.G, g = bg - b * a.G, n = p1 - p0;
-  AoSTileTable<acc_t, index_t>& table = scratch.table;
-  table.fill(a, bg, p0, p1);
+  const index_t W = static_cast<index_t>(a.W);
+  TilePlan<acc_t, index_t>& plan = scratch.plan;
+  plan.fill(a, bg, p0, p1);
   const scalar_t* m = a.mask ? a.mask + bg * a.HW + p0 : nullptr;
   acc_t* acc_y = scratch.acc.data();
   acc_t* acc_x = acc_y + n;
   acc_t* acc_m = acc_x + n;
-  if (kPosition) std::fill(acc_y, acc_y + 3 * n, acc_t(0));
+  if (kPosition) std::memset(acc_y, 0, 3 * n * sizeof(acc_t));
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t plane = (b * a.C + g * a.Cg + c) * a.HW;
     const scalar_t* src = a.input + plane;
     const scalar_t* go = gr.grad + plane + p0;
     scalar_t* gin = gr.grad_input + plane;
-    if (kInput && p0 == 0) std::fill(gin, gin + a.HW, scalar_t(0));  // first touch, by the owner
+    if (kInput && p0 == 0) std::memset(gin, 0, a.HW * sizeof(scalar_t));  // first touch, by the owner
     if (c + 1 < c1) {
       if (kPosition) prefetch_rows(src + a.HW, a.W, a.HW, p0, p1);
       if (kInput && p0 > 0) prefetch_rows<true>(gin + a.HW, a.W, a.HW, p0, p1);
     }
-    table.for_each_inner_then_edge([&](int64_t q, const BilinearCorners<acc_t, index_t>& cn,
-                                       auto all_valid) {
-      constexpr bool kAllValid = decltype(all_valid)::value;
-      const acc_t g_out = static_cast<acc_t>(go[q]);
-      if (kPosition) {
-        acc_t v[4], gy, gx;
-        load_corners<kAllValid>(src, cn, v);
-        bilinear_position_grad(cn, v, gy, gx);
-        acc_y[q] += g_out * gy;
-        acc_x[q] += g_out * gx;
-        if (m) acc_m[q] += g_out * bilinear_value(cn, v);
+    if (kPosition) {
+      if (m) {
+        position_grad_tile<true>(plan, W, src, go, acc_y, acc_x, acc_m);
+      } else {
+        position_grad_tile<false>(plan, W, src, go, acc_y, acc_x, acc_m);
       }
-      if (kInput) {
-        const acc_t g_val = m ? g_out * static_cast<acc_t>(m[q]) : g_out;
-        scatter_corners<kAllValid>(cn, g_val, [gin](index_t off, acc_t add) {
-          gin[off] = static_cast<scalar_t>(static_cast<acc_t>(gin[off]) + add);
-        });
+    }
+    if (kInput) {
+      if (m) {
+        input_grad_tile<true>(plan, W, go, m, gin);
+      } else {
+        input_grad_tile<false>(plan, W, go, m, gin);
       }
-    });
+    }
   }
   if (kPosition) {
     scalar_t* gdy = gr.grad_offset + 2 * bg * a.HW + p0;
@@ -430,43 +491,6 @@ template <bool kInput, bool kPosition, typename scalar_t, typename acc_t, typena
   }
 }
 
-// One channel per group (plane bg = b * C + c): every gradient of the
-// block in one sweep with the corners computed and used at once, no table.
-template <bool kMask, typename acc_t, typename index_t, typename scalar_t>
-[[gnu::always_inline]] inline void backward_direct(const DeformArgs<scalar_t>& a,
-                                                   const DeformGrads<scalar_t>& gr, int64_t bg) {
-  const scalar_t* dy = a.offset + 2 * bg * a.HW;
-  const scalar_t* dx = dy + a.HW;
-  const scalar_t* m = kMask ? a.mask + bg * a.HW : nullptr;
-  const scalar_t* src = a.input + bg * a.HW;
-  const scalar_t* go = gr.grad + bg * a.HW;
-  scalar_t* gin = gr.grad_input + bg * a.HW;
-  scalar_t* gdy = gr.grad_offset + 2 * bg * a.HW;
-  scalar_t* gdx = gdy + a.HW;
-  scalar_t* gm = kMask ? gr.grad_mask + bg * a.HW : nullptr;
-  std::fill(gin, gin + a.HW, scalar_t(0));  // first touch, by the owner
-  const index_t H = static_cast<index_t>(a.H), W = static_cast<index_t>(a.W);
-  for (index_t i = 0; i < H; ++i) {
-    const int64_t base = static_cast<int64_t>(i) * a.W;
-    for (index_t j = 0; j < W; ++j) {
-      const int64_t p = base + j;
-      BilinearCorners<acc_t, index_t> c;
-      deform_corners(i, j, static_cast<acc_t>(dy[p]), static_cast<acc_t>(dx[p]), H, W, c);
-      const acc_t g_out = static_cast<acc_t>(go[p]);
-      acc_t v[4], gy, gx;
-      load_corners(src, c, v);
-      bilinear_position_grad(c, v, gy, gx);
-      const acc_t mp = kMask ? static_cast<acc_t>(m[p]) : acc_t(1);
-      gdy[p] = static_cast<scalar_t>(mp * (g_out * gy));
-      gdx[p] = static_cast<scalar_t>(mp * (g_out * gx));
-      if (kMask) gm[p] = static_cast<scalar_t>(g_out * bilinear_value(c, v));
-      scatter_corners(c, kMask ? g_out * mp : g_out, [gin](index_t off, acc_t add) {
-        gin[off] = static_cast<scalar_t>(static_cast<acc_t>(gin[off]) + add);
-      });
-    }
-  }
-}
-
 template <typename scalar_t, typename index_t>
 void backward_cpu_kernel(const DeformArgs<scalar_t>& a, const DeformGrads<scalar_t>& gr) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -475,21 +499,6 @@ void backward_cpu_kernel(const DeformArgs<scalar_t>& a, const DeformGrads<scalar
   const int64_t tile_len = std::min(kTile, a.HW);
   const int64_t blocks = a.B * a.G;
   const int64_t threads = at::get_num_threads();
-  if (a.Cg == 1) {
-    // one channel per group: a (b, g) block per unit, no table
-    at::parallel_for(0, blocks, grain_for(a.HW), [&](int64_t begin, int64_t end) {
-      for (int64_t bg = begin; bg < end; ++bg) {
-        with_cpu_isa([&]() TOOD_INLINE_BODY {
-          if (a.mask) {
-            backward_direct<true, acc_t, index_t>(a, gr, bg);
-          } else {
-            backward_direct<false, acc_t, index_t>(a, gr, bg);
-          }
-        });
-      }
-    });
-    return;
-  }
   if (blocks >= 4 * threads) {
     // fused: a (b, g) block per unit, all gradients in one sweep
     at::parallel_for(0, blocks, grain_for(a.Cg * a.HW), [&](int64_t begin, int64_t end) {

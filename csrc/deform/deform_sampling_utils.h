@@ -44,31 +44,79 @@ struct BilinearCorners {
   bool valid[4];      // corner inside the plane
 };
 
-// Corners of the sample at (y, x) in a height x width plane. Branch-free
-// (selects only), so that loops over pixels vectorise and warps do not
-// diverge: a position outside the map (or NaN) is first moved to (-2, -2),
-// whose corners are all invalid and whose floor and integer conversion are
-// defined, and its weights are then set to 0 (NaN for a NaN position).
+// Bilinear weights of the corners (y0, x0), (y0, x1), (y1, x0), (y1, x1) of a
+// sample with fractional parts (ly, lx).
+template <typename T>
+TOOD_HOST_DEVICE_INLINE void bilinear_weights(T ly, T lx, T w[4]) {
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  w[0] = hy * hx;
+  w[1] = hy * lx;
+  w[2] = ly * hx;
+  w[3] = ly * lx;
+}
+
+// sum_k w[k] * v[k] (torchvision's order of terms).
+template <typename T>
+TOOD_HOST_DEVICE_INLINE T bilinear_combine(const T w[4], const T v[4]) {
+  return w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3];
+}
+
+// d value / d y and d value / d x of a sample with fractional parts (ly, lx)
+// and corner values v (the derivative of the cell's bilinear polynomial).
+template <typename T>
+TOOD_HOST_DEVICE_INLINE void bilinear_position_grad(T ly, T lx, const T v[4], T& grad_y,
+                                                    T& grad_x) {
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  grad_y = hx * (v[2] - v[0]) + lx * (v[3] - v[1]);
+  grad_x = hy * (v[1] - v[0]) + ly * (v[3] - v[2]);
+}
+
+// The cell of the sample at (y, x) in a height x width plane: its top-left
+// corner (y0, x0), the fractional parts (ly, lx) and whether the sample lies
+// inside the map, -1 < y < height and -1 < x < width. Branch-free (selects
+// only), so that loops over pixels vectorise and warps do not diverge: a
+// position outside the map (or NaN) is moved to (-2, -2), whose corners are
+// all outside the plane and whose floor and integer conversion are defined.
+template <typename T, typename index_t>
+TOOD_HOST_DEVICE_INLINE void sample_cell(T y, T x, index_t height, index_t width, index_t& y0,
+                                         index_t& x0, T& ly, T& lx, bool& inside) {
+  // NaN fails every comparison: "inside" is false for it (and for +-inf).
+  // (& and | rather than && and ||: no short-circuit control flow.)
+  inside = (y > T(-1)) & (y < T(height)) & (x > T(-1)) & (x < T(width));
+  const T ys = inside ? y : T(-2), xs = inside ? x : T(-2);
+  const T yf = floor_(ys), xf = floor_(xs);  // -2, or in [-1, height - 1] / [-1, width - 1]
+  y0 = static_cast<index_t>(yf);
+  x0 = static_cast<index_t>(xf);
+  ly = ys - yf;
+  lx = xs - xf;
+}
+
+// All four corners of the cell with top-left corner (y0, x0) are inside the
+// plane (the common case away from the border; false for a sample outside
+// the map, whose cell is at (-2, -2)).
+template <typename index_t>
+TOOD_HOST_DEVICE_INLINE bool cell_inner(index_t y0, index_t x0, index_t height, index_t width) {
+  return (y0 >= 0) & (y0 + 1 < height) & (x0 >= 0) & (x0 + 1 < width);
+}
+
+// Corners of the sample at (y, x) in a height x width plane (sample_cell),
+// with weights 0 outside the map (NaN for a NaN position).
 template <typename T, typename index_t>
 TOOD_HOST_DEVICE_INLINE void bilinear_corners(T y, T x, index_t height, index_t width,
                                               BilinearCorners<T, index_t>& c) {
-  // NaN fails every comparison: "inside" is false for it (and for +-inf).
-  // (& and | rather than && and ||: no short-circuit control flow.)
-  const bool inside = (y > T(-1)) & (y < T(height)) & (x > T(-1)) & (x < T(width));
+  index_t y0, x0;
+  T ly, lx;
+  bool inside;
+  sample_cell(y, x, height, width, y0, x0, ly, lx, inside);
   const bool nan = (y != y) | (x != x);
   const T fill = nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
-  const T ys = inside ? y : T(-2), xs = inside ? x : T(-2);
-  const T yf = floor_(ys), xf = floor_(xs);  // -2, or in [-1, height - 1] / [-1, width - 1]
-  const index_t y0 = static_cast<index_t>(yf), x0 = static_cast<index_t>(xf);
   const index_t y1 = y0 + 1, x1 = x0 + 1;
-  const T ly = ys - yf, lx = xs - xf;
-  const T hy = T(1) - ly, hx = T(1) - lx;
+  T w[4];
+  bilinear_weights(ly, lx, w);
   c.ly = inside ? ly : fill;
   c.lx = inside ? lx : fill;
-  c.weight[0] = inside ? hy * hx : fill;
-  c.weight[1] = inside ? hy * lx : fill;
-  c.weight[2] = inside ? ly * hx : fill;
-  c.weight[3] = inside ? ly * lx : fill;
+  TOOD_UNROLL
+  for (int k = 0; k < 4; ++k) c.weight[k] = inside ? w[k] : fill;
   const bool vy0 = (y0 >= 0) & (y0 < height), vy1 = (y1 >= 0) & (y1 < height);
   const bool vx0 = (x0 >= 0) & (x0 < width), vx1 = (x1 >= 0) & (x1 < width);
   c.valid[0] = vy0 & vx0;
@@ -111,7 +159,7 @@ TOOD_HOST_DEVICE_INLINE void load_corners(const scalar_t* plane,
 // The sample value sum_k weight[k] * v[k] (torchvision's order of terms).
 template <typename T, typename index_t>
 TOOD_HOST_DEVICE_INLINE T bilinear_value(const BilinearCorners<T, index_t>& c, const T v[4]) {
-  return c.weight[0] * v[0] + c.weight[1] * v[1] + c.weight[2] * v[2] + c.weight[3] * v[3];
+  return bilinear_combine(c.weight, v);
 }
 
 // d value / d y and d value / d x of the sample (0 outside the map, where
@@ -119,9 +167,7 @@ TOOD_HOST_DEVICE_INLINE T bilinear_value(const BilinearCorners<T, index_t>& c, c
 template <typename T, typename index_t>
 TOOD_HOST_DEVICE_INLINE void bilinear_position_grad(const BilinearCorners<T, index_t>& c,
                                                     const T v[4], T& grad_y, T& grad_x) {
-  const T hy = T(1) - c.ly, hx = T(1) - c.lx;
-  grad_y = hx * (v[2] - v[0]) + c.lx * (v[3] - v[1]);
-  grad_x = hy * (v[1] - v[0]) + c.ly * (v[3] - v[2]);
+  bilinear_position_grad(c.ly, c.lx, v, grad_y, grad_x);
 }
 
 // Scatters g * weight[k] into the valid corners of a gradient plane:
