@@ -522,11 +522,14 @@ def test_cli_analyze_two_checkpoints(tiny_set, tmp_path):
 
 def test_ablation_arm_configs():
     sys.path.insert(0, ROOT)
-    from benchmarks.ablation import ARMS, arm_configs
+    from benchmarks.ablation import ARMS, EXTRA_ARMS, arm_configs
 
     for mode in ("quick", "full"):
         arms = {name: (m, t) for name, m, t in arm_configs(mode, num_classes=4, seed=3)}
-        assert list(arms) == [a[0] for a in ARMS]
+        assert list(arms) == [a[0] for a in ARMS + EXTRA_ARMS]
+        for name, (m, _) in arms.items():  # M-first priors only in the opt-in arms
+            assert (m.cls_prior, m.m_prior) == ((2e-4, 0.5) if "Mfirst" in name else
+                                                (0.01, 0.01))
         epochs = arms["T-head+TAL"][1].epochs
         for name, (m, t) in arms.items():
             assert m.head == ("tood" if name.startswith("T-head") else "atss")
@@ -537,3 +540,25 @@ def test_ablation_arm_configs():
             assert t.seed == 3 and t.epochs == epochs
             assert (m.depth, m.fpn_channels) == (arms["T-head+TAL"][0].depth,
                                                  arms["T-head+TAL"][0].fpn_channels)
+
+
+@pytest.mark.parametrize("priors", [(0.01, 0.01), (2e-4, 0.5)])
+def test_ablation_head_factors(tiny_set, priors):
+    """head_factors of an untrained T-head reads its priors back (P ~ cls_prior, M ~ m_prior
+    everywhere); the parallel head has no M (None)."""
+    sys.path.insert(0, ROOT)
+    from benchmarks.ablation import head_factors
+    from tood_ext.models import TOODConfig, build_model
+
+    _, ds = tiny_set
+    torch.manual_seed(0)
+    kw = dict(num_classes=3, depth=18, fpn_channels=16, feat_channels=16, stacked_convs=2,
+              num_groups=4)
+    model = build_model(TOODConfig(cls_prior=priors[0], m_prior=priors[1], **kw))
+    f = head_factors(model, ds, batch_size=2)
+    assert f["gts"] == sum(len(ds.coco.anns_by_image.get(im["id"], [])) for im in ds.images)
+    assert f["P_true"] == pytest.approx(priors[0], rel=0.2)
+    assert f["P_other"] == pytest.approx(priors[0], rel=0.2)
+    assert f["M"] == pytest.approx(priors[1], rel=0.2)
+    assert f["saturated"] == 0.0 and 0.0 <= f["confused"] <= 1.0
+    assert head_factors(build_model(TOODConfig(head="atss", **kw)), ds) is None

@@ -100,6 +100,27 @@ def test_head_initialisation():
     assert head0.reg_offset_module[-1].weight.abs().max() == 0
 
 
+@pytest.mark.parametrize("cls_prior,m_prior", [(2e-4, 0.5), (0.05, 0.2)])
+def test_head_priors(cls_prior, m_prior):
+    """cls_prior / m_prior set the biases of P's conv and M's last conv; the initial P_align is
+    about sqrt(cls_prior * m_prior); out-of-range priors are refused by name."""
+    torch.manual_seed(0)
+    head = small_head(cls_prior=cls_prior, m_prior=m_prior)
+    assert torch.allclose(head.tood_cls.bias.sigmoid(),
+                          torch.full_like(head.tood_cls.bias, cls_prior), rtol=1e-5)
+    assert torch.allclose(head.cls_prob_module[-1].bias.sigmoid(), torch.tensor([m_prior]),
+                          rtol=1e-5)
+    feats = [torch.randn(1, 16, 128 // s, 128 // s) for s in STRIDES]
+    want = math.sqrt(cls_prior * m_prior)
+    for s in head(feats)["cls_scores"]:
+        assert (s / want - 1).abs().max() < 0.2
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="m_prior"):
+            small_head(m_prior=bad)
+        with pytest.raises(ValueError, match="cls_prior"):
+            small_head(cls_prior=bad)
+
+
 @pytest.mark.parametrize("anchor_type", ANCHOR_TYPES)
 def test_head_box_decoding(anchor_type):
     """Boxes from a regression conv with known output, zero offsets, against hand decoding."""

@@ -36,6 +36,9 @@ class TOODConfig:
         strides: FPN level strides (P3-P7).
         offset_init_std: std of the normal init of the offset branch's convs (mmdetection:
             0.001; 0.0 makes the initial offsets exactly zero).
+        cls_prior, m_prior: prior probabilities of the biases of P's conv and of the
+            alignment map M's last conv (mmdetection: 0.01 both; see TOODHead for why
+            ``cls_prior=2e-4, m_prior=0.5`` trains better from scratch at small scale; unused by ``head="atss"``).
         ops: ``"kernel"`` (our compiled ops) or ``"reference"`` (their pure-PyTorch twins).
 
     Training:
@@ -69,6 +72,8 @@ class TOODConfig:
     anchor_type: str = "anchor_free"
     strides: tuple = (8, 16, 32, 64, 128)
     offset_init_std: float = 0.001
+    cls_prior: float = 0.01
+    m_prior: float = 0.01
     ops: str = "kernel"
     # training
     initial_epoch: int = 4

@@ -48,7 +48,8 @@ class TOOD(nn.Module):
     def _build_head(self, cfg: TOODConfig) -> nn.Module:
         return TOODHead(cfg.num_classes, cfg.fpn_channels, cfg.feat_channels,
                         cfg.stacked_convs, cfg.la_down_rate, cfg.strides, cfg.anchor_type,
-                        cfg.norm, cfg.num_groups, cfg.offset_init_std, cfg.ops)
+                        cfg.norm, cfg.num_groups, cfg.offset_init_std, cfg.ops,
+                        cfg.cls_prior, cfg.m_prior)
 
     @property
     def ops(self):

@@ -174,6 +174,17 @@ class TOODHead(nn.Module):
     N(0, 0.01) with last bias ``logit(0.01)``; O branch N(0, ``offset_init_std``=0.001), bias 0;
     reg conv N(0, 0.01); scales 1; GN weight 1, bias 0.
 
+    ``cls_prior`` / ``m_prior``: the prior probabilities that set the biases of P's conv and of
+    M's last conv (``logit(prior)``); mmdetection uses 0.01 for both (our defaults), so P_align
+    starts at 0.01. Which factor rises first matters: both get the gradient
+    ``z (1 - factor) / 2`` through ``z = sqrt(P * M)``, so a factor that saturates stops
+    learning. With equal priors, P (one conv on normalised features) outruns M (two convs of
+    std 0.01 in series); trained from scratch at small scale we measured P saturating near 1
+    for *every* class at objects, after which the class-agnostic M cannot tell classes apart
+    and negatives hold M at the focal-loss balance (benchmarks/results/ablation.md,
+    "T-head diagnosis"). ``cls_prior=2e-4, m_prior=0.5`` keeps the initial P_align at 0.01
+    and lets M saturate instead, leaving P free to classify.
+
     ``ops``: ``"kernel"`` or ``"reference"`` (see :func:`tood_ext.models._ops.get_ops`),
     switchable later with :meth:`set_ops`.
     """
@@ -182,8 +193,12 @@ class TOODHead(nn.Module):
                  stacked_convs: int = 6, la_down_rate: int = 8,
                  strides=(8, 16, 32, 64, 128), anchor_type: str = "anchor_free",
                  norm: str | None = "GN", num_groups: int = 32, offset_init_std: float = 0.001,
-                 ops: str = "kernel"):
+                 ops: str = "kernel", cls_prior: float = 0.01, m_prior: float = 0.01):
         super().__init__()
+        for name, v in (("cls_prior", cls_prior), ("m_prior", m_prior)):
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {v}")
+        self.cls_prior, self.m_prior = float(cls_prior), float(m_prior)
         if anchor_type not in ("anchor_free", "anchor_based"):
             raise ValueError(f"anchor_type must be 'anchor_free' or 'anchor_based', "
                              f"got {anchor_type!r}")
@@ -219,19 +234,18 @@ class TOODHead(nn.Module):
         self.ops = get_ops(ops)
 
     def init_weights(self) -> None:
-        bias_cls = _prior_bias(0.01)
         for block in self.inter_convs:
             _normal_init(block[0], 0.01)
         for m in self.cls_prob_module:
             if isinstance(m, nn.Conv2d):
                 _normal_init(m, 0.01)
-        _normal_init(self.cls_prob_module[-1], 0.01, bias_cls)
+        _normal_init(self.cls_prob_module[-1], 0.01, _prior_bias(self.m_prior))
         for m in self.reg_offset_module:
             if isinstance(m, nn.Conv2d):
                 _normal_init(m, self.offset_init_std)
         self.cls_decomp.init_weights()
         self.reg_decomp.init_weights()
-        _normal_init(self.tood_cls, 0.01, bias_cls)
+        _normal_init(self.tood_cls, 0.01, _prior_bias(self.cls_prior))
         _normal_init(self.tood_reg, 0.01)
 
     def forward_single(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
