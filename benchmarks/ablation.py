@@ -296,7 +296,8 @@ def head_factors(model, dataset, batch_size: int = 4) -> dict | None:
     try:
         for images, targets, _metas in DataLoader(dataset, batch_size=batch_size,
                                                   shuffle=False, collate_fn=collate):
-            seen["P"].clear(), seen["M"].clear()
+            seen["P"].clear()
+            seen["M"].clear()
             with torch.no_grad():
                 out = model(images)
             B, C = out["cls_scores"][0].shape[:2]
