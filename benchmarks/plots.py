@@ -73,7 +73,8 @@ def _plot_speedup(plt, doc: dict, path: str) -> bool:
     for k, impl in enumerate(impls):
         ys = [i + (k - (len(impls) - 1) / 2) * h for i in range(len(names))]
         vals = [v if v is not None else 0 for v in series[impl]]
-        ax.barh(ys, vals, height=h, label=f"{impl} / kernel")
+        label = f"{impl} / kernel" + (" (memory floor: < 1 is time left)" if impl == "floor" else "")
+        ax.barh(ys, vals, height=h, label=label)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_yticks(range(len(names)))

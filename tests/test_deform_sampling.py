@@ -173,6 +173,38 @@ def test_grad_matches_reference(gen, device, shape, with_mask):
                                        msg=lambda s: f"grad of {name} {dtype}: {s}")
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_large_planes_local_offsets(gen, with_mask):
+    # 131 x 129 = 16899 pixels: more than one CPU tile per plane (kTile = 16384), and offsets
+    # of a few pixels (the dense sweeps and the interleaved grad_input scatter on nearly every
+    # pixel, with neighbouring samples adding into shared corners); B * G = 2 blocks run the
+    # two-pass backward with 2 threads, 1 thread the fused one: same values, same bits.
+    B, C, H, W, G = 1, 4, 131, 129, 2
+    x = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64)
+    off = torch.randn(B, 2 * G, H, W, generator=gen, dtype=torch.float64) * 2
+    m = torch.rand(B, G, H, W, generator=gen, dtype=torch.float64) if with_mask else None
+    up = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64)
+    args = [t for t in (x, off, m) if t is not None]
+    rs = [t.clone().requires_grad_() for t in args]
+    want_out = ref.deform_sampling(*rs, *([None] if m is None else []))
+    want = torch.autograd.grad(want_out, rs, up)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            xs = [t.clone().requires_grad_() for t in args]
+            out = tood_ext.deform_sampling(*xs, *([None] if m is None else []))
+            runs.append((out.detach(), *torch.autograd.grad(out, xs, up)))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(runs[0][0], want_out.detach(), rtol=1e-10, atol=1e-10)
+    for name, g, e in zip(("input", "offset", "mask"), runs[0][1:], want):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+    for a, b in zip(runs[0], runs[1]):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_gradcheck(gen, device, with_mask):

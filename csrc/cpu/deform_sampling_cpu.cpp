@@ -115,6 +115,7 @@ inline void with_cpu_isa(Fn&& fn) {
 
 constexpr int64_t kTile = 16384;  // pixels per corner table (~210 KiB for float32)
 constexpr int64_t kHaloRows = 2;       // rows around a tile prefetched before its sweep
+constexpr int64_t kScatterStreams = 4;  // interleaved pixel ranges of a grad_input scatter
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -161,7 +162,7 @@ template <typename acc_t, typename index_t>
 class TilePlan {
  public:
   explicit TilePlan(int64_t len)
-      : base_(len), ly_(len), lx_(len), inner_(len), edge_q_(len), edge_(len) {}
+      : base_(len), ly_(len), lx_(len), w_(4 * len), inner_(len), edge_q_(len), edge_(len) {}
 
   template <typename scalar_t>
   [[gnu::always_inline]] void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0,
@@ -173,6 +174,7 @@ class TilePlan {
     index_t* __restrict base = base_.data();
     acc_t* __restrict ly = ly_.data();
     acc_t* __restrict lx = lx_.data();
+    acc_t* __restrict wq = w_.data();
     uint8_t* __restrict inner = inner_.data();
     // row segments (i fixed, j the loop index): a loop without carried state
     for (int64_t p = p0; p < p1;) {
@@ -194,6 +196,9 @@ class TilePlan {
         base[q] = in ? y0 * W + x0 : index_t(0);
         ly[q] = in ? fy : acc_t(0);
         lx[q] = in ? fx : acc_t(0);
+        acc_t w[4];
+        bilinear_weights(ly[q], lx[q], w);
+        for (int k = 0; k < 4; ++k) wq[4 * q + k] = w[k];
         inner[q] = in;
       }
       p = row + j1;
@@ -219,6 +224,7 @@ class TilePlan {
   [[gnu::always_inline]] const index_t* base() const { return base_.data(); }
   [[gnu::always_inline]] const acc_t* ly() const { return ly_.data(); }
   [[gnu::always_inline]] const acc_t* lx() const { return lx_.data(); }
+  [[gnu::always_inline]] const acc_t* weights() const { return w_.data(); }
   [[gnu::always_inline]] const uint8_t* inner() const { return inner_.data(); }
   [[gnu::always_inline]] int64_t n_edge() const { return n_edge_; }
   [[gnu::always_inline]] int32_t edge_q(int64_t k) const { return edge_q_[k]; }
@@ -227,6 +233,7 @@ class TilePlan {
  private:
   std::vector<index_t> base_;
   std::vector<acc_t> ly_, lx_;
+  std::vector<acc_t> w_;  // bilinear_weights(ly[q], lx[q]) at w_[4 q .. 4 q + 3]
   std::vector<uint8_t> inner_;
   std::vector<int32_t> edge_q_;  // tile-relative pixels of the edge list, raster order
   std::vector<BilinearCorners<acc_t, index_t>> edge_;
@@ -396,8 +403,17 @@ template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
 
 // grad_input plane gin += the tile's upstream gradient go (times m) spread
 // over each pixel's corners: inner pixels (no validity tests), then the edge
-// list, each in raster order. Scalar read-modify-writes: neighbouring pixels
-// share corners, so the adds must not be reordered into vector scatters.
+// list in raster order. Scalar read-modify-writes: neighbouring pixels share
+// corners, so the adds must not be reordered into vector scatters.
+//
+// The inner pixels are taken as kScatterStreams interleaved streams (the
+// tile cut into that many consecutive ranges; step k does pixel k of each
+// range, in range order): consecutive pixels in raster order usually add into
+// overlapping corners, so one stream is a chain of dependent read-modify-
+// writes through memory (store-to-load forwarding, or a stall where a pair
+// load straddles the previous pair store), while the ranges are rows apart
+// and their chains run side by side. The order of the adds into each element
+// is still a fixed function of the tile (thread count plays no part).
 template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
 [[gnu::always_inline]] inline void input_grad_tile(const TilePlan<acc_t, index_t>& t, index_t W,
                                                    const scalar_t* __restrict go,
@@ -409,18 +425,31 @@ template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
   };
   if (t.dense()) {
     const index_t* __restrict base = t.base();
-    const acc_t* __restrict ly = t.ly();
-    const acc_t* __restrict lx = t.lx();
+    const acc_t* __restrict wts = t.weights();
     const uint8_t* __restrict inner = t.inner();
-    for (int64_t q = 0; q < n; ++q) {
-      if (!inner[q]) continue;
+    typedef acc_t quad_t __attribute__((vector_size(4 * sizeof(acc_t))));
+    auto one = [&](int64_t q) TOOD_INLINE_BODY {
+      if (!inner[q]) return;
       acc_t g = static_cast<acc_t>(go[q]);
       if (kMask) g *= static_cast<acc_t>(m[q]);
-      acc_t w[4];
-      bilinear_weights(ly[q], lx[q], w);
+      quad_t w;
+      std::memcpy(&w, wts + 4 * q, sizeof(w));
+      const quad_t d = g * w;  // the four products g * w[k], in one vector multiply
       const index_t o = base[q];
-      add_pair(gin + o, g * w[0], g * w[1]);
-      add_pair(gin + o + W, g * w[2], g * w[3]);
+      add_pair(gin + o, d[0], d[1]);
+      add_pair(gin + o + W, d[2], d[3]);
+    };
+    constexpr int64_t S = kScatterStreams;
+    const int64_t len = (n + S - 1) / S;  // pixels per range (the last ones may have fewer)
+    const int64_t full = n - (S - 1) * len;  // steps in which every range has a pixel
+    int64_t k = 0;
+    for (; k < full; ++k) {
+      for (int64_t r = 0; r < S; ++r) one(k + r * len);
+    }
+    for (; k < len; ++k) {
+      for (int64_t r = 0; r < S; ++r) {
+        if (k + r * len < n) one(k + r * len);
+      }
     }
   }
   for (int64_t k = 0; k < t.n_edge(); ++k) {
