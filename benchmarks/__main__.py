@@ -2,13 +2,15 @@
 
 Writes ``<out>/<device-label>-<YYYY-MM-DD>.json`` and ``.md`` per device (``--quick`` runs add
 ``-quick`` to the name and are written only to an explicitly given ``--out`` other than the
-committed results directory). Exit status: 0, or 1 when some case or implementation failed,
-2 for bad arguments.
+committed results directory). On SIGTERM (e.g. from ``timeout``) the run stops at once and the
+cases measured so far are written, marked ``interrupted``. Exit status: 0, or 1 when some case
+or implementation failed or the run was interrupted, 2 for bad arguments.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -84,6 +86,12 @@ def main(argv: list | None = None) -> int:
           flush=True)
     failed = False
     t0 = time.perf_counter()
+
+    def _stop(signum, frame):  # SIGTERM (e.g. `timeout`): report what was measured, then exit
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise harness.Interrupted()
+
+    signal.signal(signal.SIGTERM, _stop)
     for dev in devices:
         cases = harness.collect_cases(dev, args.quick, args.filter)
         if not cases:
@@ -98,6 +106,8 @@ def main(argv: list | None = None) -> int:
         if write:
             for path in harness.write_report(doc, out_dir):
                 print(f"wrote {path}", flush=True)
+        if doc.get("interrupted"):
+            break
     print(f"\ntotal {time.perf_counter() - t0:.1f} s" + ("; SOME CASES FAILED" if failed else ""),
           flush=True)
     return 1 if failed else 0

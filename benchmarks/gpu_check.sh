@@ -9,11 +9,17 @@
 #   CUDA_HOME              CUDA toolkit (default /usr/local/cuda)
 #   TORCH_CUDA_ARCH_LIST   archs to compile for (default: setup.py targets the visible GPU)
 #   FORCE_CUDA             default 1: the build fails unless the CUDA kernels are built
-#   PYTEST_ARGS            default "-q -ra tests"
-#   BENCH_ARGS             default "--device all"
+#   PYTEST_ARGS            default "-q -ra tests", plus "-n 8 --dist loadfile" where
+#                          pytest-xdist is importable (2 torch threads per worker)
+#   BENCH_ARGS             default "--device cuda" (the CPU results come from CI-sized
+#                          machines; "--device all" adds this host's CPU)
+#   BUDGET_S               default 540: wall-clock budget of the whole script; the tests get at
+#                          most TEST_BUDGET_S (default 240) of it, the benchmarks the rest, each
+#                          stage is stopped (timeout) at its share so that the summary and $OUT
+#                          are always written within the budget (a device lease is short)
 #   OUT                    directory that receives the logs and results (flat, <= 8 files)
 # Exit status: 0 when build, tests and benchmarks all passed; the build aborts the script, a
-# test or benchmark failure is recorded and the script goes on, then exits non-zero.
+# test or benchmark failure (or timeout) is recorded and the script goes on, then exits non-zero.
 set -euo pipefail
 
 export PYTHONUNBUFFERED=1
@@ -23,8 +29,16 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export PATH="$CUDA_HOME/bin:$PATH"
 export FORCE_CUDA="${FORCE_CUDA:-1}"
 PY=python3
-PYTEST_ARGS="${PYTEST_ARGS:--q -ra tests}"
-BENCH_ARGS="${BENCH_ARGS:---device all}"
+BUDGET_S="${BUDGET_S:-540}"
+TEST_BUDGET_S="${TEST_BUDGET_S:-240}"
+if [ -z "${PYTEST_ARGS:-}" ]; then
+    PYTEST_ARGS="-q -ra tests"
+    if $PY -c "import xdist" 2>/dev/null; then
+        PYTEST_ARGS="$PYTEST_ARGS -n 8 --dist loadfile"
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+    fi
+fi
+BENCH_ARGS="${BENCH_ARGS:---device cuda}"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."  # repository root, wherever we were called from
 ROOT="$(pwd)"
@@ -41,6 +55,8 @@ BUILD_RC="not run"
 TEST_RC="not run"
 BENCH_RC="not run"
 T0=$(date +%s)
+# seconds left of the budget, minus a margin (timeout -k, summary, copy to $OUT); at least 10
+left() { local l=$(( BUDGET_S - ($(date +%s) - T0) - 30 )); [ "$l" -lt 10 ] && l=10; echo "$l"; }
 
 section() { printf '\n========== %s ==========\n' "$*"; }
 
@@ -123,15 +139,19 @@ if [ "$FORCE_CUDA" = 1 ]; then
 fi
 BUILD_RC="0, $BUILD_HOW"
 
-section "pytest $PYTEST_ARGS"
+T_TEST=$(left); [ "$T_TEST" -gt "$TEST_BUDGET_S" ] && T_TEST=$TEST_BUDGET_S
+section "pytest $PYTEST_ARGS (timeout ${T_TEST} s)"
 TEST_RC=0
 # shellcheck disable=SC2086
-$PY -m pytest $PYTEST_ARGS 2>&1 | tee "$PYTEST_LOG" || TEST_RC=$?
+timeout -k 20 "$T_TEST" $PY -m pytest $PYTEST_ARGS 2>&1 | tee "$PYTEST_LOG" || TEST_RC=$?
+[ "$TEST_RC" = 124 ] && TEST_RC="124 (timed out after ${T_TEST} s)"
 
-section "benchmarks $BENCH_ARGS"
+T_BENCH=$(left)
+section "benchmarks $BENCH_ARGS (timeout ${T_BENCH} s)"
 BENCH_RC=0
 # shellcheck disable=SC2086
-$PY -m benchmarks $BENCH_ARGS 2>&1 | tee "$BENCH_LOG" || BENCH_RC=$?
+timeout -k 20 "$T_BENCH" $PY -m benchmarks $BENCH_ARGS 2>&1 | tee "$BENCH_LOG" || BENCH_RC=$?
+[ "$BENCH_RC" = 124 ] && BENCH_RC="124 (timed out after ${T_BENCH} s)"
 
 if [ "$TEST_RC" != 0 ] || [ "$BENCH_RC" != 0 ]; then
     echo "FAILED: pytest rc=$TEST_RC, benchmarks rc=$BENCH_RC"

@@ -545,6 +545,8 @@ def markdown_report(doc: dict, plots: list | None = None) -> str:
     out = [f"# tood-ext benchmarks: {doc['device_label']} ({doc['date']})", ""]
     if doc["quick"]:
         out += ["**--quick run (tiny sizes, smoke test only; numbers are not meaningful)**", ""]
+    if doc.get("interrupted"):
+        out += [f"**Interrupted run: {doc['interrupted']}**", ""]
     out += [
         "## Machine", "",
         f"- CPU: {m['cpu_model']} ({m['logical_cpus']} logical CPUs; torch threads: "
@@ -594,6 +596,12 @@ def markdown_report(doc: dict, plots: list | None = None) -> str:
     return "\n".join(out)
 
 
+class Interrupted(BaseException):
+    """Raised (by the SIGTERM handler of ``python -m benchmarks``) to end a run early:
+    :func:`run_device` returns the cases measured so far, marked ``interrupted``. A
+    BaseException, so that the per-implementation error handling does not swallow it."""
+
+
 def default_counts(device: str, quick: bool) -> tuple:
     """(repeats, warmup) when neither --repeats/--warmup nor the case say otherwise."""
     if quick:
@@ -620,24 +628,32 @@ def run_device(device: str, cases: list, repeats: int | None, warmup: int | None
               "run: timings will be noisy", flush=True)
     t_start = time.perf_counter()
     results = []
+    interrupted = None
     for i, case in enumerate(cases, 1):
-        reps = repeats if repeats is not None else (case.repeats if case.repeats and not quick
-                                                    else def_rep)
-        wu = warmup if warmup is not None else (case.warmup if case.warmup is not None
-                                                and not quick else def_wu)
-        t0 = time.perf_counter()
-        r = measure_case(case, device, reps, wu, budget=repeats is None)
-        r["wall_s"] = time.perf_counter() - t0
-        results.append(r)
-        parts = []
-        for name, e in r["impls"].items():
-            parts.append(f"{name} " + ("ERROR" if "error" in e else f"{fmt_ms(e['median_ms'])} ms"))
-        parts += [f"{k} {v:.2f}x" for k, v in r.get("ratios", {}).items()]
-        print(f"[{i}/{len(cases)}] {case.name} ({case.passes}, {case.dtype}): "
-              + (r["error"] if "error" in r else ", ".join(parts))
-              + f"  [{r['wall_s']:.1f} s]"
-              + (f" (!) other processes used {100 * r['foreign_cpu_frac']:.0f}% of the CPU"
-                 if _disturbed(r) else ""), flush=True)
+        try:
+            reps = repeats if repeats is not None else (case.repeats if case.repeats and not quick
+                                                        else def_rep)
+            wu = warmup if warmup is not None else (case.warmup if case.warmup is not None
+                                                    and not quick else def_wu)
+            t0 = time.perf_counter()
+            r = measure_case(case, device, reps, wu, budget=repeats is None)
+            r["wall_s"] = time.perf_counter() - t0
+            results.append(r)
+            parts = []
+            for name, e in r["impls"].items():
+                parts.append(f"{name} "
+                             + ("ERROR" if "error" in e else f"{fmt_ms(e['median_ms'])} ms"))
+            parts += [f"{k} {v:.2f}x" for k, v in r.get("ratios", {}).items()]
+            print(f"[{i}/{len(cases)}] {case.name} ({case.passes}, {case.dtype}): "
+                  + (r["error"] if "error" in r else ", ".join(parts))
+                  + f"  [{r['wall_s']:.1f} s]"
+                  + (f" (!) other processes used {100 * r['foreign_cpu_frac']:.0f}% of the CPU"
+                     if _disturbed(r) else ""), flush=True)
+        except Interrupted:
+            interrupted = f"stopped during case {i} of {len(cases)} ({case.name}); " \
+                          f"{len(results)} cases measured"
+            print(f"INTERRUPTED: {interrupted}", flush=True)
+            break
     return {
         "schema": 1,
         "device": device,
@@ -655,6 +671,7 @@ def run_device(device: str, cases: list, repeats: int | None, warmup: int | None
         "foreign_cpu_frac_before": foreign_before,
         "loadavg_after": _loadavg(),
         "machine": machine_info(device),
+        "interrupted": interrupted,
         "cases": results,
     }
 
@@ -669,6 +686,8 @@ def _loadavg() -> list | None:
 def write_report(doc: dict, out_dir: str) -> list:
     os.makedirs(out_dir, exist_ok=True)
     stem = f"{doc['device_label']}-{doc['date']}" + ("-quick" if doc["quick"] else "")
+    if doc.get("interrupted"):
+        stem += "-partial"  # never in place of a complete run's files
     json_path = os.path.join(out_dir, stem + ".json")
     md_path = os.path.join(out_dir, stem + ".md")
     with open(json_path, "w") as f:
@@ -683,5 +702,7 @@ def write_report(doc: dict, out_dir: str) -> list:
 
 
 def has_errors(doc: dict) -> bool:
+    if doc.get("interrupted"):
+        return True
     return any("error" in r or any("error" in e for e in r["impls"].values())
                for r in doc["cases"])

@@ -56,3 +56,39 @@ def test_benchmarks_quick_cpu(tmp_path):
             assert "floor" in case["impls"] and "floor/kernel" in case["ratios"], name
             assert "max_abs_diff_vs_kernel" not in case["impls"]["floor"], name
             assert "max_abs_diff_vs_kernel" in case["impls"]["reference"], name
+
+
+def test_benchmarks_sigterm_writes_the_cases_measured(tmp_path):
+    # a device lease ends runs with `timeout`: what was measured by then must be written
+    import signal
+
+    out_dir = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--out", str(out_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[2/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(lines) + rest
+    assert proc.returncode == 1, log[-4000:]
+    assert "INTERRUPTED" in log, log[-4000:]
+    jsons = glob.glob(str(out_dir / "cpu-*.json"))
+    assert len(jsons) == 1 and jsons[0].endswith("-quick-partial.json"), (jsons, log[-4000:])
+    with open(jsons[0]) as f:
+        doc = json.load(f)
+    assert doc["interrupted"] and "stopped during case" in doc["interrupted"]
+    total = len(_expected_case_names())
+    assert 2 <= len(doc["cases"]) < total
+    assert all("error" not in c and c["impls"]["kernel"]["median_ms"] > 0 for c in doc["cases"])
+    md = jsons[0][: -len(".json")] + ".md"
+    assert "Interrupted run" in open(md).read()
