@@ -17,6 +17,10 @@
 #                          most TEST_BUDGET_S (default 240) of it, the benchmarks the rest, each
 #                          stage is stopped (timeout) at its share so that the summary and $OUT
 #                          are always written within the budget (a device lease is short)
+#   WHEELS_DIR             default .device-wheels: *.whl there are pip-installed first (no
+#                          deps, no index; failures tolerated), e.g. the ultralytics wheel
+#                          for the peer columns (`pip download --no-deps -d .device-wheels
+#                          ultralytics==8.4.190` on a machine with an index, then carry it)
 #   OUT                    directory that receives the logs and results (flat, <= 8 files)
 # Exit status: 0 when build, tests and benchmarks all passed; the build aborts the script, a
 # test or benchmark failure (or timeout) is recorded and the script goes on, then exits non-zero.
@@ -121,6 +125,13 @@ for mod in ("torchvision", "pytest", "numpy", "setuptools", "ninja", "pip"):
     except Exception as exc:
         print(f"{mod}: NOT AVAILABLE ({exc})")
 EOF
+
+WHEELS_DIR="${WHEELS_DIR:-.device-wheels}"
+if compgen -G "$WHEELS_DIR/*.whl" > /dev/null; then
+    section "optional wheels from $WHEELS_DIR"
+    $PY -m pip install --no-deps --no-index "$WHEELS_DIR"/*.whl \
+        || echo "NOTE: wheels from $WHEELS_DIR not installed; the tests/columns needing them skip"
+fi
 
 section "build (FORCE_CUDA=$FORCE_CUDA TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<visible GPU>})"
 BUILD_RC=running

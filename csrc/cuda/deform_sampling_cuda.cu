@@ -2,12 +2,17 @@
 // the one of csrc/deform/deform_sampling_utils.h, shared with the CPU kernels.
 //
 // Design:
-// * forward: a gather, one thread per output element (b, c, i, j), grid-stride
+// * forward: a gather. One thread per pixel (b, g, i, j) and chunk of up to
+//   kChannelsPerThread channels of the group: the corners (offset reads,
+//   floor, weights, and the index arithmetic) are computed once and serve the
+//   chunk's channels, whose loads are independent and in flight together;
+//   consecutive threads take consecutive pixels (coalesced stores). Grid-stride
 //   loops, 32-bit indexing unless the sizes need 64-bit. Deterministic.
 // * grad_offset / grad_mask: a gather, one thread per (b, g, i, j) that sums
 //   over the group's channels in channel order. Deterministic.
-// * grad_input: a scatter, one thread per element of the upstream gradient
-//   adding into the (up to) four corners with gpuAtomicAdd. Atomics make the
+// * grad_input: a scatter, threads as in the forward, each adding the upstream
+//   gradient of its chunk's channels into their (up to) four corners with
+//   gpuAtomicAdd. Atomics make the
 //   order of the additions, hence the last bits, vary from run to run: the op
 //   reports itself to at::globalContext().alertNotDeterministic, which raises
 //   under torch.use_deterministic_algorithms(True) (warns with warn_only).
@@ -34,17 +39,48 @@ namespace deform {
 namespace {
 
 // Sizes of one call as the kernels' index type.
+// Cpt: channels per thread of the forward / grad_input kernels (a chunk);
+// chunks = ceil(Cg / Cpt) chunks per group.
 template <typename index_t>
 struct Dims {
-  index_t B, C, G, Cg, H, W, HW;
+  index_t B, C, G, Cg, H, W, HW, Cpt, chunks;
 };
+
+constexpr int64_t kChannelsPerThread = 8;
 
 template <typename index_t>
 Dims<index_t> make_dims(const DeformShape& s) {
+  const int64_t cg = s.channels_per_group();
+  const int64_t cpt = std::max<int64_t>(1, std::min(cg, kChannelsPerThread));
   return {static_cast<index_t>(s.batch), static_cast<index_t>(s.channels),
-          static_cast<index_t>(s.groups), static_cast<index_t>(s.channels_per_group()),
+          static_cast<index_t>(s.groups), static_cast<index_t>(cg),
           static_cast<index_t>(s.height), static_cast<index_t>(s.width),
-          static_cast<index_t>(s.plane())};
+          static_cast<index_t>(s.plane()), static_cast<index_t>(cpt),
+          static_cast<index_t>((cg + cpt - 1) / cpt)};
+}
+
+// Threads of the forward / grad_input kernels: one per (b, g, chunk, pixel).
+inline int64_t chunk_units(const DeformShape& s) {
+  const int64_t cg = s.channels_per_group();
+  const int64_t cpt = std::max<int64_t>(1, std::min(cg, kChannelsPerThread));
+  return s.batch * s.groups * ((cg + cpt - 1) / cpt) * s.plane();
+}
+
+// Unit u = ((b * G + g) * chunks + chunk) * HW + p: its offset block bg, pixel
+// p and first plane (b, g * Cg + chunk * Cpt), and the chunk's channel count.
+template <typename index_t>
+struct ChunkUnit {
+  index_t bg, p, plane, n;
+};
+
+template <typename index_t>
+__device__ __forceinline__ ChunkUnit<index_t> chunk_unit(index_t u, const Dims<index_t>& d) {
+  const index_t rest = u / d.HW, p = u - rest * d.HW;
+  const index_t bg = rest / d.chunks, chunk = rest - bg * d.chunks;
+  const index_t b = bg / d.G, g = bg - b * d.G;
+  const index_t c0 = chunk * d.Cpt;
+  const index_t n = d.Cg - c0 < d.Cpt ? d.Cg - c0 : d.Cpt;
+  return {bg, p, (b * d.C + g * d.Cg + c0) * d.HW, n};
 }
 
 // Corners of pixel p of offset block bg = b * G + g.
@@ -64,20 +100,24 @@ template <typename scalar_t, typename index_t>
 __global__ void deform_sampling_forward_kernel(const scalar_t* __restrict__ input,
                                                const scalar_t* __restrict__ offset,
                                                const scalar_t* __restrict__ mask,
-                                               scalar_t* __restrict__ out, index_t total,
+                                               scalar_t* __restrict__ out, index_t units,
                                                Dims<index_t> d) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (index_t idx = global_thread<index_t>(); idx < total; idx += grid_stride<index_t>()) {
-    const index_t bc = idx / d.HW, p = idx - bc * d.HW;
-    const index_t b = bc / d.C, c = bc - b * d.C;
-    const index_t bg = b * d.G + c / d.Cg;
+  for (index_t u = global_thread<index_t>(); u < units; u += grid_stride<index_t>()) {
+    const ChunkUnit<index_t> t = chunk_unit(u, d);
     BilinearCorners<acc_t, index_t> cn;
-    pixel_corners<scalar_t>(offset, bg, p, d, cn);
-    acc_t v[4];
-    load_corners(input + bc * d.HW, cn, v);
-    acc_t value = bilinear_value(cn, v);
-    if (mask) value *= static_cast<acc_t>(mask[bg * d.HW + p]);
-    out[idx] = static_cast<scalar_t>(value);
+    pixel_corners<scalar_t>(offset, t.bg, t.p, d, cn);
+    const acc_t mv = mask ? static_cast<acc_t>(mask[t.bg * d.HW + t.p]) : acc_t(1);
+    // unrolled: the loads of several channels are issued before the first store
+#pragma unroll 4
+    for (index_t k = 0; k < t.n; ++k) {
+      const index_t plane = t.plane + k * d.HW;
+      acc_t v[4];
+      load_corners(input + plane, cn, v);
+      acc_t value = bilinear_value(cn, v);
+      if (mask) value *= mv;
+      out[plane + t.p] = static_cast<scalar_t>(value);
+    }
   }
 }
 
@@ -90,19 +130,22 @@ __global__ void deform_sampling_grad_input_kernel(const scalar_t* __restrict__ g
                                                   const scalar_t* __restrict__ offset,
                                                   const scalar_t* __restrict__ mask,
                                                   at::opmath_type<scalar_t>* __restrict__ grad_input,
-                                                  index_t total, Dims<index_t> d) {
+                                                  index_t units, Dims<index_t> d) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (index_t idx = global_thread<index_t>(); idx < total; idx += grid_stride<index_t>()) {
-    const index_t bc = idx / d.HW, p = idx - bc * d.HW;
-    const index_t b = bc / d.C, c = bc - b * d.C;
-    const index_t bg = b * d.G + c / d.Cg;
-    acc_t g = static_cast<acc_t>(grad[idx]);
-    if (mask) g *= static_cast<acc_t>(mask[bg * d.HW + p]);
-    if (g == acc_t(0)) continue;  // nothing to add (a NaN gradient still goes through)
+  for (index_t u = global_thread<index_t>(); u < units; u += grid_stride<index_t>()) {
+    const ChunkUnit<index_t> t = chunk_unit(u, d);
     BilinearCorners<acc_t, index_t> cn;
-    pixel_corners<scalar_t>(offset, bg, p, d, cn);
-    acc_t* plane = grad_input + bc * d.HW;
-    scatter_corners(cn, g, [plane](index_t off, acc_t add) { gpuAtomicAdd(plane + off, add); });
+    pixel_corners<scalar_t>(offset, t.bg, t.p, d, cn);
+    const acc_t mv = mask ? static_cast<acc_t>(mask[t.bg * d.HW + t.p]) : acc_t(1);
+#pragma unroll 4
+    for (index_t k = 0; k < t.n; ++k) {
+      const index_t plane = t.plane + k * d.HW;
+      acc_t g = static_cast<acc_t>(grad[plane + t.p]);
+      if (mask) g *= mv;
+      if (g == acc_t(0)) continue;  // nothing to add (a NaN gradient still goes through)
+      acc_t* gin = grad_input + plane;
+      scatter_corners(cn, g, [gin](index_t off, acc_t add) { gpuAtomicAdd(gin + off, add); });
+    }
   }
 }
 
@@ -158,11 +201,11 @@ at::Tensor deform_sampling_cuda(const at::Tensor& input, const at::Tensor& offse
                                   "deform_sampling_cuda", [&] {
     with_index_type(max_index_of(in, off, m), [&](auto index_c) {
       using index_t = decltype(index_c);
-      const int64_t total = out.numel();
-      deform_sampling_forward_kernel<scalar_t, index_t><<<num_blocks(total), kThreads, 0, stream>>>(
+      const int64_t units = chunk_units(s);
+      deform_sampling_forward_kernel<scalar_t, index_t><<<num_blocks(units), kThreads, 0, stream>>>(
           in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
           m.defined() ? m.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-          static_cast<index_t>(total), make_dims<index_t>(s));
+          static_cast<index_t>(units), make_dims<index_t>(s));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -197,11 +240,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
       using index_t = decltype(index_c);
       const Dims<index_t> d = make_dims<index_t>(s);
       const scalar_t* pm = with_mask ? m.const_data_ptr<scalar_t>() : nullptr;
-      const int64_t total = in.numel();
+      const int64_t units = chunk_units(s);
       deform_sampling_grad_input_kernel<scalar_t, index_t>
-          <<<num_blocks(total), kThreads, 0, stream>>>(
+          <<<num_blocks(units), kThreads, 0, stream>>>(
               g.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(), pm,
-              grad_input_acc.mutable_data_ptr<acc_t>(), static_cast<index_t>(total), d);
+              grad_input_acc.mutable_data_ptr<acc_t>(), static_cast<index_t>(units), d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int64_t pixels = s.batch * s.groups * s.plane();
       if (pixels == 0) return;
