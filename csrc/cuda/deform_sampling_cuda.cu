@@ -61,9 +61,8 @@ Dims<index_t> make_dims(const DeformShape& s) {
 
 // Threads of the forward / grad_input kernels: one per (b, g, chunk, pixel).
 inline int64_t chunk_units(const DeformShape& s) {
-  const int64_t cg = s.channels_per_group();
-  const int64_t cpt = std::max<int64_t>(1, std::min(cg, kChannelsPerThread));
-  return s.batch * s.groups * ((cg + cpt - 1) / cpt) * s.plane();
+  const Dims<int64_t> d = make_dims<int64_t>(s);
+  return d.B * d.G * d.chunks * d.HW;
 }
 
 // Unit u = ((b * G + g) * chunks + chunk) * HW + p: its offset block bg, pixel
