@@ -164,7 +164,8 @@ class TilePlan {
   explicit TilePlan(int64_t len)
       : base_(len), ly_(len), lx_(len), w_(4 * len), inner_(len), edge_q_(len), edge_(len) {}
 
-  template <typename scalar_t>
+  // kWeights: also the corner weights (weights(), for the grad_input scatter)
+  template <bool kWeights, typename scalar_t>
   [[gnu::always_inline]] void fill(const DeformArgs<scalar_t>& a, int64_t bg, int64_t p0,
                                    int64_t p1) {
     n_ = p1 - p0;
@@ -196,9 +197,11 @@ class TilePlan {
         base[q] = in ? y0 * W + x0 : index_t(0);
         ly[q] = in ? fy : acc_t(0);
         lx[q] = in ? fx : acc_t(0);
-        acc_t w[4];
-        bilinear_weights(ly[q], lx[q], w);
-        for (int k = 0; k < 4; ++k) wq[4 * q + k] = w[k];
+        if (kWeights) {
+          acc_t w[4];
+          bilinear_weights(ly[q], lx[q], w);
+          for (int k = 0; k < 4; ++k) wq[4 * q + k] = w[k];
+        }
         inner[q] = in;
       }
       p = row + j1;
@@ -318,7 +321,7 @@ void forward_cpu_kernel(const DeformArgs<scalar_t>& a, scalar_t* out) {
       const int64_t bg = u / tiles, b = bg / a.G, g = bg - b * a.G;
       const int64_t p0 = (u - bg * tiles) * kTile, p1 = std::min(p0 + kTile, a.HW);
       with_cpu_isa([&]() TOOD_INLINE_BODY {
-        plan.fill(a, bg, p0, p1);
+        plan.template fill<false>(a, bg, p0, p1);
         const scalar_t* m = a.mask ? a.mask + bg * a.HW + p0 : nullptr;
         for (int64_t c = 0; c < a.Cg; ++c) {
           const int64_t plane = (b * a.C + g * a.Cg + c) * a.HW;
@@ -474,7 +477,7 @@ template <bool kInput, bool kPosition, typename scalar_t, typename acc_t, typena
   const int64_t b = bg / a.G, g = bg - b * a.G, n = p1 - p0;
   const index_t W = static_cast<index_t>(a.W);
   TilePlan<acc_t, index_t>& plan = scratch.plan;
-  plan.fill(a, bg, p0, p1);
+  plan.template fill<kInput>(a, bg, p0, p1);
   const scalar_t* m = a.mask ? a.mask + bg * a.HW + p0 : nullptr;
   acc_t* acc_y = scratch.acc.data();
   acc_t* acc_x = acc_y + n;
