@@ -113,7 +113,7 @@ inline void with_cpu_isa(Fn&& fn) {
   fn();
 }
 
-constexpr int64_t kTile = 16384;  // pixels per corner table (~210 KiB for float32)
+constexpr int64_t kTile = 16384;  // pixels per tile plan (dense arrays ~460 KiB for float32)
 constexpr int64_t kHaloRows = 2;       // rows around a tile prefetched before its sweep
 constexpr int64_t kScatterStreams = 4;  // interleaved pixel ranges of a grad_input scatter
 

@@ -77,8 +77,8 @@ def deform_sampling(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
     inputs); the backward allocates the three gradients (input-, offset- and mask-sized),
     plus, on CUDA for float16/bfloat16, a float32 grad_input accumulation buffer (cast at
     the end), plus a contiguous copy of any non-contiguous argument. The CPU kernels also
-    keep a per-thread tile plan outside the tensor allocator: about 75 bytes per pixel of a
-    tile of at most 16384 pixels (about 1.2 MiB per thread for float32, twice that for
+    keep a per-thread tile plan outside the tensor allocator: about 90 bytes per pixel of a
+    tile of at most 16384 pixels (about 1.5 MiB per thread for float32, nearly twice that for
     float64), whatever the size of the input (``tests/test_memory.py`` checks the tensors).
     """
     _check_groups(offset, groups)
