@@ -152,6 +152,8 @@ template <bool kWrite = false, typename scalar_t>
 // pixels q (structure of arrays, so that the channel sweeps vectorise):
 //   base[q]   y0 * W + x0, the plane offset of corner (y0, x0);
 //   ly[q], lx[q]  the fractional parts;
+//   w[4 q .. 4 q + 3]  the four corner weights (filled when the grad_input
+//             scatter will use them: fill<true>);
 //   inner[q]  1 when all four corners are inside the plane.
 // For an "edge" pixel (inner[q] = 0: a corner outside the map, the sample
 // outside it, or a NaN position) base/ly/lx are 0, so that the dense sweeps
