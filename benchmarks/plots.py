@@ -73,7 +73,9 @@ def _plot_speedup(plt, doc: dict, path: str) -> bool:
     for k, impl in enumerate(impls):
         ys = [i + (k - (len(impls) - 1) / 2) * h for i in range(len(names))]
         vals = [v if v is not None else 0 for v in series[impl]]
-        label = f"{impl} / kernel" + (" (memory floor: < 1 is time left)" if impl == "floor" else "")
+        label = f"{impl} / kernel"
+        if impl == "floor":
+            label += " (memory floor: < 1 is time left)"
         ax.barh(ys, vals, height=h, label=label)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xscale("log")

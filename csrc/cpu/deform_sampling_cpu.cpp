@@ -117,7 +117,8 @@ constexpr int64_t kTile = 16384;  // pixels per tile plan (dense arrays ~460 KiB
 constexpr int64_t kHaloRows = 2;       // rows around a tile prefetched before its sweep
 constexpr int64_t kScatterStreams = 4;  // interleaved pixel ranges of a grad_input scatter
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// always_inline: also called inside the ISA clones (input_grad_tile)
+[[gnu::always_inline]] inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Everything a kernel needs about one call; pointers to contiguous tensors.
 template <typename scalar_t>
@@ -445,7 +446,7 @@ template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
       add_pair(gin + o + W, d[2], d[3]);
     };
     constexpr int64_t S = kScatterStreams;
-    const int64_t len = (n + S - 1) / S;  // pixels per range (the last ones may have fewer)
+    const int64_t len = ceil_div(n, S);  // pixels per range (the last ones may have fewer)
     const int64_t full = n - (S - 1) * len;  // steps in which every range has a pixel
     int64_t k = 0;
     for (; k < full; ++k) {

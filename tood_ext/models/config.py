@@ -38,7 +38,8 @@ class TOODConfig:
             0.001; 0.0 makes the initial offsets exactly zero).
         cls_prior, m_prior: prior probabilities of the biases of P's conv and of the
             alignment map M's last conv (mmdetection: 0.01 both; see TOODHead for why
-            ``cls_prior=2e-4, m_prior=0.5`` trains better from scratch at small scale; unused by ``head="atss"``).
+            ``cls_prior=2e-4, m_prior=0.5`` trains better from scratch at small scale;
+            unused by ``head="atss"``).
         ops: ``"kernel"`` (our compiled ops) or ``"reference"`` (their pure-PyTorch twins).
 
     Training:
