@@ -1,4 +1,4 @@
-// The one registration file of tood_ext: every op schema, once.
+// The registration file of tood_ext: every op schema (schemas.h), once.
 //
 // Backends add their kernels with TORCH_LIBRARY_IMPL in their own files
 // (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake (meta) kernels and autograd are
@@ -10,6 +10,8 @@
 #include <torch/library.h>
 
 #include <string>
+
+#include "schemas.h"
 
 #ifdef TOOD_EXT_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -38,31 +40,7 @@ std::string cuda_archs() { return TOOD_EXT_CUDA_ARCHS; }
 }  // namespace
 
 TORCH_LIBRARY(tood_ext, m) {
-  // --- box metrics (csrc/box_ops) ---
-  m.def("box_iou(Tensor boxes1, Tensor boxes2, str mode=\"iou\", bool aligned=False, "
-        "float eps=1e-07) -> Tensor");
-  m.def("_box_iou_backward(Tensor grad, Tensor boxes1, Tensor boxes2, str mode, bool aligned, "
-        "float eps) -> (Tensor, Tensor)");
-  m.def("iou_loss(Tensor pred, Tensor target, Tensor? weight=None, str mode=\"giou\", "
-        "float eps=1e-07) -> Tensor");
-  m.def("_iou_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str mode, "
-        "float eps) -> (Tensor, Tensor, Tensor)");
-  m.def("alignment_metric(Tensor pred_scores, Tensor pred_boxes, Tensor anchor_points, "
-        "Tensor gt_labels, Tensor gt_boxes, Tensor gt_mask, float alpha=1.0, float beta=6.0, "
-        "str iou_mode=\"iou\", float inside_eps=0.01, float eps=1e-07) "
-        "-> (Tensor, Tensor, Tensor)");
-  // --- deformable sampling (csrc/deform) ---
-  m.def("deform_sampling(Tensor input, Tensor offset, Tensor? mask=None) -> Tensor");
-  m.def("_deform_sampling_backward(Tensor grad, Tensor input, Tensor offset, Tensor? mask) "
-        "-> (Tensor, Tensor, Tensor)");
-  // --- task-aligned assignment (csrc/tal) ---
-  m.def("task_aligned_assign(Tensor pred_scores, Tensor pred_boxes, Tensor anchor_points, "
-        "Tensor gt_labels, Tensor gt_boxes, Tensor gt_mask, int topk=13, float alpha=1.0, "
-        "float beta=6.0, str candidates=\"topk_then_inside\", str iou_mode=\"iou\", "
-        "float inside_eps=0.01, float norm_eps=1e-07, str conflict=\"candidates\", "
-        "float min_inside_size=0.0) "
-        "-> (Tensor assigned_gt, Tensor fg_mask, Tensor labels, Tensor boxes, Tensor iou, "
-        "Tensor metric, Tensor soft_target)");
+  define_op_schemas(m);
   // --- build information ---
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_cuda_archs() -> str", &cuda_archs);

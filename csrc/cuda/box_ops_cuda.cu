@@ -14,9 +14,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -79,9 +76,9 @@ void launch_pair_values(const scalar_t* a, const scalar_t* b, const scalar_t* w,
                         scalar_t* out, int64_t n, double eps, cudaStream_t stream) {
   with_index_type(4 * n, [&](auto index_c) {
     using index_t = decltype(index_c);
-    pair_values_kernel<scalar_t, kMode, index_t><<<num_blocks(n), kThreads, 0, stream>>>(
-        a, b, w, is_loss, out, static_cast<index_t>(n), static_cast<at::opmath_type<scalar_t>>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(pair_values_kernel<scalar_t, kMode, index_t>, num_blocks(n), kThreads, stream, a,
+                  b, w, is_loss, out, static_cast<index_t>(n),
+                  static_cast<at::opmath_type<scalar_t>>(eps));
   });
 }
 
@@ -92,10 +89,9 @@ void launch_pair_values_backward(const scalar_t* grad, int64_t gstride, const sc
                                  double eps, cudaStream_t stream) {
   with_index_type(4 * n, [&](auto index_c) {
     using index_t = decltype(index_c);
-    pair_values_backward_kernel<scalar_t, kMode, index_t><<<num_blocks(n), kThreads, 0, stream>>>(
-        grad, static_cast<index_t>(gstride), a, b, w, is_loss, grad_a, grad_b, grad_w,
-        static_cast<index_t>(n), static_cast<at::opmath_type<scalar_t>>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(pair_values_backward_kernel<scalar_t, kMode, index_t>, num_blocks(n), kThreads,
+                  stream, grad, static_cast<index_t>(gstride), a, b, w, is_loss, grad_a, grad_b,
+                  grad_w, static_cast<index_t>(n), static_cast<at::opmath_type<scalar_t>>(eps));
   });
 }
 
@@ -204,11 +200,11 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
                         bool aligned, double eps) {
   const auto shape = check_box_iou_args(boxes1, boxes2, aligned);
   const IoUMode md = parse_iou_mode(mode);
-  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const DeviceGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   at::Tensor out = at::empty(shape.out_sizes, b1.options());
   if (out.numel() == 0) return out;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cuda", [&] {
     const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
     const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
@@ -223,10 +219,10 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
       const int64_t max_index = std::max({total, 4 * b1.numel(), 4 * b2.numel()});
       with_index_type(max_index, [&](auto index_c) {
         using index_t = decltype(index_c);
-        box_iou_pairwise_kernel<scalar_t, kMode, index_t><<<num_blocks(total), kThreads, 0, stream>>>(
-            p1, p2, po, static_cast<index_t>(shape.n), static_cast<index_t>(shape.m),
-            static_cast<index_t>(total), static_cast<at::opmath_type<scalar_t>>(eps));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_kernel(box_iou_pairwise_kernel<scalar_t, kMode, index_t>, num_blocks(total),
+                      kThreads, stream, p1, p2, po, static_cast<index_t>(shape.n),
+                      static_cast<index_t>(shape.m), static_cast<index_t>(total),
+                      static_cast<at::opmath_type<scalar_t>>(eps));
       });
     });
   });
@@ -244,14 +240,14 @@ std::tuple<at::Tensor, at::Tensor> box_iou_backward_cuda(const at::Tensor& grad,
               "box_iou's output ", at::IntArrayRef(shape.out_sizes), ", got ", grad.sizes());
   check_same_dtype(grad, boxes1, "grad", "boxes1");
   check_same_device(grad, boxes1, "grad", "boxes1");
-  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const DeviceGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   at::Tensor g1 = at::zeros_like(b1), g2 = at::zeros_like(b2);
   if (grad.numel() == 0) return {g1, g2};
   at::Tensor g;
   int64_t gstride;
   std::tie(g, gstride) = grad_with_stride(grad);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(),
                                   "box_iou_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -272,18 +268,15 @@ std::tuple<at::Tensor, at::Tensor> box_iou_backward_cuda(const at::Tensor& grad,
       with_index_type(max_index, [&](auto index_c) {
         using index_t = decltype(index_c);
         const int warps_per_block = kThreads / 32;
-        box_iou_backward_rows_kernel<scalar_t, kMode, index_t>
-            <<<num_blocks(rows, warps_per_block), kThreads, 0, stream>>>(
-                pg, static_cast<index_t>(gstride), p1, p2, pg1, static_cast<index_t>(rows),
-                static_cast<index_t>(shape.n), static_cast<index_t>(shape.m), acc_t(eps));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_kernel(box_iou_backward_rows_kernel<scalar_t, kMode, index_t>,
+                      num_blocks(rows, warps_per_block), kThreads, stream, pg,
+                      static_cast<index_t>(gstride), p1, p2, pg1, static_cast<index_t>(rows),
+                      static_cast<index_t>(shape.n), static_cast<index_t>(shape.m), acc_t(eps));
         const int64_t tiles = shape.batch * ((shape.m + kColTile - 1) / kColTile);
-        box_iou_backward_cols_kernel<scalar_t, kMode, index_t>
-            <<<num_blocks(tiles, 1), dim3(kColTile, kColRows), 0, stream>>>(
-                pg, static_cast<index_t>(gstride), p1, p2, pg2,
-                static_cast<index_t>(shape.batch), static_cast<index_t>(shape.n),
-                static_cast<index_t>(shape.m), acc_t(eps));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_kernel(box_iou_backward_cols_kernel<scalar_t, kMode, index_t>, num_blocks(tiles, 1),
+                      dim3(kColTile, kColRows), stream, pg, static_cast<index_t>(gstride), p1, p2,
+                      pg2, static_cast<index_t>(shape.batch), static_cast<index_t>(shape.n),
+                      static_cast<index_t>(shape.m), acc_t(eps));
       });
     });
   });
@@ -297,13 +290,13 @@ at::Tensor iou_loss_cuda(const at::Tensor& pred, const at::Tensor& target,
                          double eps) {
   check_iou_loss_args(pred, target, weight);
   const IoUMode md = parse_iou_mode(mode);
-  const c10::cuda::CUDAGuard guard(pred.device());
+  const DeviceGuard guard(pred.device());
   const at::Tensor p = pred.contiguous(), t = target.contiguous();
   const bool has_w = weight.has_value() && weight->defined();
   const at::Tensor w = has_w ? weight->contiguous() : at::Tensor();
   at::Tensor out = at::empty(pred.sizes().slice(0, pred.dim() - 1), p.options());
   if (out.numel() == 0) return out;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "iou_loss_cuda", [&] {
     dispatch_iou_mode(md, [&](auto mode_c) {
       launch_pair_values<scalar_t, decltype(mode_c)::value>(
@@ -324,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_loss_backward_cuda(
   TORCH_CHECK(grad.sizes() == loss_sizes, "grad must have the shape of the unreduced loss ",
               loss_sizes, ", got ", grad.sizes());
   check_same_device(grad, pred, "grad", "pred");
-  const c10::cuda::CUDAGuard guard(pred.device());
+  const DeviceGuard guard(pred.device());
   const at::Tensor p = pred.contiguous(), t = target.contiguous();
   const bool has_w = weight.has_value() && weight->defined();
   const at::Tensor w = has_w ? weight->contiguous() : at::Tensor();
@@ -333,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_loss_backward_cuda(
   at::Tensor g;
   int64_t gstride;
   std::tie(g, gstride) = grad_with_stride(grad);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(),
                                   "iou_loss_backward_cuda", [&] {
     dispatch_iou_mode(md, [&](auto mode_c) {
@@ -398,7 +391,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
   const auto s = check_alignment_metric_args(pred_scores, pred_boxes, anchor_points, gt_labels,
                                              gt_boxes, gt_mask);
   const IoUMode md = parse_iou_mode(iou_mode, "iou_mode");
-  const c10::cuda::CUDAGuard guard(pred_scores.device());
+  const DeviceGuard guard(pred_scores.device());
   check_label_values(gt_labels, gt_mask, s.num_classes);
   const auto opts = pred_scores.options();
   at::Tensor metric = at::empty({s.batch, s.num_gts, s.num_anchors}, opts);
@@ -409,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
                    ap = anchor_points.contiguous(), gl = gt_labels.contiguous(),
                    gb = gt_boxes.contiguous(), gm = gt_mask.contiguous();
   const int64_t rows = s.batch * s.num_gts;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(),
                                   "alignment_metric_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -420,16 +413,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
       with_index_type(max_index, [&](auto index_c) {
         using index_t = decltype(index_c);
         const dim3 grid(static_cast<unsigned>(num_blocks(s.num_anchors)),
-                        static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-        alignment_metric_kernel<scalar_t, kMode, index_t><<<grid, kThreads, 0, stream>>>(
-            sc.const_data_ptr<scalar_t>(), pb.const_data_ptr<scalar_t>(),
-            ap.const_data_ptr<scalar_t>(), gl.const_data_ptr<int64_t>(),
-            gb.const_data_ptr<scalar_t>(), gm.const_data_ptr<bool>(),
-            metric.mutable_data_ptr<scalar_t>(), overlaps.mutable_data_ptr<scalar_t>(),
-            inside.mutable_data_ptr<bool>(), static_cast<index_t>(rows),
-            static_cast<index_t>(s.num_gts), static_cast<index_t>(s.num_anchors),
-            static_cast<index_t>(s.num_classes), expo, acc_t(inside_eps), acc_t(eps));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+                        static_cast<unsigned>(std::min<int64_t>(rows, max_blocks(65535))));
+        launch_kernel(alignment_metric_kernel<scalar_t, kMode, index_t>, grid, kThreads, stream,
+                      sc.const_data_ptr<scalar_t>(), pb.const_data_ptr<scalar_t>(),
+                      ap.const_data_ptr<scalar_t>(), gl.const_data_ptr<int64_t>(),
+                      gb.const_data_ptr<scalar_t>(), gm.const_data_ptr<bool>(),
+                      metric.mutable_data_ptr<scalar_t>(), overlaps.mutable_data_ptr<scalar_t>(),
+                      inside.mutable_data_ptr<bool>(), static_cast<index_t>(rows),
+                      static_cast<index_t>(s.num_gts), static_cast<index_t>(s.num_anchors),
+                      static_cast<index_t>(s.num_classes), expo, acc_t(inside_eps), acc_t(eps));
       });
     });
   });
@@ -438,7 +430,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tood_ext, CUDA, m) {
+TOOD_EXT_CUDA_IMPL(m) {
   m.impl("box_iou", &box_iou_cuda);
   m.impl("_box_iou_backward", &box_iou_backward_cuda);
   m.impl("iou_loss", &iou_loss_cuda);

@@ -1,22 +1,80 @@
 // Launch helpers shared by the CUDA kernels of tood_ext (csrc/cuda/*.cu):
-// block size, grid size for grid-stride loops, and 32/64-bit index selection.
+// block size, grid size for grid-stride loops, 32/64-bit index selection, and
+// the few points where the glue touches the CUDA runtime (device guard,
+// stream, launch, registration). With -DTOOD_CUDA_EMU those points go to the
+// CPU emulator of csrc/tools/cuda_emu.h instead, so that the same .cu files
+// run, unchanged, where there is no GPU (tests/test_cuda_emu.py).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <utility>
+
+#include <torch/library.h>
+
+#ifdef TOOD_CUDA_EMU
+#include "../tools/cuda_emu.h"
+#else
+#include <ATen/cuda/Atomic.cuh>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include "../host_utils.h"  // with_index_type
 
+// TOOD_EXT_CUDA_IMPL(m) { m.impl(...); }: the CUDA kernels' registration
+// (with the emulator: the CPU kernels of the test library tood_ext_emu).
+#ifdef TOOD_CUDA_EMU
+#define TOOD_EXT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(tood_ext_emu, CPU, m)
+#else
+#define TOOD_EXT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(tood_ext, CUDA, m)
+#endif
+
 namespace tood_ext {
+
+// The device guard and current stream of a launch.
+#ifdef TOOD_CUDA_EMU
+struct DeviceGuard {
+  explicit DeviceGuard(const c10::Device&) {}
+};
+inline cudaStream_t current_stream() { return nullptr; }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
+#endif
+
+// kernel<<<grid, block, 0, stream>>>(args...), checked.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                   Args&&... args) {
+#ifdef TOOD_CUDA_EMU
+  (void)stream;
+  emu::launch(kernel, grid, block, std::forward<Args>(args)...);
+#else
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
-// Blocks of `threads` for `work` items, capped at kMaxBlocks (the kernels
+// The most blocks of a grid-stride launch. Under the emulator a test can lower
+// it (emu::grid_cap) so that every grid-stride loop takes several turns at
+// test sizes, as it does on a GPU only at sizes far beyond them.
+inline int64_t max_blocks(int64_t limit = kMaxBlocks) {
+#ifdef TOOD_CUDA_EMU
+  if (emu::grid_cap() > 0) return std::min(limit, emu::grid_cap());
+#endif
+  return limit;
+}
+
+// Blocks of `threads` for `work` items, capped at max_blocks() (the kernels
 // grid-stride over the rest).
 inline int64_t num_blocks(int64_t work, int threads = kThreads) {
-  return std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, kMaxBlocks));
+  return std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, max_blocks()));
 }
 
 template <typename index_t>

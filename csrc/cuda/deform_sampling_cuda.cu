@@ -22,10 +22,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -190,22 +186,22 @@ int64_t max_index_of(const at::Tensor& in, const at::Tensor& off, const at::Tens
 at::Tensor deform_sampling_cuda(const at::Tensor& input, const at::Tensor& offset,
                                 const c10::optional<at::Tensor>& mask) {
   const DeformShape s = check_deform_sampling_args(input, offset, mask);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::Tensor in = input.contiguous(), off = offset.contiguous();
   const at::Tensor m = has_mask(mask) ? mask->contiguous() : at::Tensor();
   at::Tensor out = at::empty(in.sizes(), in.options());
   if (out.numel() == 0) return out;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(),
                                   "deform_sampling_cuda", [&] {
     with_index_type(max_index_of(in, off, m), [&](auto index_c) {
       using index_t = decltype(index_c);
       const int64_t units = chunk_units(s);
-      deform_sampling_forward_kernel<scalar_t, index_t><<<num_blocks(units), kThreads, 0, stream>>>(
-          in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
-          m.defined() ? m.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-          static_cast<index_t>(units), make_dims<index_t>(s));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(deform_sampling_forward_kernel<scalar_t, index_t>, num_blocks(units), kThreads,
+                    stream, in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
+                    m.defined() ? m.const_data_ptr<scalar_t>() : nullptr,
+                    out.mutable_data_ptr<scalar_t>(), static_cast<index_t>(units),
+                    make_dims<index_t>(s));
     });
   });
   return out;
@@ -218,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
   check_grad(grad, input);
   at::globalContext().alertNotDeterministic(
       "tood_ext::deform_sampling backward (grad of input) on CUDA");
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::Tensor in = input.contiguous(), off = offset.contiguous();
   const bool with_mask = has_mask(mask);
   const at::Tensor m = with_mask ? mask->contiguous() : at::Tensor();
@@ -231,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
                                    : at::zeros({0}, in.options());
   if (in.numel() == 0) return {grad_input_acc.to(in.scalar_type()), grad_offset, grad_mask};
   const at::Tensor g = grad.contiguous();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(),
                                   "deform_sampling_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -240,20 +236,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
       const Dims<index_t> d = make_dims<index_t>(s);
       const scalar_t* pm = with_mask ? m.const_data_ptr<scalar_t>() : nullptr;
       const int64_t units = chunk_units(s);
-      deform_sampling_grad_input_kernel<scalar_t, index_t>
-          <<<num_blocks(units), kThreads, 0, stream>>>(
-              g.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(), pm,
-              grad_input_acc.mutable_data_ptr<acc_t>(), static_cast<index_t>(units), d);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(deform_sampling_grad_input_kernel<scalar_t, index_t>, num_blocks(units),
+                    kThreads, stream, g.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
+                    pm, grad_input_acc.mutable_data_ptr<acc_t>(), static_cast<index_t>(units), d);
       const int64_t pixels = s.batch * s.groups * s.plane();
       if (pixels == 0) return;
-      deform_sampling_grad_position_kernel<scalar_t, index_t>
-          <<<num_blocks(pixels), kThreads, 0, stream>>>(
-              g.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
-              off.const_data_ptr<scalar_t>(), pm, grad_offset.mutable_data_ptr<scalar_t>(),
-              with_mask ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr,
-              static_cast<index_t>(pixels), d);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(deform_sampling_grad_position_kernel<scalar_t, index_t>, num_blocks(pixels),
+                    kThreads, stream, g.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
+                    off.const_data_ptr<scalar_t>(), pm, grad_offset.mutable_data_ptr<scalar_t>(),
+                    with_mask ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr,
+                    static_cast<index_t>(pixels), d);
     });
   });
   at::Tensor grad_input = grad_input_acc.scalar_type() == in.scalar_type()
@@ -264,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tood_ext, CUDA, m) {
+TOOD_EXT_CUDA_IMPL(m) {
   m.impl("deform_sampling", &deform_sampling_cuda);
   m.impl("_deform_sampling_backward", &deform_sampling_backward_cuda);
 }

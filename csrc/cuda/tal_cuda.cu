@@ -21,9 +21,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -275,7 +272,7 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
                                     c10::string_view conflict, double min_inside_size) {
   TORCH_CHECK(topk <= kMaxTopkCuda, "task_aligned_assign on CUDA supports topk <= ",
               kMaxTopkCuda, ", got ", topk);
-  const c10::cuda::CUDAGuard guard(pred_scores.device());
+  const DeviceGuard guard(pred_scores.device());
   const TALArgs args = check_tal_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
                                       gt_mask, topk, candidates, iou_mode, conflict,
                                       min_inside_size);
@@ -304,7 +301,7 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
   at::Tensor max_t = at::zeros({B, G}, sc.options().dtype(ord_dtype));
   at::Tensor max_u = at::zeros({B, G}, sc.options().dtype(ord_dtype));
   const int64_t rows = B * G;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   auto& [assigned, fg, labels, boxes, ious, metrics, soft] = out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(),
@@ -326,43 +323,39 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
       constexpr IoUMode kMode = decltype(mode_c)::value;
       const int64_t blocks = (rows * 32 + kThreads - 1) / kThreads;
       if (K <= 16) {
-        tal_candidates_kernel<scalar_t, kMode, 16><<<blocks, kThreads, 0, stream>>>(
-            in, cand_idx.mutable_data_ptr<int32_t>(), cand_t.mutable_data_ptr<acc_t>(),
-            cand_u.mutable_data_ptr<acc_t>(), cand_pos.mutable_data_ptr<bool>());
+        launch_kernel(tal_candidates_kernel<scalar_t, kMode, 16>, blocks, kThreads, stream, in,
+                      cand_idx.mutable_data_ptr<int32_t>(), cand_t.mutable_data_ptr<acc_t>(),
+                      cand_u.mutable_data_ptr<acc_t>(), cand_pos.mutable_data_ptr<bool>());
       } else {
-        tal_candidates_kernel<scalar_t, kMode, kMaxTopkCuda><<<blocks, kThreads, 0, stream>>>(
-            in, cand_idx.mutable_data_ptr<int32_t>(), cand_t.mutable_data_ptr<acc_t>(),
-            cand_u.mutable_data_ptr<acc_t>(), cand_pos.mutable_data_ptr<bool>());
+        launch_kernel(tal_candidates_kernel<scalar_t, kMode, kMaxTopkCuda>, blocks, kThreads,
+                      stream, in, cand_idx.mutable_data_ptr<int32_t>(),
+                      cand_t.mutable_data_ptr<acc_t>(), cand_u.mutable_data_ptr<acc_t>(),
+                      cand_pos.mutable_data_ptr<bool>());
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      tal_claim_kernel<acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-          cand_idx.const_data_ptr<int32_t>(), cand_u.const_data_ptr<acc_t>(),
-          cand_pos.const_data_ptr<bool>(), total, G, K, A, p_claims, p_counts);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      tal_resolve_kernel<scalar_t, kMode><<<num_blocks(anchors), kThreads, 0, stream>>>(
-          in, cand_idx.const_data_ptr<int32_t>(), cand_t.const_data_ptr<acc_t>(),
-          cand_u.const_data_ptr<acc_t>(), cand_pos.const_data_ptr<bool>(), p_claims, p_counts,
-          anchors, assigned.mutable_data_ptr<int64_t>(), fin_t.mutable_data_ptr<acc_t>(),
-          fin_u.mutable_data_ptr<acc_t>(), p_max_t, p_max_u);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(tal_claim_kernel<acc_t>, num_blocks(total), kThreads, stream,
+                    cand_idx.const_data_ptr<int32_t>(), cand_u.const_data_ptr<acc_t>(),
+                    cand_pos.const_data_ptr<bool>(), total, G, K, A, p_claims, p_counts);
+      launch_kernel(tal_resolve_kernel<scalar_t, kMode>, num_blocks(anchors), kThreads, stream, in,
+                    cand_idx.const_data_ptr<int32_t>(), cand_t.const_data_ptr<acc_t>(),
+                    cand_u.const_data_ptr<acc_t>(), cand_pos.const_data_ptr<bool>(), p_claims,
+                    p_counts, anchors, assigned.mutable_data_ptr<int64_t>(),
+                    fin_t.mutable_data_ptr<acc_t>(), fin_u.mutable_data_ptr<acc_t>(), p_max_t,
+                    p_max_u);
     });
-    tal_outputs_kernel<scalar_t><<<num_blocks(anchors), kThreads, 0, stream>>>(
-        assigned.const_data_ptr<int64_t>(), fin_t.const_data_ptr<acc_t>(),
-        fin_u.const_data_ptr<acc_t>(), p_max_t, p_max_u, gl.const_data_ptr<int64_t>(),
-        gb.const_data_ptr<scalar_t>(), anchors, G, A, norm_eps, fg.mutable_data_ptr<bool>(),
-        labels.mutable_data_ptr<int64_t>(), boxes.mutable_data_ptr<scalar_t>(),
-        ious.mutable_data_ptr<scalar_t>(), metrics.mutable_data_ptr<scalar_t>(),
-        soft.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(tal_outputs_kernel<scalar_t>, num_blocks(anchors), kThreads, stream,
+                  assigned.const_data_ptr<int64_t>(), fin_t.const_data_ptr<acc_t>(),
+                  fin_u.const_data_ptr<acc_t>(), p_max_t, p_max_u, gl.const_data_ptr<int64_t>(),
+                  gb.const_data_ptr<scalar_t>(), anchors, G, A, norm_eps,
+                  fg.mutable_data_ptr<bool>(), labels.mutable_data_ptr<int64_t>(),
+                  boxes.mutable_data_ptr<scalar_t>(), ious.mutable_data_ptr<scalar_t>(),
+                  metrics.mutable_data_ptr<scalar_t>(), soft.mutable_data_ptr<scalar_t>());
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tood_ext, CUDA, m) {
-  m.impl("task_aligned_assign", &task_aligned_assign_cuda);
-}
+TOOD_EXT_CUDA_IMPL(m) { m.impl("task_aligned_assign", &task_aligned_assign_cuda); }
 
 }  // namespace tal
 }  // namespace tood_ext

@@ -1,0 +1,325 @@
+// The scheduler of the CUDA emulator (cuda_emu.h): blocks one after the other
+// in a shuffled order; the threads of a block as fibers, each run
+// until it waits at a barrier (block or warp) or exits, then the barriers
+// whose threads have all arrived are released, and so on.
+#include "cuda_emu.h"
+
+#include <c10/util/Exception.h>
+
+#if !(defined(__x86_64__) && defined(__linux__))
+#include <ucontext.h>
+#endif
+
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace tood_ext {
+namespace emu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr int kWarp = 32;
+
+enum class State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kExited };
+
+// ---- contexts: a saved stack pointer (x86-64 Linux) or a ucontext_t -----------------
+// Switches happen at every barrier and shuffle, millions of times per test:
+// swapcontext's signal-mask system call would dominate, so on x86-64 a switch
+// saves the callee-saved registers on the stack and swaps stack pointers.
+#if defined(__x86_64__) && defined(__linux__)
+extern "C" void tood_emu_switch(void** save_sp, void* next_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl tood_emu_switch
+  .hidden tood_emu_switch
+  .type tood_emu_switch, @function
+tood_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size tood_emu_switch, .-tood_emu_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+// A context that starts entry() on the stack [base, base + bytes).
+void make_context(Context& c, char* base, size_t bytes, void (*entry)()) {
+  auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t(15);
+  auto* slot = reinterpret_cast<void**>(top);
+  slot[-1] = nullptr;                              // entry's return address (it never returns)
+  slot[-2] = reinterpret_cast<void*>(entry);       // popped by tood_emu_switch's ret
+  for (int r = 3; r <= 8; ++r) slot[-r] = nullptr;  // rbp rbx r12-r15
+  c.sp = slot - 8;
+}
+
+void switch_context(Context& from, Context& to) { tood_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+
+void make_context(Context& c, char* base, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = base;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+struct Fiber {
+  Context ctx;
+  State state = State::kRunnable;
+  unsigned mask = 0;   // of the warp barrier it waits at
+  uint64_t slot = 0;   // its value in the current shuffle
+  uint3 tid{0, 0, 0};
+};
+
+struct Grid {
+  const std::function<void()>* body = nullptr;
+  std::vector<Fiber> fibers;
+  Context scheduler;
+  int current = -1;
+  std::string error;
+};
+
+Grid* g_grid = nullptr;     // the launch being emulated
+std::mutex g_mutex;         // one emulated launch at a time
+uint64_t g_launches = 0;    // seeds the shuffles: reproducible run to run
+int64_t g_last_blocks = 0;  // blocks of the most recent launch
+
+std::vector<std::unique_ptr<char[]>>& stacks() {
+  static std::vector<std::unique_ptr<char[]>> pool;
+  return pool;
+}
+
+uint64_t next_random(uint64_t& s) {  // xorshift64*
+  s ^= s >> 12;
+  s ^= s << 25;
+  s ^= s >> 27;
+  return s * 0x2545F4914F6CDD1DULL;
+}
+
+template <typename T>
+void shuffle(std::vector<T>& v, uint64_t& s) {
+  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[next_random(s) % i]);
+}
+
+Fiber& current_fiber() {
+  TORCH_CHECK(g_grid != nullptr && g_grid->current >= 0,
+              "CUDA emulator: a device intrinsic was called outside an emulated launch");
+  return g_grid->fibers[g_grid->current];
+}
+
+// Back to the scheduler; returns when the scheduler resumes this thread.
+void suspend(Fiber& f) { switch_context(f.ctx, g_grid->scheduler); }
+
+// Records an error and leaves this thread for good: the launch is abandoned.
+[[noreturn]] void fail(const std::string& message) {
+  Fiber& f = current_fiber();
+  if (g_grid->error.empty()) g_grid->error = message;
+  f.state = State::kExited;
+  suspend(f);
+  std::abort();  // never resumed
+}
+
+void trampoline() {
+  (*g_grid->body)();
+  Fiber& f = current_fiber();
+  f.state = State::kExited;
+  suspend(f);
+}
+
+std::string describe(dim3 d) {
+  std::ostringstream os;
+  os << "(" << d.x << ", " << d.y << ", " << d.z << ")";
+  return os.str();
+}
+
+void check_config(dim3 grid, dim3 block) {
+  const char* why = nullptr;
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0) {
+    why = "a dimension is 0";
+  } else if (block.x > 1024 || block.y > 1024 || block.z > 64 || threads > 1024) {
+    why = "a block has at most 1024 threads (x, y <= 1024, z <= 64)";
+  } else if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    why = "grid.x <= 2^31 - 1, grid.y and grid.z <= 65535";
+  }
+  TORCH_CHECK(why == nullptr, "CUDA emulator: invalid configuration argument: grid ",
+              describe(grid), ", block ", describe(block), ": ", why);
+}
+
+// Releases the warp barriers all of whose lanes have arrived; true if any.
+// Sets g->error for a mask naming a lane that exited or does not exist.
+bool release_warps(Grid& g) {
+  bool released = false;
+  const int n = static_cast<int>(g.fibers.size());
+  for (int base = 0; base < n; base += kWarp) {
+    const int lanes = std::min(kWarp, n - base);
+    for (int l = 0; l < lanes; ++l) {
+      const Fiber& f = g.fibers[base + l];
+      if (f.state != State::kAtWarpBarrier) continue;
+      bool complete = true;
+      for (int k = 0; k < kWarp; ++k) {
+        if (!((f.mask >> k) & 1u)) continue;
+        if (k >= lanes) {
+          g.error = "CUDA emulator: a warp-synchronous mask names lane " + std::to_string(k) +
+                    ", which does not exist in this block";
+          return false;
+        }
+        const Fiber& o = g.fibers[base + k];
+        if (o.state == State::kExited) {
+          g.error = "CUDA emulator: a warp-synchronous mask names lane " + std::to_string(k) +
+                    ", which has exited (undefined behaviour on a GPU)";
+          return false;
+        }
+        if (o.state != State::kAtWarpBarrier || o.mask != f.mask) complete = false;
+      }
+      if (!complete) continue;
+      for (int k = 0; k < kWarp; ++k) {
+        if ((f.mask >> k) & 1u) g.fibers[base + k].state = State::kRunnable;
+      }
+      released = true;
+    }
+  }
+  return released;
+}
+
+void run_block(Grid& g, uint64_t& seed) {
+  const int n = static_cast<int>(g.fibers.size());
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = g.fibers[t];
+    f.state = State::kRunnable;
+    f.tid = {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+    make_context(f.ctx, stacks()[t].get(), kStackBytes, trampoline);
+  }
+  std::vector<int> order(n);
+  for (int t = 0; t < n; ++t) order[t] = t;
+  while (true) {
+    shuffle(order, seed);
+    for (int t : order) {
+      if (g.fibers[t].state != State::kRunnable) continue;
+      g.current = t;
+      threadIdx = g.fibers[t].tid;
+      switch_context(g.scheduler, g.fibers[t].ctx);
+      g.current = -1;
+      TORCH_CHECK(g.error.empty(), g.error);
+    }
+    if (release_warps(g)) continue;
+    TORCH_CHECK(g.error.empty(), g.error);
+    int exited = 0, at_block = 0;
+    for (const Fiber& f : g.fibers) {
+      exited += f.state == State::kExited;
+      at_block += f.state == State::kAtBlockBarrier;
+    }
+    if (exited == n) return;
+    TORCH_CHECK(exited + at_block == n,
+                "CUDA emulator: deadlock: threads wait at warp barriers that lanes waiting at "
+                "__syncthreads (or at other masks) cannot reach");
+    // Threads that have exited do not hold __syncthreads up (Volta and later).
+    for (Fiber& f : g.fibers) {
+      if (f.state == State::kAtBlockBarrier) f.state = State::kRunnable;
+    }
+  }
+}
+
+}  // namespace
+
+int64_t last_launch_blocks() { return g_last_blocks; }
+
+int64_t& grid_cap() {
+  static int64_t cap = 0;
+  return cap;
+}
+
+int lane_id() {
+  const Fiber& f = current_fiber();
+  return static_cast<int>(&f - g_grid->fibers.data()) % kWarp;
+}
+
+void block_barrier() {
+  Fiber& f = current_fiber();
+  f.state = State::kAtBlockBarrier;
+  suspend(f);
+}
+
+void warp_barrier(unsigned mask) {
+  Fiber& f = current_fiber();
+  if (!((mask >> lane_id()) & 1u)) {
+    fail("CUDA emulator: a lane called a warp-synchronous intrinsic with a mask without itself");
+  }
+  f.state = State::kAtWarpBarrier;
+  f.mask = mask;
+  suspend(f);
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane) {
+  Fiber& f = current_fiber();
+  f.slot = bits;
+  warp_barrier(mask);  // every lane of the mask has published its value
+  if (!((mask >> src_lane) & 1u)) {
+    fail("CUDA emulator: a shuffle reads lane " + std::to_string(src_lane) +
+         ", which is not in its mask (undefined value on a GPU)");
+  }
+  const int base = static_cast<int>(&f - g_grid->fibers.data()) - lane_id();
+  const uint64_t value = g_grid->fibers[base + src_lane].slot;
+  warp_barrier(mask);  // every lane has read before any publishes again
+  return value;
+}
+
+void run(dim3 grid, dim3 block, const std::function<void()>& body) {
+  check_config(grid, block);
+  const std::lock_guard<std::mutex> lock(g_mutex);
+  const int n = static_cast<int>(block.x * block.y * block.z);
+  while (static_cast<int>(stacks().size()) < n) {
+    stacks().emplace_back(new char[kStackBytes]);
+  }
+  Grid g;
+  g.body = &body;
+  g.fibers.resize(n);
+  uint64_t seed = 0x9E3779B97F4A7C15ULL * (++g_launches);
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  g_last_blocks = static_cast<int64_t>(blocks);
+  std::vector<uint64_t> order(blocks);
+  for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
+  shuffle(order, seed);
+  blockDim = block;
+  gridDim = grid;
+  g_grid = &g;
+  try {
+    for (const uint64_t i : order) {
+      blockIdx = {static_cast<unsigned>(i % grid.x), static_cast<unsigned>((i / grid.x) % grid.y),
+                  static_cast<unsigned>(i / (uint64_t(grid.x) * grid.y))};
+      run_block(g, seed);
+    }
+  } catch (...) {
+    g_grid = nullptr;
+    throw;
+  }
+  g_grid = nullptr;
+}
+
+}  // namespace emu
+}  // namespace tood_ext
