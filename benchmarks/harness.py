@@ -402,6 +402,30 @@ def _git_commit() -> str | None:
         return None
 
 
+# environment settings that change the numbers (threads, allocators, huge pages)
+PERF_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE",
+                 "PYTORCH_CUDA_ALLOC_CONF", "CUDA_LAUNCH_BLOCKING", "LD_PRELOAD")
+
+
+# as the process started: imported peers may rewrite them (ultralytics sets OMP_NUM_THREADS=1
+# on import, too late to change torch's thread pool)
+_PERF_ENV_AT_START = {k: os.environ[k] for k in PERF_ENV_VARS if k in os.environ}
+
+
+def perf_env() -> dict:
+    """The PERF_ENV_VARS set when the process started, and the kernel's transparent-huge-page
+    mode (Linux)."""
+    env = dict(_PERF_ENV_AT_START)
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            modes = f.read().split()
+        env["transparent_hugepage"] = next((m.strip("[]") for m in modes if m.startswith("[")),
+                                           None)
+    except OSError:
+        pass
+    return env
+
+
 def machine_info(device: str) -> dict:
     import tood_ext
 
@@ -415,6 +439,7 @@ def machine_info(device: str) -> dict:
         "torch_cuda": torch.version.cuda,
         "git_commit": _git_commit(),
         "tood_ext_build_info": tood_ext.build_info(),
+        "perf_env": perf_env(),
     }
     try:
         import torchvision
@@ -559,6 +584,7 @@ def markdown_report(doc: dict, plots: list | None = None) -> str:
         f"- torch {m['torch']} (CUDA {m['torch_cuda']}), torchvision {m['torchvision']}, "
         f"Python {m['python']}, {m['platform']}",
         f"- tood_ext.build_info(): `{json.dumps(bi)}`",
+        f"- environment: `{json.dumps(m.get('perf_env', {}))}`",
         f"- git commit: {m['git_commit']}",
         f"- command: `{doc['command']}`; total wall time {doc['wall_s']:.1f} s; load average "
         f"(1/5/15 min) before {doc.get('loadavg_before')}, after {doc.get('loadavg_after')}",

@@ -23,7 +23,7 @@ def test_benchmarks_quick_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--out", str(out_dir)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "THP_MEM_ALLOC_ENABLE": "1"},
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
@@ -37,6 +37,9 @@ def test_benchmarks_quick_cpu(tmp_path):
         doc = json.load(f)
     assert doc["device"] == "cpu" and doc["quick"] is True
     assert doc["machine"]["tood_ext_build_info"]["ops_loaded"] is True
+    # settings that change the numbers are recorded (here: PyTorch's huge-page allocator)
+    assert doc["machine"]["perf_env"]["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert '"THP_MEM_ALLOC_ENABLE": "1"' in open(md).read()
     by_name = {c["name"]: c for c in doc["cases"]}
     expected = _expected_case_names()
     assert expected, "no benchmark case registered"
