@@ -10,14 +10,19 @@ grid-stride loops, the warp-merged top-k, the packed claims, and each launch's c
 (checked against CUDA's limits). The emulator reports what is undefined on a GPU (shuffles with
 exited lanes or lanes outside the mask, deadlocked barriers); its self-tests show it does.
 
+test_memcheck_under_address_sanitizer reruns the ops with the library built with AddressSanitizer
+(emu_memcheck.py, in a subprocess): an out-of-bounds read or write of a kernel, an illegal
+address on a GPU, fails it (compute-sanitizer's memcheck needs a GPU).
+
 Not covered here: float16/bfloat16 (the shared argument checks accept them only for CUDA
 tensors), timing, and races between threads that do not synchronise. On a machine with a GPU the
 real kernels are tested by the other test files (their ``cuda`` cases), so this file skips there.
 """
 from __future__ import annotations
 
-import glob
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -26,31 +31,19 @@ import tood_ext  # noqa: F401  (registers tood_ext's ops: the CPU kernels compar
 from tood_ext._types import TALResult
 
 from conftest import HAS_CUDA, metric_inputs, random_boxes
+from emu_build import ROOT, asan_runtime, load_emulator
 from test_tal import FLAVOURS, SCENARIOS, _draw, _kw, _run_and_check
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="a GPU is present: the real CUDA kernels are tested (cuda cases elsewhere)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F64 = torch.float64
 
 
 @pytest.fixture(scope="module")
 def emu():
-    """torch.ops.tood_ext_emu, built on first use (about 40 s on 2 cores) into build/cuda_emu."""
-    from torch.utils.cpp_extension import load
-
-    csrc = os.path.join(ROOT, "csrc")
-    sources = [os.path.join(csrc, "tools", "cuda_emu.cpp"),
-               os.path.join(csrc, "tools", "cuda_emu_ops.cpp")]
-    sources += sorted(glob.glob(os.path.join(csrc, "tools", "emu", "*.cpp")))
-    build = os.path.join(ROOT, "build", "cuda_emu")
-    os.makedirs(build, exist_ok=True)
-    load(name="tood_ext_emu", sources=sources, extra_include_paths=[csrc],
-         extra_cflags=["-O2", "-std=c++20", "-DTOOD_CUDA_EMU", "-ffp-contract=off",
-                       "-Wno-unknown-pragmas"],
-         build_directory=build, is_python_module=False, verbose=False)
-    return torch.ops.tood_ext_emu
+    """torch.ops.tood_ext_emu, built on first use (about 35 s on 2 cores) into build/cuda_emu."""
+    return load_emulator()
 
 
 @pytest.fixture(params=["full-grid", "grid-cap-2"])
@@ -238,3 +231,26 @@ def test_task_aligned_assign_empty(ops, gen):
         inputs = metric_inputs(gen, B, A, 3, G, dtype=F64)
         out = op(*inputs)
         assert out.assigned_gt.shape == (B, A) and not bool(out.fg_mask.any())
+
+
+# ---------------------------------------------------------------------------------------------
+# memory check (AddressSanitizer): out-of-bounds accesses of the kernels
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_memcheck(*args):
+    env = {**os.environ, "LD_PRELOAD": asan_runtime(), "ASAN_OPTIONS": "detect_leaks=0"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tests", "emu_memcheck.py"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.skipif(asan_runtime() is None, reason="the C++ compiler has no AddressSanitizer")
+def test_memcheck_under_address_sanitizer():
+    """Every op family (shape edge cases, both grid settings) under ASan: no out-of-bounds
+    access; and the check can fail: a kernel reading one value past a tensor is reported."""
+    proc = _run_memcheck()
+    assert proc.returncode == 0 and "memcheck: OK" in proc.stdout, proc.stderr[-6000:]
+    bug = _run_memcheck("--bug", "oob_read")
+    assert bug.returncode != 0
+    assert "heap-buffer-overflow" in bug.stderr and "oob_read_kernel" in bug.stderr, \
+        bug.stderr[-3000:]

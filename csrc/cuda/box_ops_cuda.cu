@@ -205,7 +205,7 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
   at::Tensor out = at::empty(shape.out_sizes, b1.options());
   if (out.numel() == 0) return out;
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(b1.scalar_type(), "box_iou_cuda", [&] {
     const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
     const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
@@ -248,8 +248,7 @@ std::tuple<at::Tensor, at::Tensor> box_iou_backward_cuda(const at::Tensor& grad,
   int64_t gstride;
   std::tie(g, gstride) = grad_with_stride(grad);
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(),
-                                  "box_iou_backward_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(b1.scalar_type(), "box_iou_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
     const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
@@ -297,7 +296,7 @@ at::Tensor iou_loss_cuda(const at::Tensor& pred, const at::Tensor& target,
   at::Tensor out = at::empty(pred.sizes().slice(0, pred.dim() - 1), p.options());
   if (out.numel() == 0) return out;
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "iou_loss_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(p.scalar_type(), "iou_loss_cuda", [&] {
     dispatch_iou_mode(md, [&](auto mode_c) {
       launch_pair_values<scalar_t, decltype(mode_c)::value>(
           p.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
@@ -327,8 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_loss_backward_cuda(
   int64_t gstride;
   std::tie(g, gstride) = grad_with_stride(grad);
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(),
-                                  "iou_loss_backward_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(p.scalar_type(), "iou_loss_backward_cuda", [&] {
     dispatch_iou_mode(md, [&](auto mode_c) {
       launch_pair_values_backward<scalar_t, decltype(mode_c)::value>(
           g.const_data_ptr<scalar_t>(), gstride, p.const_data_ptr<scalar_t>(),
@@ -403,8 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
                    gb = gt_boxes.contiguous(), gm = gt_mask.contiguous();
   const int64_t rows = s.batch * s.num_gts;
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(),
-                                  "alignment_metric_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(sc.scalar_type(), "alignment_metric_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto expo = make_metric_exponents<acc_t>(alpha, beta);
     dispatch_iou_mode(md, [&](auto mode_c) {

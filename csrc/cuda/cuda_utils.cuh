@@ -11,6 +11,7 @@
 #include <limits>
 #include <utility>
 
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #ifdef TOOD_CUDA_EMU
@@ -30,6 +31,17 @@
 #define TOOD_EXT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(tood_ext_emu, CPU, m)
 #else
 #define TOOD_EXT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(tood_ext, CUDA, m)
+#endif
+
+// AT_DISPATCH over the CUDA kernels' dtypes: float32/64 and float16/bfloat16
+// (the emulator runs on CPU tensors, whose argument checks refuse the half
+// types: it compiles the float32/64 instantiations only).
+#ifdef TOOD_CUDA_EMU
+#define TOOD_DISPATCH_CUDA_FLOATING_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
+#else
+#define TOOD_DISPATCH_CUDA_FLOATING_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 #endif
 
 namespace tood_ext {

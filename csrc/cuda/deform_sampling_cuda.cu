@@ -192,8 +192,7 @@ at::Tensor deform_sampling_cuda(const at::Tensor& input, const at::Tensor& offse
   at::Tensor out = at::empty(in.sizes(), in.options());
   if (out.numel() == 0) return out;
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(),
-                                  "deform_sampling_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(in.scalar_type(), "deform_sampling_cuda", [&] {
     with_index_type(max_index_of(in, off, m), [&](auto index_c) {
       using index_t = decltype(index_c);
       const int64_t units = chunk_units(s);
@@ -228,8 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
   if (in.numel() == 0) return {grad_input_acc.to(in.scalar_type()), grad_offset, grad_mask};
   const at::Tensor g = grad.contiguous();
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(),
-                                  "deform_sampling_backward_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(in.scalar_type(), "deform_sampling_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_index_type(max_index_of(in, off, m), [&](auto index_c) {
       using index_t = decltype(index_c);

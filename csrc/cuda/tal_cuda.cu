@@ -304,8 +304,7 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
   const cudaStream_t stream = current_stream();
   auto& [assigned, fg, labels, boxes, ious, metrics, soft] = out;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(),
-                                  "task_aligned_assign_cuda", [&] {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(sc.scalar_type(), "task_aligned_assign_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using ord_t = typename Ordered<acc_t>::type;
     static_assert(sizeof(ord_t) == sizeof(acc_t), "Ordered<acc_t> must match acc_t's width");

@@ -10,6 +10,14 @@
 #include <ucontext.h>
 #endif
 
+// Built with AddressSanitizer (tests/test_cuda_emu.py's memcheck), the stack
+// switches are announced to it, and fiber stacks are unpoisoned before reuse.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define TOOD_EMU_ASAN 1
+#endif
+
 #include <algorithm>
 #include <memory>
 #include <mutex>
@@ -59,10 +67,16 @@ tood_emu_switch:
 
 struct Context {
   void* sp = nullptr;
+  const void* stack = nullptr;  // its stack, for AddressSanitizer
+  size_t stack_bytes = 0;
 };
+
+void raw_switch(Context& from, Context& to) { tood_emu_switch(&from.sp, to.sp); }
 
 // A context that starts entry() on the stack [base, base + bytes).
 void make_context(Context& c, char* base, size_t bytes, void (*entry)()) {
+  c.stack = base;
+  c.stack_bytes = bytes;
   auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t(15);
   auto* slot = reinterpret_cast<void**>(top);
   slot[-1] = nullptr;                              // entry's return address (it never returns)
@@ -70,23 +84,60 @@ void make_context(Context& c, char* base, size_t bytes, void (*entry)()) {
   for (int r = 3; r <= 8; ++r) slot[-r] = nullptr;  // rbp rbx r12-r15
   c.sp = slot - 8;
 }
-
-void switch_context(Context& from, Context& to) { tood_emu_switch(&from.sp, to.sp); }
 #else
 struct Context {
   ucontext_t uc;
+  const void* stack = nullptr;
+  size_t stack_bytes = 0;
 };
 
+void raw_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+
 void make_context(Context& c, char* base, size_t bytes, void (*entry)()) {
+  c.stack = base;
+  c.stack_bytes = bytes;
   getcontext(&c.uc);
   c.uc.uc_stack.ss_sp = base;
   c.uc.uc_stack.ss_size = bytes;
   c.uc.uc_link = nullptr;
   makecontext(&c.uc, entry, 0);
 }
-
-void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
 #endif
+
+// From one context to another (returns when `from` is resumed); `leaving`
+// when `from` will never be resumed.
+void switch_context(Context& from, Context& to, bool leaving = false) {
+#ifdef TOOD_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(leaving ? nullptr : &fake_stack, to.stack, to.stack_bytes);
+  raw_switch(from, to);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  (void)leaving;
+  raw_switch(from, to);
+#endif
+}
+
+// First thing a new fiber does: completes the switch that started it and
+// learns the scheduler's stack (for the switches back).
+void enter_fiber(Context& scheduler) {
+#ifdef TOOD_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &scheduler.stack, &scheduler.stack_bytes);
+#else
+  (void)scheduler;
+#endif
+}
+
+// Fiber stacks are reused by the next block: frames abandoned on them (the
+// entry's, or a failed thread's) must not leave AddressSanitizer's poison.
+void reset_stack(char* base, size_t bytes) {
+#ifdef TOOD_EMU_ASAN
+  __asan_unpoison_memory_region(base, bytes);
+#else
+  (void)base;
+  (void)bytes;
+#endif
+}
 
 struct Fiber {
   Context ctx;
@@ -133,7 +184,7 @@ Fiber& current_fiber() {
 }
 
 // Back to the scheduler; returns when the scheduler resumes this thread.
-void suspend(Fiber& f) { switch_context(f.ctx, g_grid->scheduler); }
+void suspend(Fiber& f) { switch_context(f.ctx, g_grid->scheduler, f.state == State::kExited); }
 
 // Records an error and leaves this thread for good: the launch is abandoned.
 [[noreturn]] void fail(const std::string& message) {
@@ -145,6 +196,7 @@ void suspend(Fiber& f) { switch_context(f.ctx, g_grid->scheduler); }
 }
 
 void trampoline() {
+  enter_fiber(g_grid->scheduler);
   (*g_grid->body)();
   Fiber& f = current_fiber();
   f.state = State::kExited;
@@ -213,6 +265,7 @@ void run_block(Grid& g, uint64_t& seed) {
     Fiber& f = g.fibers[t];
     f.state = State::kRunnable;
     f.tid = {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+    reset_stack(stacks()[t].get(), kStackBytes);
     make_context(f.ctx, stacks()[t].get(), kStackBytes, trampoline);
   }
   std::vector<int> order(n);
@@ -248,6 +301,8 @@ void run_block(Grid& g, uint64_t& seed) {
 }  // namespace
 
 int64_t last_launch_blocks() { return g_last_blocks; }
+
+int64_t launches() { return static_cast<int64_t>(g_launches); }
 
 int64_t& grid_cap() {
   static int64_t cap = 0;

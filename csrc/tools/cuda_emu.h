@@ -83,6 +83,8 @@ int lane_id();
 int64_t& grid_cap();
 // Blocks (grid.x * grid.y * grid.z) of the most recent launch.
 int64_t last_launch_blocks();
+// Launches emulated so far by this process.
+int64_t launches();
 
 template <typename T>
 inline uint64_t to_bits(T v) {

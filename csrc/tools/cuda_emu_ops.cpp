@@ -64,6 +64,11 @@ __global__ void deadlock_kernel(float* out) {
   out[threadIdx.x] = 1.0f;
 }
 
+// reads one value past the end of x (caught only with AddressSanitizer)
+__global__ void oob_read_kernel(const float* x, int n, float* out) {
+  out[threadIdx.x] = x[n - 32 + threadIdx.x + 1];
+}
+
 __global__ void noop_kernel(float* out) { out[0] = 1.0f; }
 
 at::Tensor block_sum(const at::Tensor& x) {
@@ -101,6 +106,9 @@ void bug(c10::string_view which) {
     launch_kernel(outside_mask_kernel, 1, 32, nullptr, p);
   } else if (which == "deadlock") {
     launch_kernel(deadlock_kernel, 1, 64, nullptr, p);
+  } else if (which == "oob_read") {
+    const at::Tensor x = at::zeros({64}, at::kFloat);
+    launch_kernel(oob_read_kernel, 1, 32, nullptr, x.const_data_ptr<float>(), 64, p);
   } else if (which == "grid_y") {
     launch_kernel(noop_kernel, dim3(1, 70000), 32, nullptr, p);
   } else if (which == "block_size") {
@@ -127,6 +135,7 @@ TORCH_LIBRARY(tood_ext_emu, m) {
   m.def("_selftest_bug(str which) -> ()", &tood_ext::emu_selftest::bug);
   m.def("_set_grid_cap(int cap) -> ()", &tood_ext::emu_selftest::set_grid_cap);
   m.def("_last_launch_blocks() -> int", &tood_ext::emu::last_launch_blocks);
+  m.def("_launches() -> int", &tood_ext::emu::launches);
 }
 
 TORCH_LIBRARY_IMPL(tood_ext_emu, CPU, m) {
