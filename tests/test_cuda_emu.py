@@ -85,13 +85,50 @@ def test_grid_cap(emu, gen):
         emu._set_grid_cap(0)
 
 
+def _shuffle_source(op, lane, arg, width):
+    """The lane a CUDA shuffle reads (CUDA programming guide, warp shuffle functions; PTX
+    shfl.sync takes the low 5 bits of the offset / mask)."""
+    base = lane - lane % width
+    if op == "sync":  # srcLane % width within the caller's segment
+        return base + arg % width
+    if op == "xor":  # lane ^ laneMask; a later segment's lane yields the caller's own value
+        src = lane ^ (arg % 32)
+        return src if src < base + width else lane
+    if op == "down":
+        src = lane + arg % 32
+        return src if src < base + width else lane
+    src = lane - arg % 32  # up
+    return src if src >= base else lane
+
+
+@pytest.mark.parametrize("width", [32, 16, 8, 4, 1])
+@pytest.mark.parametrize("op", ["sync", "xor", "down", "up"])
+def test_emulated_shuffle_sources(emu, op, width):
+    code = ["sync", "xor", "down", "up"].index(op)
+    for arg in [0, 1, 3, 5, 16, 17, 31, 33] + ([-1, -6] if op in ("sync", "xor") else []):
+        got = emu._selftest_shuffle(code, arg, width).tolist()
+        want = [_shuffle_source(op, lane, arg, width) for lane in range(32)]
+        assert got == want, (op, arg, width)
+
+
 @pytest.mark.parametrize("bug, message", [
     ("exited_lane", "has exited"), ("outside_mask", "not in its mask"), ("deadlock", "deadlock"),
     ("grid_y", "invalid configuration"), ("block_size", "invalid configuration"),
+    ("shuffle_width", "not a power of two"),
 ])
 def test_emulator_reports_undefined_behaviour(emu, bug, message):
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(RuntimeError, match=message) as err:
         emu._selftest_bug(bug)
+    if "configuration" not in message:  # errors of a running launch name its orders' seed
+        assert "TOOD_CUDA_EMU_SEED=" in str(err.value)
+
+
+def test_emulator_seed_changes_the_orders(emu, monkeypatch):
+    orders = set()
+    for seed in range(6):
+        monkeypatch.setenv("TOOD_CUDA_EMU_SEED", str(seed))
+        orders.add(emu._selftest_last_writer(64))
+    assert len(orders) > 1
 
 
 # ---------------------------------------------------------------------------------------------

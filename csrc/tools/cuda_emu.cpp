@@ -6,7 +6,7 @@
 
 #include <c10/util/Exception.h>
 
-#if !(defined(__x86_64__) && defined(__linux__))
+#if !(defined(__x86_64__) && defined(__linux__) && !(defined(__CET__) && (__CET__ & 2)))
 #include <ucontext.h>
 #endif
 
@@ -19,6 +19,7 @@
 #endif
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -37,8 +38,10 @@ enum class State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kExited };
 // ---- contexts: a saved stack pointer (x86-64 Linux) or a ucontext_t -----------------
 // Switches happen at every barrier and shuffle, millions of times per test:
 // swapcontext's signal-mask system call would dominate, so on x86-64 a switch
-// saves the callee-saved registers on the stack and swaps stack pointers.
-#if defined(__x86_64__) && defined(__linux__)
+// saves the callee-saved registers (and MXCSR, the x87 control word) on the
+// stack and swaps stack pointers. Not with CET shadow stacks (its `ret` to
+// another stack would fault): ucontext there.
+#if defined(__x86_64__) && defined(__linux__) && !(defined(__CET__) && (__CET__ & 2))
 extern "C" void tood_emu_switch(void** save_sp, void* next_sp);
 asm(R"(
   .text
@@ -53,8 +56,14 @@ tood_emu_switch:
   pushq %r13
   pushq %r14
   pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -82,7 +91,10 @@ void make_context(Context& c, char* base, size_t bytes, void (*entry)()) {
   slot[-1] = nullptr;                              // entry's return address (it never returns)
   slot[-2] = reinterpret_cast<void*>(entry);       // popped by tood_emu_switch's ret
   for (int r = 3; r <= 8; ++r) slot[-r] = nullptr;  // rbp rbx r12-r15
-  c.sp = slot - 8;
+  // MXCSR and the x87 control word (callee-saved too): the ABI's defaults
+  const uint32_t control[2] = {0x1F80u, 0x037Fu};
+  std::memcpy(&slot[-9], control, sizeof(control));
+  c.sp = slot - 9;
 }
 #else
 struct Context {
@@ -153,6 +165,7 @@ struct Grid {
   Context scheduler;
   int current = -1;
   std::string error;
+  std::string where;  // " (launch n, seed s)", appended to errors
 };
 
 Grid* g_grid = nullptr;     // the launch being emulated
@@ -278,10 +291,10 @@ void run_block(Grid& g, uint64_t& seed) {
       threadIdx = g.fibers[t].tid;
       switch_context(g.scheduler, g.fibers[t].ctx);
       g.current = -1;
-      TORCH_CHECK(g.error.empty(), g.error);
+      TORCH_CHECK(g.error.empty(), g.error, g.where);
     }
     if (release_warps(g)) continue;
-    TORCH_CHECK(g.error.empty(), g.error);
+    TORCH_CHECK(g.error.empty(), g.error, g.where);
     int exited = 0, at_block = 0;
     for (const Fiber& f : g.fibers) {
       exited += f.state == State::kExited;
@@ -290,7 +303,7 @@ void run_block(Grid& g, uint64_t& seed) {
     if (exited == n) return;
     TORCH_CHECK(exited + at_block == n,
                 "CUDA emulator: deadlock: threads wait at warp barriers that lanes waiting at "
-                "__syncthreads (or at other masks) cannot reach");
+                "__syncthreads (or at other masks) cannot reach", g.where);
     // Threads that have exited do not hold __syncthreads up (Volta and later).
     for (Fiber& f : g.fibers) {
       if (f.state == State::kAtBlockBarrier) f.state = State::kRunnable;
@@ -312,6 +325,13 @@ int64_t& grid_cap() {
 int lane_id() {
   const Fiber& f = current_fiber();
   return static_cast<int>(&f - g_grid->fibers.data()) % kWarp;
+}
+
+void check_shuffle_width(int width) {
+  if (width < 1 || width > kWarp || (width & (width - 1)) != 0) {
+    fail("CUDA emulator: shuffle width " + std::to_string(width) +
+         " is not a power of two <= 32");
+  }
 }
 
 void block_barrier() {
@@ -354,7 +374,13 @@ void run(dim3 grid, dim3 block, const std::function<void()>& body) {
   Grid g;
   g.body = &body;
   g.fibers.resize(n);
-  uint64_t seed = 0x9E3779B97F4A7C15ULL * (++g_launches);
+  // orders: from the launch count, and TOOD_CUDA_EMU_SEED to draw other ones
+  const char* user_seed = std::getenv("TOOD_CUDA_EMU_SEED");
+  const uint64_t base = user_seed ? std::strtoull(user_seed, nullptr, 10) : 0;
+  uint64_t seed = 0x9E3779B97F4A7C15ULL * (++g_launches) + base * 0xD1B54A32D192ED03ULL;
+  if (seed == 0) seed = 1;  // xorshift's fixed point
+  g.where = " (launch " + std::to_string(g_launches) + ", TOOD_CUDA_EMU_SEED=" +
+            std::to_string(base) + ")";
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
   g_last_blocks = static_cast<int64_t>(blocks);
   std::vector<uint64_t> order(blocks);

@@ -15,12 +15,18 @@
 //   gpuAtomicAdd, __shared__ (one copy per kernel, used by one block at a time);
 // * the launch-configuration limits (block <= 1024 threads, grid.y/z <= 65535,
 //   ...), raised as errors as cudaLaunchKernel would report them.
-// What the emulator reports as errors (undefined behaviour on a GPU): a warp
-// shuffle or __syncwarp whose mask names a lane that has exited or waits
-// elsewhere, a shuffle reading a lane outside the mask, and threads that wait
-// at barriers no other thread can reach (deadlock).
+// What the emulator reports as errors: a warp shuffle or __syncwarp whose mask
+// names a lane that has exited or waits elsewhere (stricter than PTX, which
+// skips exited lanes: NVIDIA's guidance, and a bug in our kernels), a shuffle
+// reading a lane outside its mask (an undefined value on a GPU), a shuffle
+// width that is not a power of two <= 32, and threads that wait at barriers
+// no other thread can reach (deadlock).
 // What it does not model: memory-model races between threads that do not
-// synchronise, out-of-bounds accesses (plain host memory), timing.
+// synchronise (a thread runs uninterrupted between barriers), shared memory
+// left from the previous block (it is not re-poisoned), out-of-bounds accesses
+// (plain host memory; the AddressSanitizer build catches those past an
+// allocation), timing. Block and thread orders come from a seed: the launch
+// count, plus TOOD_CUDA_EMU_SEED when set, named in every error.
 #pragma once
 
 #ifndef TOOD_CUDA_EMU
@@ -77,6 +83,8 @@ void warp_barrier(unsigned mask);
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane);
 // Lane of the calling thread in its warp (0..31).
 int lane_id();
+// Raises (for the calling thread) unless width is a power of two <= 32.
+void check_shuffle_width(int width);
 
 // When > 0, the most blocks tood_ext's grid-stride launches use (max_blocks()
 // of csrc/cuda/cuda_utils.cuh); 0 (the default) leaves their grids alone.
@@ -117,22 +125,26 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) {
 inline void __syncthreads() { tood_ext::emu::block_barrier(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { tood_ext::emu::warp_barrier(mask); }
 
-// Source lane of a shuffle within segments of `width` lanes; a source beyond
-// the caller's segment yields the caller's own value (CUDA's rule).
+// Source lane of a shuffle within segments of `width` lanes (a power of two
+// <= 32, else an error); lane offsets and masks use their low 5 bits, as PTX's
+// shfl.sync does; a source beyond the caller's segment yields the caller's own
+// value (CUDA's rule), an earlier segment's lane is read.
 template <typename T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  tood_ext::emu::check_shuffle_width(width);
   const int lane = tood_ext::emu::lane_id();
   const int base = lane - lane % width;
-  const int from = base + ((src % width) + width) % width;
+  const int from = base + (src & (width - 1));
   return tood_ext::emu::from_bits<T>(
       tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
 }
 
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  tood_ext::emu::check_shuffle_width(width);
   const int lane = tood_ext::emu::lane_id();
   const int end = lane - lane % width + width;
-  int from = lane ^ lane_mask;
+  int from = lane ^ (lane_mask & 31);
   if (from >= end) from = lane;
   return tood_ext::emu::from_bits<T>(
       tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
@@ -140,9 +152,10 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
 
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  tood_ext::emu::check_shuffle_width(width);
   const int lane = tood_ext::emu::lane_id();
   const int end = lane - lane % width + width;
-  int from = lane + static_cast<int>(delta);
+  int from = lane + static_cast<int>(delta & 31u);
   if (from >= end) from = lane;
   return tood_ext::emu::from_bits<T>(
       tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
@@ -150,9 +163,10 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  tood_ext::emu::check_shuffle_width(width);
   const int lane = tood_ext::emu::lane_id();
   const int base = lane - lane % width;
-  int from = lane - static_cast<int>(delta);
+  int from = lane - static_cast<int>(delta & 31u);
   if (from < base) from = lane;
   return tood_ext::emu::from_bits<T>(
       tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
@@ -178,7 +192,8 @@ TOOD_EMU_ATOMIC(atomicMax, unsigned long long, old < val ? val : old)
 #undef TOOD_EMU_ATOMIC
 
 // ATen's gpuAtomicAdd (ATen/cuda/Atomic.cuh): half/bfloat16 added in float.
-template <typename T>
+template <typename T, typename = std::enable_if_t<std::is_same<T, c10::Half>::value ||
+                                                  std::is_same<T, c10::BFloat16>::value>>
 inline T gpuAtomicAdd(T* address, T val) {
   const T old = *address;
   *address = static_cast<T>(static_cast<float>(old) + static_cast<float>(val));

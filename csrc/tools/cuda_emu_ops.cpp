@@ -30,6 +30,18 @@ __global__ void block_sum_kernel(const float* x, float* out) {
   }
 }
 
+// out[lane] = the lane a shuffle `op` (0 sync, 1 xor, 2 down, 3 up) with
+// argument `arg` and `width` reads from (each lane offers its own index).
+__global__ void shuffle_kernel(int op, int arg, int width, int64_t* out) {
+  const int lane = threadIdx.x;
+  int from = 0;
+  if (op == 0) from = __shfl_sync(0xffffffffu, lane, arg, width);
+  if (op == 1) from = __shfl_xor_sync(0xffffffffu, lane, arg, width);
+  if (op == 2) from = __shfl_down_sync(0xffffffffu, lane, static_cast<unsigned>(arg), width);
+  if (op == 3) from = __shfl_up_sync(0xffffffffu, lane, static_cast<unsigned>(arg), width);
+  out[lane] = from;
+}
+
 // out[i] = the value thread (i + 1) % 128 of the block stored, read through
 // shared memory with or without the __syncthreads that makes it correct.
 __global__ void neighbour_kernel(const float* x, float* out, bool barrier) {
@@ -90,6 +102,14 @@ at::Tensor neighbour(const at::Tensor& x, bool barrier) {
   return out;
 }
 
+at::Tensor shuffle_sources(int64_t op, int64_t arg, int64_t width) {
+  TORCH_CHECK(op >= 0 && op <= 3, "op must be 0 (sync), 1 (xor), 2 (down) or 3 (up)");
+  at::Tensor out = at::full({32}, -1, at::kLong);
+  launch_kernel(shuffle_kernel, 1, 32, nullptr, static_cast<int>(op), static_cast<int>(arg),
+                static_cast<int>(width), out.mutable_data_ptr<int64_t>());
+  return out;
+}
+
 int64_t last_writer(int64_t blocks) {
   at::Tensor out = at::full({1}, -1, at::kLong);
   launch_kernel(last_writer_kernel, blocks, 32, nullptr, out.mutable_data_ptr<int64_t>());
@@ -109,6 +129,8 @@ void bug(c10::string_view which) {
   } else if (which == "oob_read") {
     const at::Tensor x = at::zeros({64}, at::kFloat);
     launch_kernel(oob_read_kernel, 1, 32, nullptr, x.const_data_ptr<float>(), 64, p);
+  } else if (which == "shuffle_width") {
+    launch_kernel(shuffle_kernel, 1, 32, nullptr, 1, 1, 12, static_cast<int64_t*>(nullptr));
   } else if (which == "grid_y") {
     launch_kernel(noop_kernel, dim3(1, 70000), 32, nullptr, p);
   } else if (which == "block_size") {
@@ -132,6 +154,8 @@ TORCH_LIBRARY(tood_ext_emu, m) {
   m.def("_selftest_block_sum(Tensor x) -> Tensor");
   m.def("_selftest_neighbour(Tensor x, bool barrier) -> Tensor");
   m.def("_selftest_last_writer(int blocks) -> int", &tood_ext::emu_selftest::last_writer);
+  m.def("_selftest_shuffle(int op, int arg, int width) -> Tensor",
+        &tood_ext::emu_selftest::shuffle_sources);
   m.def("_selftest_bug(str which) -> ()", &tood_ext::emu_selftest::bug);
   m.def("_set_grid_cap(int cap) -> ()", &tood_ext::emu_selftest::set_grid_cap);
   m.def("_last_launch_blocks() -> int", &tood_ext::emu::last_launch_blocks);
