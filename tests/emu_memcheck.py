@@ -1,7 +1,7 @@
 """Memory check of the CUDA kernels: the emulated ops (csrc/tools/cuda_emu.h) built with
-AddressSanitizer, run over every op family, shape edge cases and both grid settings, so that an
-out-of-bounds read or write of a kernel (an illegal address on a GPU) aborts with ASan's report
-(the role of compute-sanitizer's memcheck, which needs a GPU).
+AddressSanitizer, run over every op family, shape edge cases, full and capped grids and the
+64-bit index path, so that an out-of-bounds read or write of a kernel (an illegal address on a
+GPU) aborts with ASan's report (the role of compute-sanitizer's memcheck, which needs a GPU).
 
 Run by test_cuda_emu.py in a subprocess whose ASan runtime is preloaded:
 
@@ -77,12 +77,15 @@ def main() -> int:
         print("memcheck: the out-of-bounds read went unnoticed")
         return 0
     gen = torch.Generator().manual_seed(0)
-    for cap in (0, 2):
+    for cap, int64_index in ((0, False), (2, False), (0, True)):
         ops._set_grid_cap(cap)
+        ops._set_force_int64_index(int64_index)
         deform(ops, gen)
         box_ops(ops, gen)
-        tal(ops, gen)
+        if not int64_index:  # TAL's kernels index in 64 bits always
+            tal(ops, gen)
     ops._set_grid_cap(0)
+    ops._set_force_int64_index(False)
     print(f"memcheck: OK, {ops._launches()} launches")
     return 0
 

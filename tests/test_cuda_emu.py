@@ -46,11 +46,22 @@ def emu():
     return load_emulator()
 
 
-@pytest.fixture(params=["full-grid", "grid-cap-2"])
+@pytest.fixture(params=["full-grid", "grid-cap-2", "int64-index"])
 def ops(request, emu):
-    """The emulated ops, with the launches' own grids, or with every grid-stride launch cut to
-    2 blocks, so that each grid-stride loop takes several turns (on a GPU only at huge sizes)."""
-    emu._set_grid_cap(0 if request.param == "full-grid" else 2)
+    """The emulated ops: with the launches' own grids; with every grid-stride launch cut to 2
+    blocks, so that each grid-stride loop takes several turns; or with the kernels' 64-bit index
+    instantiations (both on a GPU only at sizes far beyond these)."""
+    emu._set_grid_cap(2 if request.param == "grid-cap-2" else 0)
+    emu._set_force_int64_index(request.param == "int64-index")
+    yield emu
+    emu._set_grid_cap(0)
+    emu._set_force_int64_index(False)
+
+
+@pytest.fixture(params=["full-grid", "grid-cap-2"])
+def tal_ops(request, emu):
+    """As `ops`, for task_aligned_assign, whose kernels always index in 64 bits."""
+    emu._set_grid_cap(2 if request.param == "grid-cap-2" else 0)
     yield emu
     emu._set_grid_cap(0)
 
@@ -250,9 +261,9 @@ TAL_FLAVOURS = {"mmdet": FLAVOURS["mmdet"], "ultralytics-exact": FLAVOURS["ultra
 
 @pytest.mark.parametrize("flavour", list(TAL_FLAVOURS))
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_task_aligned_assign(ops, gen, flavour, scenario):
+def test_task_aligned_assign(tal_ops, gen, flavour, scenario):
     kw = TAL_FLAVOURS[flavour]
-    op = _emu_tal(ops)
+    op = _emu_tal(tal_ops)
     for dtype in (torch.float32, F64):
         inputs = _draw(lambda: SCENARIOS[scenario](gen), kw, dtype, "cpu")
         got = op(*inputs, **kw)
@@ -262,8 +273,8 @@ def test_task_aligned_assign(ops, gen, flavour, scenario):
     _run_and_check(op, inputs, kw, oracle=False)  # float64: vs the reference, invariants
 
 
-def test_task_aligned_assign_empty(ops, gen):
-    op = _emu_tal(ops)
+def test_task_aligned_assign_empty(tal_ops, gen):
+    op = _emu_tal(tal_ops)
     for B, A, G in [(2, 50, 0), (0, 50, 4), (2, 0, 4)]:
         inputs = metric_inputs(gen, B, A, 3, G, dtype=F64)
         out = op(*inputs)

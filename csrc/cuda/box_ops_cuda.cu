@@ -74,7 +74,7 @@ __global__ void pair_values_backward_kernel(const scalar_t* __restrict__ grad, i
 template <typename scalar_t, IoUMode kMode>
 void launch_pair_values(const scalar_t* a, const scalar_t* b, const scalar_t* w, bool is_loss,
                         scalar_t* out, int64_t n, double eps, cudaStream_t stream) {
-  with_index_type(4 * n, [&](auto index_c) {
+  with_kernel_index_type(4 * n, [&](auto index_c) {
     using index_t = decltype(index_c);
     launch_kernel(pair_values_kernel<scalar_t, kMode, index_t>, num_blocks(n), kThreads, stream, a,
                   b, w, is_loss, out, static_cast<index_t>(n),
@@ -87,7 +87,7 @@ void launch_pair_values_backward(const scalar_t* grad, int64_t gstride, const sc
                                  const scalar_t* b, const scalar_t* w, bool is_loss,
                                  scalar_t* grad_a, scalar_t* grad_b, scalar_t* grad_w, int64_t n,
                                  double eps, cudaStream_t stream) {
-  with_index_type(4 * n, [&](auto index_c) {
+  with_kernel_index_type(4 * n, [&](auto index_c) {
     using index_t = decltype(index_c);
     launch_kernel(pair_values_backward_kernel<scalar_t, kMode, index_t>, num_blocks(n), kThreads,
                   stream, grad, static_cast<index_t>(gstride), a, b, w, is_loss, grad_a, grad_b,
@@ -217,7 +217,7 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
       }
       const int64_t total = out.numel();
       const int64_t max_index = std::max({total, 4 * b1.numel(), 4 * b2.numel()});
-      with_index_type(max_index, [&](auto index_c) {
+      with_kernel_index_type(max_index, [&](auto index_c) {
         using index_t = decltype(index_c);
         launch_kernel(box_iou_pairwise_kernel<scalar_t, kMode, index_t>, num_blocks(total),
                       kThreads, stream, p1, p2, po, static_cast<index_t>(shape.n),
@@ -264,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor> box_iou_backward_cuda(const at::Tensor& grad,
       }
       const int64_t rows = shape.batch * shape.n;
       const int64_t max_index = std::max({grad.numel(), 4 * b1.numel(), 4 * b2.numel()});
-      with_index_type(max_index, [&](auto index_c) {
+      with_kernel_index_type(max_index, [&](auto index_c) {
         using index_t = decltype(index_c);
         const int warps_per_block = kThreads / 32;
         launch_kernel(box_iou_backward_rows_kernel<scalar_t, kMode, index_t>,
@@ -407,7 +407,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
     dispatch_iou_mode(md, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
       const int64_t max_index = std::max({metric.numel(), sc.numel(), 4 * pb.numel()});
-      with_index_type(max_index, [&](auto index_c) {
+      with_kernel_index_type(max_index, [&](auto index_c) {
         using index_t = decltype(index_c);
         const dim3 grid(static_cast<unsigned>(num_blocks(s.num_anchors)),
                         static_cast<unsigned>(std::min<int64_t>(rows, max_blocks(65535))));

@@ -83,6 +83,20 @@ inline int64_t max_blocks(int64_t limit = kMaxBlocks) {
   return limit;
 }
 
+// with_index_type for the kernels: 32-bit indexing where the sizes allow, else
+// 64-bit. Under the emulator a test can force the 64-bit instantiations
+// (emu::force_int64_index), which on a GPU only sizes beyond 2^31 elements reach.
+template <typename Fn>
+inline void with_kernel_index_type(int64_t max_index, Fn&& fn) {
+#ifdef TOOD_CUDA_EMU
+  if (emu::force_int64_index()) {
+    fn(int64_t{});
+    return;
+  }
+#endif
+  with_index_type(max_index, std::forward<Fn>(fn));
+}
+
 // Blocks of `threads` for `work` items, capped at max_blocks() (the kernels
 // grid-stride over the rest).
 inline int64_t num_blocks(int64_t work, int threads = kThreads) {

@@ -193,7 +193,7 @@ at::Tensor deform_sampling_cuda(const at::Tensor& input, const at::Tensor& offse
   if (out.numel() == 0) return out;
   const cudaStream_t stream = current_stream();
   TOOD_DISPATCH_CUDA_FLOATING_TYPES(in.scalar_type(), "deform_sampling_cuda", [&] {
-    with_index_type(max_index_of(in, off, m), [&](auto index_c) {
+    with_kernel_index_type(max_index_of(in, off, m), [&](auto index_c) {
       using index_t = decltype(index_c);
       const int64_t units = chunk_units(s);
       launch_kernel(deform_sampling_forward_kernel<scalar_t, index_t>, num_blocks(units), kThreads,
@@ -229,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
   const cudaStream_t stream = current_stream();
   TOOD_DISPATCH_CUDA_FLOATING_TYPES(in.scalar_type(), "deform_sampling_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_index_type(max_index_of(in, off, m), [&](auto index_c) {
+    with_kernel_index_type(max_index_of(in, off, m), [&](auto index_c) {
       using index_t = decltype(index_c);
       const Dims<index_t> d = make_dims<index_t>(s);
       const scalar_t* pm = with_mask ? m.const_data_ptr<scalar_t>() : nullptr;

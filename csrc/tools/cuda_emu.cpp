@@ -317,6 +317,11 @@ int64_t last_launch_blocks() { return g_last_blocks; }
 
 int64_t launches() { return static_cast<int64_t>(g_launches); }
 
+bool& force_int64_index() {
+  static bool force = false;
+  return force;
+}
+
 int64_t& grid_cap() {
   static int64_t cap = 0;
   return cap;

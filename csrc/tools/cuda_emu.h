@@ -89,6 +89,9 @@ void check_shuffle_width(int width);
 // When > 0, the most blocks tood_ext's grid-stride launches use (max_blocks()
 // of csrc/cuda/cuda_utils.cuh); 0 (the default) leaves their grids alone.
 int64_t& grid_cap();
+// When true, tood_ext's kernels take their 64-bit index instantiations
+// (with_kernel_index_type of csrc/cuda/cuda_utils.cuh) at any size.
+bool& force_int64_index();
 // Blocks (grid.x * grid.y * grid.z) of the most recent launch.
 int64_t last_launch_blocks();
 // Launches emulated so far by this process.

@@ -145,6 +145,8 @@ void set_grid_cap(int64_t cap) {
   emu::grid_cap() = cap;
 }
 
+void set_force_int64_index(bool force) { emu::force_int64_index() = force; }
+
 }  // namespace
 }  // namespace emu_selftest
 }  // namespace tood_ext
@@ -158,6 +160,8 @@ TORCH_LIBRARY(tood_ext_emu, m) {
         &tood_ext::emu_selftest::shuffle_sources);
   m.def("_selftest_bug(str which) -> ()", &tood_ext::emu_selftest::bug);
   m.def("_set_grid_cap(int cap) -> ()", &tood_ext::emu_selftest::set_grid_cap);
+  m.def("_set_force_int64_index(bool force) -> ()",
+        &tood_ext::emu_selftest::set_force_int64_index);
   m.def("_last_launch_blocks() -> int", &tood_ext::emu::last_launch_blocks);
   m.def("_launches() -> int", &tood_ext::emu::launches);
 }
