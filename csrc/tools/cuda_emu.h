@@ -113,6 +113,12 @@ inline T from_bits(uint64_t bits) {
   return v;
 }
 
+// The value `v` of lane `from` in a shuffle of the lanes of `mask`.
+template <typename T>
+inline T read_lane(unsigned mask, T v, int from) {
+  return from_bits<T>(warp_exchange(mask, to_bits(v), from));
+}
+
 // kernel(args...) on every thread, the arguments converted once to the
 // kernel's parameter types (as a launch copies them to the device).
 template <typename... Params, typename... Args>
@@ -138,8 +144,7 @@ inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
   const int lane = tood_ext::emu::lane_id();
   const int base = lane - lane % width;
   const int from = base + (src & (width - 1));
-  return tood_ext::emu::from_bits<T>(
-      tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
+  return tood_ext::emu::read_lane(mask, v, from);
 }
 
 template <typename T>
@@ -149,8 +154,7 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   const int end = lane - lane % width + width;
   int from = lane ^ (lane_mask & 31);
   if (from >= end) from = lane;
-  return tood_ext::emu::from_bits<T>(
-      tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
+  return tood_ext::emu::read_lane(mask, v, from);
 }
 
 template <typename T>
@@ -160,8 +164,7 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int end = lane - lane % width + width;
   int from = lane + static_cast<int>(delta & 31u);
   if (from >= end) from = lane;
-  return tood_ext::emu::from_bits<T>(
-      tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
+  return tood_ext::emu::read_lane(mask, v, from);
 }
 
 template <typename T>
@@ -171,8 +174,7 @@ inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int base = lane - lane % width;
   int from = lane - static_cast<int>(delta & 31u);
   if (from < base) from = lane;
-  return tood_ext::emu::from_bits<T>(
-      tood_ext::emu::warp_exchange(mask, tood_ext::emu::to_bits(v), from));
+  return tood_ext::emu::read_lane(mask, v, from);
 }
 
 // Threads of the emulator switch only at barriers and shuffles, so a plain
