@@ -19,6 +19,10 @@ SHAPES = [
     (1, 1, 1, 1, 1),
     (2, 12, 11, 13, 4),
     (0, 4, 5, 5, 2),     # B = 0
+    # groups of >= 8 channels: the CPU kernels' pixel-major path (chunks of 8 channels)
+    (2, 16, 7, 9, 1),    # two full chunks
+    (1, 20, 6, 11, 2),   # a full chunk and a partial one (Cg = 10)
+    (2, 8, 1, 5, 1),     # H = 1: every pixel an edge pixel
 ]
 
 
@@ -208,7 +212,7 @@ def test_large_planes_local_offsets(gen, with_mask):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_gradcheck(gen, device, with_mask):
-    for shape in [(2, 4, 5, 6, 2), (1, 3, 4, 1, 3)]:
+    for shape in [(2, 4, 5, 6, 2), (1, 3, 4, 1, 3), (1, 9, 4, 5, 1)]:  # Cg = 9: pixel-major on CPU
         x, off, m = make_inputs(gen, *shape, device=device, mask=with_mask, offsets="frac")
         args = [t.requires_grad_() for t in (x, off, m) if t is not None]
         if with_mask:
@@ -431,6 +435,51 @@ def test_cpu_backward_is_bitwise_deterministic(gen):
     for other in results[1:]:
         for g, e in zip(other, results[0]):
             assert torch.equal(g, e)
+
+
+# (B, C, H, W, G, offset scale in pixels or None for "wide")
+PATH_CASES = [
+    (2, 16, 12, 10, 1, 2.0),     # two full chunks, local offsets (shared scatter corners)
+    (1, 20, 6, 11, 2, None),     # a full and a partial chunk, many samples outside
+    (3, 24, 9, 13, 3, 1.0),      # B * G = 9 blocks: the fused schedule with 2 threads
+    (2, 8, 1, 5, 1, None),       # H = 1: edge pixels only
+    (1, 8, 7, 1, 1, 1.0),        # W = 1
+    (2, 6, 5, 7, 3, 0.5),        # Cg = 2: pixel-major forced on a small group
+    (1, 8, 131, 129, 1, 3.0),    # 16899 pixels: two planar tiles, one pixel-major plan
+]
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=str)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_cpu_paths_give_the_same_bits(gen, monkeypatch, case, with_mask):
+    # The CPU kernels have a planar path (gathers per channel plane) and a pixel-major one
+    # (groups of >= 8 channels, chunks of 8 transposed to pixel-major scratch); both do the
+    # same operations in the same order, so forward and every gradient match bit for bit, at
+    # every thread count (1 thread: fused backward; 2: two-pass where there are few blocks).
+    B, C, H, W, G, scale = case
+    for dtype in (torch.float32, torch.float64):
+        x, off, m = make_inputs(gen, B, C, H, W, G, dtype=dtype, mask=with_mask)
+        if scale is not None:
+            off = (torch.randn(off.shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        up = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+        threads = torch.get_num_threads()
+        runs = {}
+        try:
+            for path in ("planar", "pixel_major"):
+                monkeypatch.setenv("TOOD_EXT_DEFORM_CPU_PATH", path)
+                for n in (1, 2):
+                    torch.set_num_threads(n)
+                    args = [t.clone().requires_grad_() for t in (x, off, m) if t is not None]
+                    out = tood_ext.deform_sampling(*args, *([None] if m is None else []))
+                    runs[path, n] = (out.detach(), *torch.autograd.grad(out, args, up))
+        finally:
+            torch.set_num_threads(threads)
+        want = runs["planar", 1]
+        if dtype == torch.float64:  # (float32 positions i + dy round by up to ~1e-5 px at i ~ 130)
+            assert_close(want[0], _ref64(x, off, m), msg=f"{case}")
+        for key, got in runs.items():
+            for name, g, e in zip(("output", "input", "offset", "mask"), got, want):
+                assert torch.equal(g, e), f"{key} {name} {dtype}"
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")

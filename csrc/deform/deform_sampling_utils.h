@@ -56,16 +56,20 @@ TOOD_HOST_DEVICE_INLINE void bilinear_weights(T ly, T lx, T w[4]) {
 }
 
 // sum_k w[k] * v[k] (torchvision's order of terms).
-template <typename T>
-TOOD_HOST_DEVICE_INLINE T bilinear_combine(const T w[4], const T v[4]) {
+// V: the values' type, T by default; the CPU kernels also pass a GCC vector of
+// several channels' values of one corner (weights scalar, the same IEEE
+// operations lane by lane).
+template <typename T, typename V = T>
+TOOD_HOST_DEVICE_INLINE V bilinear_combine(const T w[4], const V v[4]) {
   return w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3];
 }
 
 // d value / d y and d value / d x of a sample with fractional parts (ly, lx)
 // and corner values v (the derivative of the cell's bilinear polynomial).
-template <typename T>
-TOOD_HOST_DEVICE_INLINE void bilinear_position_grad(T ly, T lx, const T v[4], T& grad_y,
-                                                    T& grad_x) {
+// V as in bilinear_combine.
+template <typename T, typename V = T>
+TOOD_HOST_DEVICE_INLINE void bilinear_position_grad(T ly, T lx, const V v[4], V& grad_y,
+                                                    V& grad_x) {
   const T hy = T(1) - ly, hx = T(1) - lx;
   grad_y = hx * (v[2] - v[0]) + lx * (v[3] - v[1]);
   grad_x = hy * (v[1] - v[0]) + ly * (v[3] - v[2]);
