@@ -19,7 +19,7 @@ SHAPES = [
     (1, 1, 1, 1, 1),
     (2, 12, 11, 13, 4),
     (0, 4, 5, 5, 2),     # B = 0
-    # groups of >= 8 channels: the CPU kernels' pixel-major path (chunks of 8 channels)
+    # groups of >= 4 channels: the CPU kernels' pixel-major path (chunks of 8 channels)
     (2, 16, 7, 9, 1),    # two full chunks
     (1, 20, 6, 11, 2),   # a full chunk and a partial one (Cg = 10)
     (2, 8, 1, 5, 1),     # H = 1: every pixel an edge pixel
@@ -444,6 +444,7 @@ PATH_CASES = [
     (3, 24, 9, 13, 3, 1.0),      # B * G = 9 blocks: the fused schedule with 2 threads
     (2, 8, 1, 5, 1, None),       # H = 1: edge pixels only
     (1, 8, 7, 1, 1, 1.0),        # W = 1
+    (2, 8, 6, 9, 2, 1.0),        # Cg = 4: the smallest group taking pixel-major by default
     (2, 6, 5, 7, 3, 0.5),        # Cg = 2: pixel-major forced on a small group
     (1, 8, 131, 129, 1, 3.0),    # 16899 pixels: two planar tiles, one pixel-major plan
 ]
@@ -453,7 +454,7 @@ PATH_CASES = [
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_cpu_paths_give_the_same_bits(gen, monkeypatch, case, with_mask):
     # The CPU kernels have a planar path (gathers per channel plane) and a pixel-major one
-    # (groups of >= 8 channels, chunks of 8 transposed to pixel-major scratch); both do the
+    # (groups of >= 4 channels, chunks of 8 transposed to pixel-major scratch); both do the
     # same operations in the same order, so forward and every gradient match bit for bit, at
     # every thread count (1 thread: fused backward; 2: two-pass where there are few blocks).
     B, C, H, W, G, scale = case

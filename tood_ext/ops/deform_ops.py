@@ -77,9 +77,12 @@ def deform_sampling(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
     inputs); the backward allocates the three gradients (input-, offset- and mask-sized),
     plus, on CUDA for float16/bfloat16, a float32 grad_input accumulation buffer (cast at
     the end), plus a contiguous copy of any non-contiguous argument. The CPU kernels also
-    keep a per-thread tile plan outside the tensor allocator: about 90 bytes per pixel of a
-    tile of at most 16384 pixels (about 1.5 MiB per thread for float32, nearly twice that for
-    float64), whatever the size of the input (``tests/test_memory.py`` checks the tensors).
+    keep per-thread scratch outside the tensor allocator (``tests/test_memory.py`` checks the
+    tensors): for groups of fewer than 4 channels (or planes of more than 65536 pixels) a tile
+    plan of about 90 bytes per pixel of a tile of at most 16384 pixels (about 1.5 MiB per
+    thread for float32); for groups of 4 or more channels on planes of up to 65536 pixels the
+    pixel-major path's plan and scratch planes, about 190 bytes per pixel of the plane (2.8 MiB
+    per thread at 100 x 152, at most 12 MiB). Nearly twice that for float64.
     """
     _check_groups(offset, groups)
     _loader.check_inputs("deform_sampling", input=input, offset=offset, mask=mask)
