@@ -402,9 +402,11 @@ def _git_commit() -> str | None:
         return None
 
 
-# environment settings that change the numbers (threads, allocators, huge pages)
+# environment settings that change the numbers (threads, allocators, huge pages, our kernels'
+# code-path switches)
 PERF_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE",
-                 "PYTORCH_CUDA_ALLOC_CONF", "CUDA_LAUNCH_BLOCKING", "LD_PRELOAD")
+                 "PYTORCH_CUDA_ALLOC_CONF", "CUDA_LAUNCH_BLOCKING", "LD_PRELOAD",
+                 "TOOD_EXT_CPU_ISA", "TOOD_EXT_DEFORM_CPU_PATH")
 
 
 # as the process started: imported peers may rewrite them (ultralytics sets OMP_NUM_THREADS=1
