@@ -313,6 +313,29 @@ struct DeformGrads {
   scalar_t* grad_mask;    // (B, G, H, W) or nullptr
 };
 
+// Calls one(q) for q in [q0, q0 + n) in the grad_input scatter's order, shared
+// by both paths (the order of the adds into each element, hence the bits): the
+// pixels as kScatterStreams interleaved streams, the range cut into that many
+// consecutive parts and step k doing pixel k of each part, in part order.
+// Consecutive pixels in raster order usually add into overlapping corners, so
+// one stream is a chain of dependent read-modify-writes through memory; the
+// parts are rows apart and their chains run side by side.
+template <typename Fn>
+[[gnu::always_inline]] inline void for_each_in_scatter_order(int64_t q0, int64_t n, Fn&& one) {
+  constexpr int64_t S = kScatterStreams;
+  const int64_t len = ceil_div(n, S);      // pixels per part (the last ones may have fewer)
+  const int64_t full = n - (S - 1) * len;  // steps in which every part has a pixel
+  int64_t k = 0;
+  for (; k < full; ++k) {
+    for (int64_t r = 0; r < S; ++r) one(q0 + k + r * len);
+  }
+  for (; k < len; ++k) {
+    for (int64_t r = 0; r < S; ++r) {
+      if (k + r * len < n) one(q0 + k + r * len);
+    }
+  }
+}
+
 // ---- pixel-major path (groups of at least 4 channels) -------------------------------
 //
 // With several channels per offset group, the planar sweeps (below) spend
@@ -650,19 +673,7 @@ template <bool kInput, bool kPosition, bool kMask, typename scalar_t, typename i
     int64_t e = 0;
     for (int64_t t0 = 0; t0 < n; t0 += kTile) {
       const int64_t tn = n - t0 < kTile ? n - t0 : kTile;
-      if (t.dense()) {
-        constexpr int64_t S = kScatterStreams;
-        const int64_t len = ceil_div(tn, S), full = tn - (S - 1) * len;
-        int64_t k = 0;
-        for (; k < full; ++k) {
-          for (int64_t r = 0; r < S; ++r) one(t0 + k + r * len);
-        }
-        for (; k < len; ++k) {
-          for (int64_t r = 0; r < S; ++r) {
-            if (k + r * len < tn) one(t0 + k + r * len);
-          }
-        }
-      }
+      if (t.dense()) for_each_in_scatter_order(t0, tn, one);
       for (; e < t.n_edge() && t.edge_q(e) < t0 + tn; ++e) {
         const int64_t q = t.edge_q(e);
         V gv = load_lanes<V>(go + q * kLanes);
@@ -896,14 +907,8 @@ template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
 // list in raster order. Scalar read-modify-writes: neighbouring pixels share
 // corners, so the adds must not be reordered into vector scatters.
 //
-// The inner pixels are taken as kScatterStreams interleaved streams (the
-// tile cut into that many consecutive ranges; step k does pixel k of each
-// range, in range order): consecutive pixels in raster order usually add into
-// overlapping corners, so one stream is a chain of dependent read-modify-
-// writes through memory (store-to-load forwarding, or a stall where a pair
-// load straddles the previous pair store), while the ranges are rows apart
-// and their chains run side by side. The order of the adds into each element
-// is still a fixed function of the tile (thread count plays no part).
+// The inner pixels are taken in for_each_in_scatter_order (interleaved
+// streams; a fixed function of the tile: thread count plays no part).
 template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
 [[gnu::always_inline]] inline void input_grad_tile(const TilePlan<acc_t, index_t>& t, index_t W,
                                                    const scalar_t* __restrict go,
@@ -929,18 +934,7 @@ template <bool kMask, typename scalar_t, typename acc_t, typename index_t>
       add_pair(gin + o, d[0], d[1]);
       add_pair(gin + o + W, d[2], d[3]);
     };
-    constexpr int64_t S = kScatterStreams;
-    const int64_t len = ceil_div(n, S);  // pixels per range (the last ones may have fewer)
-    const int64_t full = n - (S - 1) * len;  // steps in which every range has a pixel
-    int64_t k = 0;
-    for (; k < full; ++k) {
-      for (int64_t r = 0; r < S; ++r) one(k + r * len);
-    }
-    for (; k < len; ++k) {
-      for (int64_t r = 0; r < S; ++r) {
-        if (k + r * len < n) one(k + r * len);
-      }
-    }
+    for_each_in_scatter_order(0, n, one);
   }
   for (int64_t k = 0; k < t.n_edge(); ++k) {
     const int64_t q = t.edge_q(k);
@@ -995,19 +989,7 @@ template <bool kInput, bool kPosition, typename scalar_t, typename acc_t, typena
       }
     }
   }
-  if (kPosition) {
-    scalar_t* gdy = gr.grad_offset + 2 * bg * a.HW + p0;
-    scalar_t* gdx = gdy + a.HW;
-    for (int64_t q = 0; q < n; ++q) {
-      const acc_t mq = m ? static_cast<acc_t>(m[q]) : acc_t(1);
-      gdy[q] = static_cast<scalar_t>(mq * acc_y[q]);
-      gdx[q] = static_cast<scalar_t>(mq * acc_x[q]);
-    }
-    if (gr.grad_mask) {
-      scalar_t* gm = gr.grad_mask + bg * a.HW + p0;
-      for (int64_t q = 0; q < n; ++q) gm[q] = static_cast<scalar_t>(acc_m[q]);
-    }
-  }
+  if (kPosition) write_position_grads(a, gr, bg, p0, p1, acc_y);
 }
 
 template <typename scalar_t, typename index_t>
