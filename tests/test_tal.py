@@ -128,9 +128,9 @@ def _ambiguities(inputs, kw, rel: float = 1e-5) -> int:
     if B == 0 or A == 0 or gl.shape[1] == 0:
         return 0
     t, u, inside = _metric((ps, pb, ap, gl, gb, gm), kw)
+    if kw["candidates"] == "inside_then_topk":  # ranked by t masked to 0 outside
+        t = torch.where(inside, t, torch.zeros_like(t))
     eligible = ~torch.isnan(t) & gm[:, :, None]
-    if kw["candidates"] == "inside_then_topk":
-        eligible &= inside
     key = torch.where(eligible, t, torch.full_like(t, -math.inf))
     k = kw["topk"]
     top = key.topk(min(k + 1, A), dim=-1).values
@@ -181,11 +181,12 @@ def _oracle(inputs, kw):
             if not M[b][g]:
                 continue
             tg, ig = T[b][g], IN[b][g]
-            ranked = [a for a in range(A) if not math.isnan(tg[a])
-                      and (mode == "topk_then_inside" or ig[a])]
+            if mode == "inside_then_topk":  # ultralytics: top-k of t masked to 0 outside
+                tg = [tg[a] if ig[a] else 0.0 for a in range(A)]
+            ranked = [a for a in range(A) if not math.isnan(tg[a])]
             ranked.sort(key=lambda a: -tg[a])  # list.sort is stable: ties keep index order
             for a in ranked[:k]:
-                if mode == "inside_then_topk" or (tg[a] > 0 and ig[a]):
+                if ig[a] and (mode == "inside_then_topk" or tg[a] > 0):
                     claims[a].append(g)
         row = [max(c, key=lambda g: (U32[b][g][a], -g)) if c else -1
                for a, c in enumerate(claims)]
@@ -561,19 +562,24 @@ def test_nan_metric_is_never_a_candidate(tal_op, device, candidates):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_all_zero_scores(tal_op, device, gen):
-    """t = 0 everywhere: topk_then_inside assigns nothing; inside_then_topk takes the first k
-    inside anchors of each GT (index order), with soft target 0 and their true IoU."""
+    """t = 0 everywhere: topk_then_inside assigns nothing; inside_then_topk ranks every anchor
+    at masked t = 0, so each GT's top k are anchors 0..k-1 (index order) and those of them
+    inside the GT are its positives, with soft target 0 and their true IoU."""
     ps, pb, ap, gl, gb, gm = metric_inputs(gen, 2, 300, 3, 6, dtype=F64, pad_frac=0.0)
+    gb = gb.clone()
+    gb[:, 0] = torch.tensor([0.0, 0.0, 0.6, 0.6], dtype=F64) * ap.max()  # holds low indices
     inputs = _to((torch.zeros_like(ps), pb, ap, gl, gb, gm), F64, device)
     out = tal_op(*inputs)
     assert not bool(out.fg_mask.any())
-    out = tal_op(*inputs, candidates="inside_then_topk", topk=4)
+    k = 40
+    out = tal_op(*inputs, candidates="inside_then_topk", topk=k)
     _, _, inside = ref_metric(*_cpu64(inputs))
-    first = inside.long().cumsum(-1) <= 4  # (B, G, A) the first 4 inside anchors of each GT
+    first = torch.arange(inside.shape[-1]) < k  # the k lowest anchor indices
     claimed = (inside & first).any(1)
+    assert bool(claimed.any()) and bool((inside & ~first).any())
     assert torch.equal(out.fg_mask.cpu(), claimed)
     assert bool((out.soft_target == 0).all())
-    _check_against_oracle(out, inputs, dict(candidates="inside_then_topk", topk=4))
+    _check_against_oracle(out, inputs, dict(candidates="inside_then_topk", topk=k))
 
 
 # ---------------------------------------------------------------------------------------------

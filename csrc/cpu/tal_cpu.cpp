@@ -4,7 +4,9 @@
 //      anchors into a per-thread scratch row (alignment_metric's vectorised
 //      loop; the centre test redone against the widened box when
 //      min_inside_size > 0), then t for the anchors that can rank and the
-//      top-k candidates by insertion (csrc/tal/tal_utils.h);
+//      top-k candidates by insertion (csrc/tal/tal_utils.h; for
+//      "inside_then_topk" the inside anchors of t > 0, then the ranks of
+//      masked t = 0 in anchor order, fill_zero_metric_ranks);
 //   2. per image, in parallel over images, in anchor-sized per-thread rows:
 //      a. claims: each positive candidate, GTs in order, counts its anchor and
 //         keeps the claim of largest packed (u, GT) key with its slot;
@@ -89,8 +91,9 @@ TALOutputs task_aligned_assign_cpu(const at::Tensor& pred_scores, const at::Tens
 
       // 1. candidates. With beta > 0 an anchor whose box misses the GT has
       // t = 0 (or NaN): never a positive of "topk_then_inside", so only
-      // anchors with u > 0 are ranked there (and only inside anchors for
-      // "inside_then_topk"): the score gather and the powers run for few.
+      // anchors with u > 0 are ranked there (and for "inside_then_topk" only
+      // inside anchors of t > 0, then fill_zero_metric_ranks): the score
+      // gather and the powers run for few.
       const bool all_anchors = !inside_first && !(beta > 0.0);
       at::parallel_for(0, B * G, cpu::grain_for(A), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> u_row(A);
@@ -122,10 +125,35 @@ TALOutputs task_aligned_assign_cpu(const at::Tensor& pred_scores, const at::Tens
               for (int64_t a = begin; a < end; ++a) {
                 const scalar_t t =
                     static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, u_row[a]));
-                topk_insert(vals.data(), idxs.data(), static_cast<int>(K), &count, t,
-                            static_cast<int32_t>(a));
+                if (t > scalar_t(0)) {  // t = 0 anchors take their ranks below
+                  topk_insert(vals.data(), idxs.data(), static_cast<int>(K), &count, t,
+                              static_cast<int32_t>(a));
+                }
               }
             });
+            for (int s = 0; s < count; ++s) {
+              p_idx[bg * K + s] = idxs[s];
+              p_t[bg * K + s] = vals[s];
+              p_u[bg * K + s] = u_row[idxs[s]];
+              p_pos[bg * K + s] = true;
+            }
+            // fewer than K inside anchors of t > 0: the masked t = 0 ranks
+            fill_zero_metric_ranks<scalar_t>(
+                A, count, static_cast<int>(K),
+                [&](int32_t a) { return in_list(idxs.data(), count, a); },
+                [&](int32_t a, bool* inside, scalar_t* t, scalar_t* u) {
+                  *inside = in_row[a];
+                  *u = *inside ? u_row[a] : scalar_t(0);
+                  *t = *inside ? static_cast<scalar_t>(
+                                     cpu::metric_at(in, class_scores, a, u_row[a]))
+                               : scalar_t(0);
+                },
+                [&](int s, int32_t a, scalar_t u, bool inside) {
+                  p_idx[bg * K + s] = a;
+                  p_t[bg * K + s] = scalar_t(0);
+                  p_u[bg * K + s] = u;
+                  p_pos[bg * K + s] = inside;
+                });
           } else {
             cpu::overlap_row<scalar_t, kMode>(in, bg, u_row.data(), in_row.get());
             if (min_size > acc_t(0)) {  // the centre test against the widened box
@@ -140,13 +168,13 @@ TALOutputs task_aligned_assign_cpu(const at::Tensor& pred_scores, const at::Tens
               topk_insert(vals.data(), idxs.data(), static_cast<int>(K), &count, t,
                           static_cast<int32_t>(a));
             }
-          }
-          for (int s = 0; s < count; ++s) {
-            const int32_t a = idxs[s];
-            p_idx[bg * K + s] = a;
-            p_t[bg * K + s] = vals[s];
-            p_u[bg * K + s] = u_row[a];
-            p_pos[bg * K + s] = inside_first || (vals[s] > scalar_t(0) && in_row[a]);
+            for (int s = 0; s < count; ++s) {
+              const int32_t a = idxs[s];
+              p_idx[bg * K + s] = a;
+              p_t[bg * K + s] = vals[s];
+              p_u[bg * K + s] = u_row[a];
+              p_pos[bg * K + s] = vals[s] > scalar_t(0) && in_row[a];
+            }
           }
         }
       });

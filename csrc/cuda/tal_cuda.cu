@@ -4,7 +4,9 @@
 //      tal_utils.h's inside_box) with the shared math of box_iou_utils.h and
 //      keeps its own ranked top-k (registers / local memory, tal_utils.h's
 //      insertion); then k rounds of a warp-wide arg-best over the 32 list
-//      heads (shuffles) merge them in rank order.
+//      heads (shuffles) merge them in rank order; for "inside_then_topk"
+//      with fewer than k inside anchors of t > 0, lane 0 then gives the
+//      remaining ranks to the anchors of masked t = 0 in index order.
 //   2. claims: a thread per (image, GT, slot); each positive candidate
 //      atomicMax-es its packed (u, GT) key into the anchor's claim (and, for
 //      conflict="all_gts", atomicAdd-s the anchor's claim count).
@@ -128,7 +130,8 @@ __global__ void __launch_bounds__(kThreads)
     acc_t t, u;
     bool inside;
     evaluate(a, t, u, inside);
-    if (in.inside_first && !inside) continue;
+    // inside_then_topk ranks the inside anchors of t > 0; t = 0 ranks below
+    if (in.inside_first && !(inside && t > acc_t(0))) continue;
     topk_insert(vals, idxs, static_cast<int>(K), &count, t, static_cast<int32_t>(a));
   }
 
@@ -137,7 +140,8 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t none_t = -std::numeric_limits<acc_t>::infinity();
   const int32_t none_a = std::numeric_limits<int32_t>::max();
   int head = 0;
-  for (int r = 0; r < K; ++r) {
+  int r = 0;
+  for (; r < K; ++r) {
     const bool has = head < count;
     acc_t best_t = has ? vals[head] : none_t;
     int32_t best_a = has ? idxs[head] : none_a;
@@ -160,8 +164,25 @@ __global__ void __launch_bounds__(kThreads)
       cand_idx[slot] = best_a;
       cand_t[slot] = best_t;
       cand_u[slot] = u;
-      cand_pos[slot] = in.inside_first || (best_t > acc_t(0) && inside);
+      cand_pos[slot] = best_t > acc_t(0) && inside;
     }
+  }
+  // inside_then_topk with fewer than K inside anchors of t > 0: the ranks of
+  // masked t = 0, in anchor order, by lane 0 (it wrote the r ranked slots)
+  if (in.inside_first && r < K && lane == 0) {
+    int32_t* idx_row = cand_idx + bg * K;
+    fill_zero_metric_ranks<acc_t>(
+        A, r, static_cast<int>(K), [&](int32_t a) { return in_list(idx_row, r, a); },
+        [&](int32_t a, bool* inside, acc_t* t, acc_t* u) {
+          evaluate(a, *t, *u, *inside);
+          if (!*inside) *t = *u = acc_t(0);
+        },
+        [&](int s, int32_t a, acc_t u, bool inside) {
+          idx_row[s] = a;
+          cand_t[bg * K + s] = acc_t(0);
+          cand_u[bg * K + s] = u;
+          cand_pos[bg * K + s] = inside;
+        });
   }
 }
 

@@ -56,6 +56,38 @@ TOOD_HOST_DEVICE_INLINE void topk_insert(T* vals, int32_t* idxs, int k, int* cou
   if (n < k) *count = n + 1;
 }
 
+// candidates="inside_then_topk" is ultralytics' (and PP-YOLOE's) top-k of t
+// masked to 0 outside the (inside & valid) pairs, taken over all anchors,
+// with equal values in anchor-index order. The inside anchors of t > 0 are
+// ranked first (topk_insert); when there are n < k of them, ranks n, n + 1,
+// ... go to the anchors of masked t = 0 in index order: an anchor outside
+// the GT takes a rank but is no candidate, an inside anchor of t = 0 is a
+// positive candidate (t = 0). An inside anchor of NaN t is skipped (never a
+// candidate). ranked(a): a is one of the n; probe(a, &inside, &t, &u)
+// evaluates anchor a for this GT; take(rank, a, u, inside) records a rank
+// (u masked to 0 outside). O(n + k) probes, O(k) for ranked() each.
+template <typename T, typename Ranked, typename Probe, typename Take>
+TOOD_HOST_DEVICE_INLINE void fill_zero_metric_ranks(int64_t A, int n, int k, Ranked ranked,
+                                                    Probe probe, Take take) {
+  for (int64_t a = 0; a < A && n < k; ++a) {
+    if (ranked(static_cast<int32_t>(a))) continue;
+    bool inside;
+    T t, u;
+    probe(static_cast<int32_t>(a), &inside, &t, &u);
+    if (inside && !(t == T(0))) continue;  // NaN (every inside t > 0 is ranked)
+    take(n, static_cast<int32_t>(a), inside ? u : T(0), inside);
+    ++n;
+  }
+}
+
+// Is anchor a among the first n entries of idxs?
+TOOD_HOST_DEVICE_INLINE bool in_list(const int32_t* idxs, int n, int32_t a) {
+  for (int s = 0; s < n; ++s) {
+    if (idxs[s] == a) return true;
+  }
+  return false;
+}
+
 // Conflict key of a claim of GT g with overlap u: float32 bits of u (u >= 0,
 // so its bits order like the value) over the complement of g (lower g wins).
 // Never 0, so 0 marks an anchor nobody claimed.

@@ -14,38 +14,56 @@ outputs as ultralytics' class, but runs the assignment with tood-ext's fused op
 This module never imports ultralytics unless one of those functions is called.
 
 What is reproduced (ultralytics 8.4.190, ``utils/tal.py``), by the op itself
-(``conflict="all_gts"``, ``min_inside_size=stride_val``):
+(``candidates="inside_then_topk"``, ``conflict="all_gts"``, ``min_inside_size=stride_val``):
 
 * the inside test on the GT box converted xyxy -> xywh -> xyxy, with sides shorter than
   ``stride_val`` (``stride[1]``) widened to it about the centre, bit for bit in float32;
 * s = score of the GT's class, u = CIoU(gt, pred) clamped at 0, t = s**alpha * u**beta on inside
-  pairs; per GT the top-k by t among its inside anchors; an anchor claimed by several GTs goes to
-  the argmax of u over *all* GTs (u = 0 outside inside & valid pairs; first maximum, so an
-  all-zero column gives GT 0), which may be a GT that did not select it and which then counts it
-  among its positives; the optional ``topk2`` filter; ``t_hat = t * max u / (max t + eps)`` over
-  each GT's final positives; targets gathered with GT index 0 on background anchors (so
-  background rows of target_labels / target_bboxes hold GT 0's values, as in ultralytics);
-  ``target_scores`` the one-hot label times t_hat; G = 0 returns ultralytics' empty outputs.
+  pairs (0 elsewhere); per GT ``torch.topk`` of that masked t over *all* anchors, positives the
+  selected anchors inside the GT (t = 0 included); an anchor claimed by several GTs goes to the
+  argmax of u over *all* GTs (u = 0 outside inside & valid pairs; first maximum, so an all-zero
+  column gives GT 0), which may be a GT that did not select it and which then counts it among
+  its positives; the optional ``topk2`` filter (``torch.topk`` of t over each GT's final
+  positives, again over all anchors); ``t_hat = t * max u / (max t + eps)`` over each GT's
+  final positives; targets gathered with GT index 0 on background anchors (so background rows
+  of target_labels / target_bboxes hold GT 0's values, as in ultralytics); ``target_scores``
+  the one-hot label times t_hat; G = 0 returns ultralytics' empty outputs.
 
-Known differences (documented, and what the tests pin down):
+Ties: the one place where ultralytics is not well defined. A GT with fewer than ``topk``
+inside anchors of t > 0 (tiny GTs, unmatched GTs: most batches have some) fills its top-k with
+anchors of masked t = 0, and ``torch.topk`` does not specify which: an inside one among them
+becomes a positive of t = 0. Here equal values go to the *lowest anchor indices* (the op's
+rule everywhere), in both top-k steps. That is exactly ultralytics under that order: the tests
+compare every output with ultralytics run with a stable (lowest-index) ``torch.topk``. It is
+also what torch's CUDA top-k does (its single-block radix selection writes equal values in
+index order; not checked on a GPU here). torch's CPU top-k (a heap partial sort for k * 64 <=
+A) keeps *some* of the first k anchor indices instead: the two differ only for a GT near the
+image's top-left corner (it must contain one of anchors 0..topk-1) with fewer than topk inside
+anchors of t > 0. Measured on random batches with tiny, crowded and empty images (CPU, seeds in
+tests/test_compat.py): ultralytics' own CPU result differs from its lowest-index result in
+about 1 assignment in 9; ``v8DetectionLoss`` and ``E2ELoss`` are equal with and without the
+patch on every batch (zero-target positives weigh nothing there and such corner anchors did
+not reach the conflict rule); ``v8SegmentationLoss`` and ``v8PoseLoss`` average their mask /
+keypoint losses over all positives, t = 0 ones included, so they differ on the batches where
+ultralytics' CPU order differs (2 and 3 of 40 batches), and are equal on all others.
 
-* ties: ultralytics' top-k order is ``torch.topk``'s. Where a GT has fewer than ``topk`` inside
-  anchors of t > 0, ultralytics fills the remaining slots with t = 0 anchors in torch's order
-  (mostly outside the GT, so dropped); here the t = 0 *inside* anchors of lowest index fill them.
-  Those anchors are in ``fg_mask`` with ``target_scores`` 0, so they weigh nothing in
-  ``v8DetectionLoss`` (box and DFL losses are weighted by the target scores; the cls target is 0
-  either way): the loss is the same, ``fg_mask`` may differ on such anchors. Through the
-  conflict rule such a t = 0 anchor claimed twice may also move to a third GT of larger u (t > 0
-  there), which ultralytics would not have made a positive; this needs a GT with fewer than
-  ``topk`` inside anchors of t > 0 (tiny or unmatched GTs) and is rare.
+Other known differences:
+
 * u is computed by the op (CIoU without ultralytics' ``+ eps`` on the heights and union): values
   agree to float rounding, not bit for bit, so a near-tie of two GTs' u (relative ~1e-7) may
   resolve differently.
 * half inputs: the op computes in float32 on CUDA (ultralytics in the half type).
 * ``**extra`` (the pose / segmentation ``pair_overlaps`` inputs) is not supported; the subclasses
   ``SegTaskAlignedAssigner``, ``PoseTaskAlignedAssigner`` and ``RotatedTaskAlignedAssigner``
-  are left untouched by the patch (they keep ultralytics' implementation).
+  are left untouched by the patch (they keep ultralytics' implementation), so the losses built
+  on them (YOLO26's ``SegmentLoss26`` / ``PoseLoss26``, ``v8OBBLoss``) are unchanged.
+* a NaN t ranks first in ``torch.topk``; here a NaN t is never a candidate.
 * no CUDA out-of-memory fallback is needed (the op's extra memory is O(B*A + B*G*topk)).
+
+Losses the patch touches: every loss whose assigner is exactly ``TaskAlignedAssigner``:
+``v8DetectionLoss``, ``E2ELoss`` of it (YOLO26 detection: one-to-many topk 10, one-to-one
+topk 7 / topk2 1), ``v8SegmentationLoss`` and ``v8PoseLoss`` (YOLOv8/11 seg and pose),
+``TVPDetectLoss``.
 """
 from __future__ import annotations
 
@@ -75,6 +93,35 @@ def _rank_in_groups(group: torch.Tensor, value: torch.Tensor, n_groups: int) -> 
     starts = counts.cumsum(0) - counts
     rank_sorted = torch.arange(perm.numel(), device=perm.device) - starts[g_sorted]
     return torch.empty_like(rank_sorted).scatter_(0, perm, rank_sorted)
+
+
+def _topk2_keep(group: torch.Tensor, anchor: torch.Tensor, t: torch.Tensor, n_groups: int,
+                topk2: int) -> torch.Tensor:
+    """ultralytics' ``topk2`` filter, ``torch.topk(t * mask_pos, topk2)`` per GT over all
+    anchors, under the lowest-index order of equal values: which final positives (``group``:
+    their GT, ``anchor``: their anchor index, ``t``: their masked metric) it keeps.
+
+    A GT's positives of t > 0 rank first (by t, then index); if there are n < topk2 of them,
+    the remaining topk2 - n ranks go to the anchors of masked t = 0 in index order, positives
+    or not: a t = 0 positive at anchor a is kept when fewer than topk2 - n anchors of lower
+    index have masked t = 0 (a minus the t > 0 positives below it)."""
+    keep = torch.zeros_like(group, dtype=torch.bool)
+    if group.numel() == 0:
+        return keep
+    nonzero = t != 0  # t > 0, or NaN (torch.topk ranks it first)
+    keep[nonzero] = _rank_in_groups(group[nonzero], t[nonzero], n_groups) < topk2
+    # per GT, in anchor order: the t > 0 positives below each positive
+    order = torch.sort(group * (int(anchor.max()) + 1) + anchor).indices
+    g_sorted, nz_sorted = group[order], nonzero[order].long()
+    before = nz_sorted.cumsum(0) - nz_sorted  # exclusive, over the whole sorted list
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = counts.cumsum(0) - counts
+    start_before = (nz_sorted.cumsum(0) - nz_sorted)[starts[g_sorted]]  # at each group start
+    below = torch.empty_like(before).scatter_(0, order, before - start_before)
+    n_nonzero = torch.bincount(group[nonzero], minlength=n_groups)[group]
+    zero_rank = anchor - below  # anchors of masked t = 0 below this one
+    keep |= ~nonzero & (zero_rank < topk2 - n_nonzero)
+    return keep
 
 
 class TaskAlignedAssigner(nn.Module):
@@ -161,8 +208,8 @@ class TaskAlignedAssigner(nn.Module):
         ct = res.metric[cb, ca].to(work)
 
         gt_flat = cb * G + cg  # (n,) the GT of each final positive, flat over (B, G)
-        if self.topk2 != self.topk:  # keep each GT's top topk2 by t among its final positives
-            keep = _rank_in_groups(gt_flat, ct, B * G) < self.topk2
+        if self.topk2 != self.topk:
+            keep = _topk2_keep(gt_flat, ca, ct, B * G, self.topk2)
             cb, ca, cg, cu, ct, gt_flat = (x[keep] for x in (cb, ca, cg, cu, ct, gt_flat))
 
         # t_hat = t * max u / (max t + eps), maxima over each GT's final positives

@@ -38,8 +38,14 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
             of the predicted box with the GT, ``iou_mode`` clamped at 0).
         candidates: ``"topk_then_inside"`` (paper, mmdetection): per GT the top-k anchors by t
             over all anchors; positives are those with t > 0 whose centre is inside the GT.
-            ``"inside_then_topk"`` (ultralytics, PP-YOLOE): the top-k by t among anchors whose
-            centre is inside; all of them are positives, t = 0 included.
+            ``"inside_then_topk"`` (ultralytics, PP-YOLOE): per GT the top-k over all anchors
+            of t masked to 0 where the centre is outside (``torch.topk(t * inside, k)``);
+            positives are those of them inside, t = 0 included. Equal values rank by lower
+            anchor index, so a GT with fewer than k inside anchors of t > 0 fills its top-k
+            with the lowest-index anchors of masked t = 0, mostly outside it (no candidates);
+            an inside one among them is a positive of t = 0. ultralytics and PP-YOLOE take
+            ``torch.topk``'s order there, which is unspecified: the result is theirs under
+            the lowest-index order (see :mod:`tood_ext.compat.ultralytics`).
         iou_mode: ``"iou"`` (TOOD) or ``"ciou"`` (ultralytics), also ``"giou"``, ``"diou"``.
         inside_eps: the centre is inside when min(cx - x1, cy - y1, x2 - cx, y2 - cy) >
             inside_eps (0.01 in mmdetection, 1e-9 in ultralytics).

@@ -90,13 +90,14 @@ def _positive_candidates(metric: torch.Tensor, inside: torch.Tensor, gt_mask: to
 
     Ranking per GT: t descending, ties by lower anchor index (a stable descending sort), NaN t
     never ranked. ``topk_then_inside``: the first k over all anchors, kept when t > 0 and the
-    centre is inside; ``inside_then_topk``: the first k among the inside anchors, t = 0
-    included. Padding GTs have none.
+    centre is inside; ``inside_then_topk``: the first k over all anchors of t masked to 0
+    outside the GT (so t = 0 ties go to the lowest anchor indices, inside or not), kept when
+    the centre is inside (t = 0 included). Padding GTs have none.
     """
     A = metric.shape[-1]
-    eligible = ~torch.isnan(metric) & gt_mask[:, :, None]
     if candidates == "inside_then_topk":
-        eligible = eligible & inside
+        metric = torch.where(inside, metric, torch.zeros_like(metric))
+    eligible = ~torch.isnan(metric) & gt_mask[:, :, None]
     k = min(int(topk), A)
     # t is never -inf (s >= 0, u >= 0), so -inf marks the anchors that are not ranked; they
     # may fill the k slots of a row with fewer than k ranked anchors, and are dropped below.
@@ -106,9 +107,9 @@ def _positive_candidates(metric: torch.Tensor, inside: torch.Tensor, gt_mask: to
     tied = key == kth
     need = k - above.sum(-1, keepdim=True, dtype=torch.int32)  # slots left for the ties
     take = tied & (tied.cumsum(-1, dtype=torch.int32) <= need)  # lowest anchor indices first
-    selected = (above | take) & eligible
+    selected = (above | take) & eligible & inside
     if candidates == "topk_then_inside":
-        selected = selected & inside & (metric > 0)
+        selected = selected & (metric > 0)
     return selected
 
 
@@ -159,9 +160,12 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
            descending sort, not ``torch.topk``); an anchor of NaN t is never ranked, never a
            candidate.
            ``topk_then_inside``: the first k of all anchors; the positive candidates are those
-           with t > 0 and the centre inside. ``inside_then_topk``: the first k of the anchors
-           whose centre is inside; all are positive candidates, t = 0 included. Fewer ranked
-           anchors than k (A < k, few inside) give fewer candidates.
+           with t > 0 and the centre inside. ``inside_then_topk`` (ultralytics' top-k of the
+           masked metric): the first k of all anchors ranked by t masked to 0 outside the
+           inside pairs (equal -> lower index, so a GT with fewer than k inside anchors of
+           t > 0 gets the lowest-index anchors of masked t = 0 next); the positive candidates
+           are those inside, t = 0 included. Fewer ranked anchors than k (A < k) give fewer
+           candidates.
         3. Conflicts: an anchor that is a positive candidate of several GTs goes
            (``"candidates"``) to the claimant of highest u compared at float32 precision
            (``u.float()``), ties to the lower GT index; (``"all_gts"``) to ``argmax`` over all G
