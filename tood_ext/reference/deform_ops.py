@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops._checks import check_int, check_tensors
+
 __all__ = ["deform_sampling"]
 
 
@@ -22,6 +24,10 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
 def deform_sampling(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None,
                     groups: int | None = None) -> torch.Tensor:
     """Reference of :func:`tood_ext.ops.deform_sampling` (via ``grid_sample``)."""
+    check_tensors("reference.deform_sampling", optional=("mask",), input=input, offset=offset,
+                  mask=mask)
+    if groups is not None:
+        check_int("reference.deform_sampling", "groups", groups, minimum=0)
     if input.dim() != 4 or offset.dim() != 4:
         raise ValueError(f"input (B, C, H, W) and offset (B, 2*G, H, W) must be 4-D, got "
                          f"{tuple(input.shape)} and {tuple(offset.shape)}")
