@@ -79,7 +79,8 @@ def _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
                            f"{tuple(pd_scores.shape)}")
     B, A, _ = pd_scores.shape
     if gt_bboxes.dim() != 3 or gt_bboxes.shape[0] != B or gt_bboxes.shape[2] != 4:
-        raise RuntimeError(f"{op}: gt_bboxes must have shape (B, G, 4) with B = {B}, got "
+        raise RuntimeError(f"{op}: gt_bboxes must have shape (B, G, 4) with B = {B} (the batch "
+                           f"of pd_scores {tuple(pd_scores.shape)}), got "
                            f"{tuple(gt_bboxes.shape)}")
     G = gt_bboxes.shape[1]
     expect = {"pd_bboxes": (pd_bboxes, [(B, A, 4)], "(B, A, 4)"),

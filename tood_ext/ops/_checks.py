@@ -21,7 +21,7 @@ import numbers
 
 import torch
 
-__all__ = ["broadcast_leading", "check_box_shape", "check_choice", "check_int", "check_number", "check_same_device", "check_tensor",
+__all__ = ["broadcast_leading", "check_box_shape", "check_choice", "check_float_like", "check_int", "check_number", "check_same_device", "check_tensor",
            "check_tensors", "finite_gt_rows", "sanitize_gts"]
 
 
@@ -105,6 +105,22 @@ def broadcast_leading(boxes1: torch.Tensor, boxes2: torch.Tensor):
                            f"{tuple(boxes1.shape)}, boxes2 {tuple(boxes2.shape)}; expected "
                            "(..., N, 4) and (..., M, 4) with broadcastable '...')") from None
     return boxes1.expand(*lead, *boxes1.shape[-2:]), boxes2.expand(*lead, *boxes2.shape[-2:])
+
+
+def check_float_like(ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """RuntimeError unless ``ref`` is floating and every tensor in ``tensors`` (None skipped)
+    has its dtype and device (the references' version of the kernels' dtype/device checks)."""
+    if not ref.is_floating_point():
+        raise RuntimeError(f"{ref_name} must be float32 or float64, got {ref.dtype}")
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dtype != ref.dtype:
+            raise RuntimeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype "
+                               f"{ref.dtype}; they must have the same floating dtype")
+        if t.device != ref.device:
+            raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                               "all inputs must be on the same device")
 
 
 # ---- non-finite GTs ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 
 from .._reduction import check_reduction, reduce_loss
 from ..ops._checks import broadcast_leading, check_box_shape, check_choice, check_number
-from ..ops._checks import check_tensors
+from ..ops._checks import check_float_like, check_tensors
 
 IOU_MODES = ("iou", "giou", "diou", "ciou")
 
@@ -67,6 +67,7 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, mode: str = "iou", align
     check_number("reference.box_iou", "eps", eps)
     check_box_shape("boxes1", boxes1)
     check_box_shape("boxes2", boxes2)
+    check_float_like("boxes1", boxes1, boxes2=boxes2)
     if aligned:
         if boxes1.shape != boxes2.shape:
             raise ValueError(f"aligned box_iou needs boxes1 and boxes2 of the same shape, got "
@@ -92,6 +93,7 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | No
     check_number("reference.iou_loss", "eps", eps)
     check_box_shape("pred", pred)
     check_box_shape("target", target)
+    check_float_like("pred", pred, target=target, weight=weight)
     if pred.shape != target.shape:
         raise RuntimeError(f"pred and target must have the same shape (..., 4), got "
                            f"{list(pred.shape)} and {list(target.shape)}")
