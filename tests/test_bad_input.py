@@ -480,3 +480,26 @@ def test_generate_synthetic_coco_argument_errors(tmp_path):
     assert not (tmp_path / "g").exists()
     assert isinstance(np.int64(3), np.integer)  # numpy ints are accepted as ints
     generate_synthetic_coco(str(tmp_path / "ok"), np.int64(1), image_size=32)
+
+
+@pytest.mark.parametrize("content, named", [
+    ("not json {", "not a JSON file"),
+    ('{"annotations": []}', "'images' must be a list"),
+    ('{"images": [{"file_name": "a.png"}]}', "images[0] must be an object with 'id'"),
+    ('{"images": [], "annotations": [{"image_id": 1, "bbox": [0, 0, 1, 1]}]}',
+     "annotations[0] must be an object with"),
+    ('{"images": [], "annotations": [{"image_id": 1, "category_id": 1, '
+     '"bbox": [0, 0, -1, 1]}]}', "w, h >= 0"),
+    ('{"images": [], "annotations": [{"image_id": 1, "category_id": 1, '
+     '"bbox": [0, 0, "1", 1]}]}', "4 finite numbers"),
+    ('{"images": [], "categories": [{"name": "x"}]}', "categories[0] must be an object"),
+])
+def test_malformed_annotation_files(tmp_path, content, named):
+    from tood_ext.data import CocoDetection, DataError
+
+    ann = tmp_path / "a.json"
+    ann.write_text(content)
+    with pytest.raises(DataError) as info:
+        CocoDetection(str(ann), str(tmp_path), train=True)
+    assert named in str(info.value) and str(ann) in str(info.value)
+    assert isinstance(info.value, ValueError)

@@ -34,6 +34,11 @@ by several GTs goes to the claimant of highest IoU, where mmyolo takes the argma
 *all* GTs of the image (also GTs that do not contain the anchor, even padding); t = 0 anchors
 filling a GT's top-k are chosen by lower index (mmyolo: torch.topk's order); they carry a zero
 score.
+
+A GT with a non-finite coordinate is padding in every class here (no anchor, no NaN target;
+mmdet's NaN t is never > 0 and its NaN centre distance never > 0.01, so it gives such a GT no
+anchor either). Bad arguments raise before the op runs: TypeError for a non-tensor or a missing
+attribute, RuntimeError naming the tensor of a wrong shape.
 """
 from __future__ import annotations
 
@@ -147,8 +152,9 @@ class TaskAlignedAssigner:
     """
 
     def __init__(self, topk: int, iou_calculator: dict | None = None):
-        assert topk >= 1
-        self.topk = topk
+        from ..ops._checks import check_int
+
+        self.topk = check_int("compat.mmdet.TaskAlignedAssigner", "topk", topk, minimum=1)
         self.iou_calculator = (dict(type="BboxOverlaps2D") if iou_calculator is None
                                else iou_calculator)
         self.iou_mode = _iou_mode(self.iou_calculator)

@@ -46,6 +46,11 @@ Known differences (documented, and what the tests pin down):
   ``SegTaskAlignedAssigner``, ``PoseTaskAlignedAssigner`` and ``RotatedTaskAlignedAssigner``
   are left untouched by the patch (they keep ultralytics' implementation).
 * no CUDA out-of-memory fallback is needed (the op's extra memory is O(B*A + B*G*topk)).
+* a GT with a non-finite coordinate is padding (``mask_gt`` cleared, box zeroed at the top of
+  ``forward``): it claims no anchor, as in ultralytics (whose inside test is False on NaN), but
+  its box is never gathered (ultralytics puts GT 0's NaN box on background rows, and on anchors
+  handed to GT 0 by its all-zero-column rule). Bad arguments raise before anything runs:
+  TypeError for a non-tensor, RuntimeError naming the tensor of a wrong shape.
 """
 from __future__ import annotations
 

@@ -117,7 +117,9 @@ def alignment_metric(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         iou_mode: overlap u of (pred box, GT): ``"iou"`` (TOOD / mmdetection) or ``"ciou"``
             (ultralytics), ``"giou"``, ``"diou"``; clamped at 0.
         inside_eps: the centre is inside when min(cx - x1, cy - y1, x2 - cx, y2 - cy) >
-            inside_eps (0.01 in mmdetection's TaskAlignedAssigner).
+            inside_eps (0.01 in mmdetection's TaskAlignedAssigner); False when any of the
+            six coordinates is NaN (the NaN-propagating min of the references, mmdetection
+            and ultralytics).
 
     Returns:
         ``(metric, overlaps, inside)``, each (B, G, A): t (dtype of the scores), u, and the

@@ -74,7 +74,13 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         * ``t_hat`` of a positive: its t times the largest u over its GT's final positives,
           divided by the largest t over them plus ``norm_eps``;
         * padding GTs claim nothing (only the ``"all_gts"`` zero column above can give an
-          anchor to GT 0 when it is padding); G = 0, A = 0 or B = 0: all anchors background.
+          anchor to GT 0 when it is padding); G = 0, A = 0 or B = 0: all anchors background;
+        * a GT with a non-finite coordinate (NaN, +-inf) is padding: this wrapper (and the
+          reference) clears its mask and zeroes its box before the kernel runs, so it claims
+          nothing and no NaN box or target comes from it (also not through the zero column).
+          The kernels' centre test is False for a NaN coordinate of the GT or the anchor
+          point, so even the raw ``torch.ops.tood_ext.task_aligned_assign`` gives a NaN GT no
+          positive; an anchor point with a NaN coordinate is inside no GT (background).
 
     Returns:
         :class:`TALResult` ``(assigned_gt, fg_mask, labels, boxes, iou, metric, soft_target)``:
