@@ -16,13 +16,13 @@ before anything is computed or written.
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 
-__all__ = ["broadcast_leading", "check_box_shape", "check_choice", "check_float_like", "check_int", "check_number", "check_same_device", "check_tensor",
-           "check_tensors", "finite_gt_rows", "sanitize_gts"]
+__all__ = ["broadcast_leading", "check_box_shape", "check_choice", "check_float_like",
+           "check_int", "check_number", "check_same_device", "check_tensor", "check_tensors",
+           "finite_gt_rows", "sanitize_gts"]
 
 
 def _type_name(value) -> str:
@@ -148,9 +148,3 @@ def sanitize_gts(gt_boxes: torch.Tensor, gt_mask: torch.Tensor):
                                                                  device=gt_boxes.device))
     return boxes, gt_mask & finite
 
-
-def finite_number(op: str, name: str, value) -> None:
-    """TypeError unless a number; ValueError unless finite."""
-    check_number(op, name, value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")

@@ -9,7 +9,6 @@ tests, the benchmarks and as a fallback where the compiled kernels are unavailab
 """
 from __future__ import annotations
 
-
 import torch
 
 from .._types import TALResult
