@@ -80,3 +80,27 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype=None, msg: 
     rtol, atol = TOL[dtype or actual.dtype]
     torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol,
                                equal_nan=True, msg=lambda m: f"{msg}\n{m}" if msg else m)
+
+
+def inject_nonfinite(gen: torch.Generator, inputs, gt_frac: float = 0.3, anchor_frac: float = 0.03,
+                     values=(float("nan"),), first_gt: int = 0):
+    """A copy of alignment_metric / TAL ``inputs`` with one coordinate of about ``gt_frac`` of
+    the GTs (index >= ``first_gt``; each of x1, y1, x2, y2 in turn, so every position is hit)
+    and one coordinate of about ``anchor_frac`` of the anchor points set to one of ``values``
+    (NaN, +-inf). Returns (inputs, (B, G) bool of the GTs hit)."""
+    ps, pb, ap, gl, gb, gm = inputs
+    gb, ap = gb.clone(), ap.clone()
+    B, G = gm.shape
+    hit = torch.rand(B, G, generator=gen) < gt_frac
+    hit[:, :first_gt] = False
+    if G > first_gt:  # at least one hit, at a random valid place
+        b = int(torch.randint(0, B, (1,), generator=gen)) if B else 0
+        g = int(torch.randint(first_gt, G, (1,), generator=gen))
+        if B:
+            hit[b, g] = True
+    for n, (b, g) in enumerate(hit.nonzero().tolist()):
+        gb[b, g, n % 4] = values[n % len(values)]
+    a_hit = (torch.rand(ap.shape[0], generator=gen) < anchor_frac).nonzero().flatten().tolist()
+    for n, a in enumerate(a_hit):
+        ap[a, n % 2] = values[n % len(values)]
+    return (ps, pb, ap, gl, gb, gm), hit

@@ -1,6 +1,8 @@
 """box_iou, iou_loss / giou_loss and alignment_metric: kernels vs the pure-PyTorch references."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -8,7 +10,8 @@ import tood_ext
 from tood_ext import reference as ref
 from tood_ext import _loader
 
-from conftest import DEVICES, HAS_CUDA, assert_close, dtypes_for, metric_inputs, random_boxes
+from conftest import (DEVICES, HAS_CUDA, assert_close, dtypes_for, inject_nonfinite, metric_inputs,
+                      random_boxes)
 
 MODES = ["iou", "giou", "diou", "ciou"]
 
@@ -437,3 +440,57 @@ def test_cpu_and_cuda_agree(gen, mode):
     gpu = tood_ext.alignment_metric(*[t.cuda() for t in inputs], iou_mode=mode)
     for c, g in zip(cpu, gpu):
         torch.testing.assert_close(g.cpu(), c, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite coordinates in the centre-inside test (issue 23)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("where", ["x1", "y1", "x2", "y2", "px", "py"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_centre_inside_with_a_non_finite_coordinate(device, where, value):
+    """One GT [0, 0, 10, 10], one anchor at (5, 5): a NaN anywhere (GT or point) is "not
+    inside", as the reference's (and mmdetection's / ultralytics') amin-then-compare gives;
+    +-inf is ordinary arithmetic there (inside unless the inf closes the box)."""
+    dt = torch.float64
+    gt = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]], dtype=dt, device=device)
+    pt = torch.tensor([[5.0, 5.0]], dtype=dt, device=device)
+    if where.startswith("p"):
+        pt[0, "xy".index(where[1])] = value
+    else:
+        gt[0, 0, ("x1", "y1", "x2", "y2").index(where)] = value
+    args = (torch.full((1, 1, 1), 0.5, dtype=dt, device=device),
+            torch.tensor([[[0.0, 0.0, 10.0, 10.0]]], dtype=dt, device=device), pt,
+            torch.zeros(1, 1, dtype=torch.long, device=device), gt,
+            torch.ones(1, 1, dtype=torch.bool, device=device))
+    got = tood_ext.alignment_metric(*args)[2]
+    want = ref.alignment_metric(*args)[2]
+    px, py = pt[0].tolist()
+    x1, y1, x2, y2 = gt[0, 0].tolist()
+    margin = min(px - x1, py - y1, x2 - px, y2 - py)  # Python's min: by hand, NaN-aware below
+    expected = not any(map(math.isnan, (px, py, x1, y1, x2, y2))) and margin > 0.01
+    assert bool(want[0, 0, 0]) == expected
+    assert bool(got[0, 0, 0]) == expected, (where, value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_alignment_metric_nan_gts_and_anchors_match_reference(gen, device):
+    """Random inputs with NaN / +-inf in GT boxes and anchor points: the kernel's inside test
+    equals the reference's exactly, t and u NaN-aware; no NaN GT or NaN anchor is inside."""
+    for dtype in dtypes_for(device)[:2]:
+        inputs, hit = inject_nonfinite(
+            gen, metric_inputs(gen, 2, 300, 4, 12, dtype=dtype, device=device),
+            values=(float("nan"), float("inf"), float("nan"), float("-inf")))
+        got = tood_ext.alignment_metric(*inputs)
+        want = ref.alignment_metric(*inputs)
+        assert torch.equal(got[2], want[2])
+        for g, w in zip(got[:2], want[:2]):
+            assert_close(g, w.to(g.dtype), dtype=dtype)
+        gb, ap = inputs[4], inputs[2]
+        nan_gt = torch.isnan(gb).any(-1)  # (B, G)
+        nan_pt = torch.isnan(ap).any(-1)  # (A,)
+        assert not bool(got[2][nan_gt].any()), "a GT with a NaN coordinate contains an anchor"
+        assert not bool(got[2][:, :, nan_pt].any()), "an anchor with a NaN coordinate is inside"
+        assert bool(nan_gt.any()) and bool(got[2].any())

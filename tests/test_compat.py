@@ -575,3 +575,123 @@ def test_mmdet_centre_margin_is_0_01():
     assert res.gt_inds.tolist() == [0, 1, 1, 0, 1]
     gi = mmdet_assign_reference(pts, bboxes, scores, gtb, torch.zeros(1, dtype=torch.long), 13)[0]
     assert torch.equal(res.gt_inds, gi)
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite GTs (issue 23) and argument errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _nan_some_gts(gen, gb, first=1, frac=0.4):
+    """A copy of (B, G, 4) GT boxes with one coordinate (cycling x1..y2) of some GTs of index >=
+    ``first`` set to NaN; returns (boxes, (B, G) bool hit)."""
+    gb = gb.clone()
+    B, G = gb.shape[:2]
+    hit = torch.rand(B, G, generator=gen) < frac
+    hit[:, :first] = False
+    hit[0, G - 1] = True
+    for n, (b, g) in enumerate(hit.nonzero().tolist()):
+        gb[b, g, n % 4] = math.nan
+    return gb, hit
+
+
+def test_ultralytics_nan_gt_matches_ultralytics(gen):
+    """A GT with a NaN coordinate: ultralytics' own inside test (amin, then > eps) gives it no
+    anchor; so does the adapter (it put NaN targets on 9 foreground anchors before the fix)."""
+    tal = pytest.importorskip("ultralytics.utils.tal")
+    from tood_ext.compat.ultralytics import TaskAlignedAssigner
+
+    C, cfg = 5, dict(topk=10, alpha=0.5, beta=6.0)
+    ul = tal.TaskAlignedAssigner(num_classes=C, **cfg)
+    for _ in range(50):
+        ps, pb, ap, gl, gb, m = _draw_ul(gen, ul, cfg["topk"], B=2, C=C, G=8, pad=False,
+                                         min_wh=20.0, max_wh=90.0)
+        gb_nan, hit = _nan_some_gts(gen, gb)
+        inputs = (ps, pb, ap, gl, gb_nan, m)
+        if _ul_well_posed(ul, inputs, cfg["topk"]):
+            break
+    else:
+        pytest.fail("no well-posed draw")
+    want = tal.TaskAlignedAssigner(num_classes=C, **cfg)(*inputs)
+    got = TaskAlignedAssigner(num_classes=C, **cfg)(*inputs)
+    _compare_ul(got, want)
+    fg = got[3]
+    assert bool(fg.any())
+    assert bool(torch.isfinite(got[1][fg]).all()) and bool(torch.isfinite(got[2]).all())
+    assert not bool(hit.gather(1, got[4])[fg].any())
+
+
+def test_ultralytics_nan_gt_first_gives_no_nan_target(gen):
+    """GT 0 non-finite: it is padding for the adapter (box zeros), so no NaN reaches any target
+    (ultralytics itself would gather GT 0's NaN box on background rows)."""
+    from tood_ext.compat.ultralytics import TaskAlignedAssigner
+
+    ps, pb, ap, gl, gb, m = yolo_inputs(gen, 2, 4, 6, pad=False, min_wh=20.0, max_wh=90.0)
+    gb = gb.clone()
+    gb[:, 0, 3] = math.nan
+    gb[1, 1, 0] = math.inf
+    labels, boxes, scores, fg, idx = TaskAlignedAssigner(num_classes=4)(ps, pb, ap, gl, gb, m)
+    assert bool(fg.any())
+    assert bool(torch.isfinite(boxes).all()) and bool(torch.isfinite(scores).all())
+    assert not bool((idx[0][fg[0]] == 0).any()) and not bool((idx[1][fg[1]] <= 1).any())
+
+
+def test_mmdet_nan_gt_matches_transcription(gen):
+    """mmdet: a NaN GT's t is NaN (never > 0) and its centre distances NaN (never > 0.01): no
+    anchor; the adapter gave gt_inds 1 before the fix. beta = 0 (t finite) too."""
+    assigner = tmm.TaskAlignedAssigner(topk=13)
+    for beta in (6, 0):
+        priors, bboxes, scores, gtb, gtl = mmdet_inputs(gen, 500, 4, 10, crowded=True)
+        gtb, hit = _nan_some_gts(gen, gtb[None], first=0, frac=0.3)
+        gtb, hit = gtb[0], hit[0]
+        res = assigner.assign(_ns(priors=priors, bboxes=bboxes, scores=scores),
+                              _ns(bboxes=gtb, labels=gtl), None, 1, beta)
+        gi, mo, lab, met = mmdet_assign_reference(priors, bboxes, scores, gtb, gtl, 13, 1, beta)
+        assert torch.equal(res.gt_inds, gi) and torch.equal(res.labels, lab)
+        torch.testing.assert_close(res.max_overlaps, mo, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(res.assign_metrics, met, rtol=1e-9, atol=1e-15)
+        assert bool((gi > 0).any())
+        assert not bool(hit[(gi[gi > 0] - 1)].any())
+
+
+def test_mmyolo_nan_gt_gives_no_nan_target(gen):
+    B, A, C, G = 2, 300, 3, 6
+    ctr = torch.rand(A, 2, generator=gen) * 200
+    priors = torch.cat((ctr, torch.full((A, 2), 8.0)), -1)
+    pb = torch.cat((ctr - 15, ctr + 15), -1)[None].expand(B, A, 4).contiguous()
+    ps = torch.rand(B, A, C, generator=gen)
+    gtb = torch.cat((ctr[:G] - 30, ctr[:G] + 30), -1)[None].repeat(B, 1, 1)
+    gtb[0, 0, 1] = math.nan
+    gtb[1, 2, 2] = -math.inf
+    gl = torch.randint(0, C, (B, G, 1), generator=gen)
+    pad = torch.ones(B, G, 1)
+    out = tmm.BatchTaskAlignedAssigner(num_classes=C, topk=9)(pb, ps, priors, gl, gtb, pad)
+    fg = out["fg_mask_pre_prior"]
+    assert bool(fg.any())
+    assert bool(torch.isfinite(out["assigned_bboxes"]).all())
+    assert bool(torch.isfinite(out["assigned_scores"]).all())
+
+
+def test_adapters_argument_errors(gen):
+    from tood_ext.compat.ultralytics import TaskAlignedAssigner
+
+    ps, pb, ap, gl, gb, m = yolo_inputs(gen, 2, 3, 4)
+    ul = TaskAlignedAssigner(num_classes=3)
+    with pytest.raises(RuntimeError, match=r"mask_gt must have shape \(B, G, 1\) = \(2, 4, 1\)"):
+        ul(ps, pb, ap, gl, gb, m[:, :3])
+    with pytest.raises(TypeError, match="gt_labels must be a torch.Tensor, got list"):
+        ul(ps, pb, ap, gl.tolist(), gb, m)
+    with pytest.raises(RuntimeError, match=r"anc_points must have shape \(A, 2\)"):
+        ul(ps, pb, ap[:-1], gl, gb, m)
+    assigner = tmm.TaskAlignedAssigner(topk=13)
+    priors, bboxes, scores, gtb, gtl = mmdet_inputs(gen, 50, 3, 4)
+    with pytest.raises(RuntimeError, match=r"priors must have shape \(A, 4\) .* got \(50,\)"):
+        assigner.assign(_ns(priors=priors[:, 0], bboxes=bboxes, scores=scores),
+                        _ns(bboxes=gtb, labels=gtl))
+    with pytest.raises(TypeError, match="pred_instances must have the attributes"):
+        assigner.assign(_ns(priors=priors, bboxes=bboxes), _ns(bboxes=gtb, labels=gtl))
+    with pytest.raises(RuntimeError, match=r"gt_instances.labels must have shape \(G,\)"):
+        assigner.assign(_ns(priors=priors, bboxes=bboxes, scores=scores),
+                        _ns(bboxes=gtb, labels=gtl[:2]))
+    with pytest.raises(RuntimeError, match=r"priors must have shape"):
+        assigner.batch_assign(scores[None], bboxes[None], priors[:, 0], gtl[None], gtb[None])

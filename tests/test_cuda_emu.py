@@ -30,9 +30,12 @@ import torch
 import tood_ext  # noqa: F401  (registers tood_ext's ops: the CPU kernels compared with)
 from tood_ext._types import TALResult
 
-from conftest import HAS_CUDA, metric_inputs, random_boxes
+from conftest import HAS_CUDA, assert_close, inject_nonfinite, metric_inputs, random_boxes
 from emu_build import ROOT, asan_runtime, load_emulator
-from test_tal import FLAVOURS, SCENARIOS, _draw, _kw, _run_and_check
+from test_tal import (FLAVOURS, FLOAT_FIELDS, NAN_FLAVOURS, SCENARIOS, _check_equal_assignment,
+                      _draw, _issue_23_inputs, _kw, _run_and_check)
+from tood_ext.reference.box_ops import alignment_metric as ref_metric
+from tood_ext.reference.tal import task_aligned_assign as ref_tal
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="a GPU is present: the real CUDA kernels are tested (cuda cases elsewhere)")
@@ -279,6 +282,56 @@ def test_task_aligned_assign_empty(tal_ops, gen):
         inputs = metric_inputs(gen, B, A, 3, G, dtype=F64)
         out = op(*inputs)
         assert out.assigned_gt.shape == (B, A) and not bool(out.fg_mask.any())
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite GTs and anchors (issue 23): the CUDA kernels' centre test (the shared header)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_alignment_metric_nan_gts_and_anchors(ops, gen, dtype):
+    """NaN / +-inf in GT boxes and anchor points: the emulated CUDA kernel's inside test equals
+    the CPU kernel's and the reference's (a NaN coordinate: not inside); t, u NaN-aware."""
+    inputs, _ = inject_nonfinite(gen, metric_inputs(gen, 2, 300, 4, 12, dtype=dtype),
+                                 values=(float("nan"), float("inf"), float("nan"),
+                                         float("-inf")))
+    kw = dict(alpha=1.0, beta=6.0, iou_mode="iou", inside_eps=0.01, eps=1e-7)
+    got = ops.alignment_metric(*inputs, **kw)
+    cpu = torch.ops.tood_ext.alignment_metric(*inputs, **kw)
+    want = ref_metric(*inputs, **kw)
+    assert torch.equal(got[2], cpu[2]) and torch.equal(got[2], want[2])
+    for g, c in zip(got[:2], cpu[:2]):
+        torch.testing.assert_close(g, c, rtol=0, atol=0, equal_nan=True)
+    assert not bool(got[2][torch.isnan(inputs[4]).any(-1)].any())
+    assert not bool(got[2][:, :, torch.isnan(inputs[2]).any(-1)].any())
+
+
+@pytest.mark.parametrize("flavour", list(NAN_FLAVOURS))
+def test_task_aligned_assign_nan_gts(tal_ops, gen, flavour):
+    """The emulated CUDA TAL kernels on NaN GTs (index >= 1) and NaN anchors, without the
+    Python wrapper's masking: equal to the CPU kernel bit for bit and to the reference; the
+    issue's three-GT case goes to GT 0."""
+    kw = NAN_FLAVOURS[flavour]
+    op = _emu_tal(tal_ops)
+    for dtype in (torch.float32, F64):
+        inputs, hit = inject_nonfinite(gen, metric_inputs(gen, 2, 300, 4, 9, dtype=dtype),
+                                       first_gt=1)
+        got = op(*inputs, **kw)
+        cpu = TALResult(*torch.ops.tood_ext.task_aligned_assign(*inputs, **_kw(kw)))
+        for name in TALResult._fields:
+            torch.testing.assert_close(getattr(got, name), getattr(cpu, name), rtol=0, atol=0,
+                                       equal_nan=True, msg=name)
+        exp = ref_tal(*inputs, **kw)
+        _check_equal_assignment(got, exp, inputs)
+        for name in FLOAT_FIELDS:
+            assert_close(getattr(got, name), getattr(exp, name), dtype=dtype, msg=name)
+            assert bool(torch.isfinite(getattr(got, name)).all()), name
+        claimed = hit.gather(1, got.assigned_gt.clamp(min=0))
+        assert not bool((claimed & got.fg_mask).any()), "a NaN GT holds an anchor"
+    small = _issue_23_inputs()
+    out = op(*small, **kw)
+    assert int(out.assigned_gt[0, 0]) == 0 and bool(torch.isfinite(out.soft_target).all())
 
 
 # ---------------------------------------------------------------------------------------------

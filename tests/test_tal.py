@@ -33,7 +33,8 @@ from tood_ext.reference.box_ops import alignment_metric as ref_metric
 from tood_ext.reference.tal import _positive_candidates, inside_boxes
 from tood_ext.reference.tal import task_aligned_assign as ref_tal
 
-from conftest import DEVICES, HAS_CUDA, TOL, assert_close, dtypes_for, metric_inputs
+from conftest import (DEVICES, HAS_CUDA, TOL, assert_close, dtypes_for, inject_nonfinite,
+                      metric_inputs)
 
 SELF_TEST = os.environ.get("TOOD_TAL_TEST_SELF") == "1"
 
@@ -944,3 +945,96 @@ def test_bad_conflict_string_from_the_dispatcher(gen):
     args = _schema_args(metric_inputs(gen, 1, 20, 3, 2), dict(min_inside_size=-2.0))
     with pytest.raises(RuntimeError, match="min_inside_size must be finite"):
         op(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite GTs and anchors (issue 23): a GT with a non-finite coordinate is padding
+# ---------------------------------------------------------------------------------------------
+
+NAN_FLAVOURS = {**FLAVOURS, "mmdet-beta0": dict(beta=0.0),
+                "ultralytics-exact-beta0": {**FLAVOURS["ultralytics-exact"], "beta": 0.0}}
+
+
+def _issue_23_inputs(nan_first: bool = False):
+    """An anchor at (5, 5) under GTs [0, 0, 10, 10], [1, 1, 11, 11] and [0, 0, 10, nan] (the
+    NaN GT first when ``nan_first``); the predicted box is GT 0's."""
+    gts = [[0.0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, math.nan]]
+    if nan_first:
+        gts = gts[2:] + gts[:2]
+    return (torch.full((1, 1, 1), 0.5, dtype=F64), torch.tensor([[[0.0, 0, 10, 10]]], dtype=F64),
+            torch.tensor([[5.0, 5]], dtype=F64), torch.zeros(1, 3, dtype=torch.long),
+            torch.tensor([gts], dtype=F64), torch.ones(1, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("flavour", list(NAN_FLAVOURS))
+@pytest.mark.parametrize("nan_first", [False, True])
+def test_nan_gt_steals_nothing_issue_23(tal_op, flavour, nan_first):
+    """The issue's case: the NaN GT must not win the anchor (it went to the NaN GT with a NaN
+    box and soft target under conflict="all_gts"; with beta = 0 it took positives outright)."""
+    kw = NAN_FLAVOURS[flavour]
+    inputs = _issue_23_inputs(nan_first)
+    out = tal_op(*inputs, **kw)
+    exp = ref_tal(*inputs, **kw)
+    _check_equal_assignment(out, exp, inputs)
+    nan_gt = 0 if nan_first else 2
+    assert int(out.assigned_gt[0, 0]) == (1 if nan_first else 0)
+    for name in ("boxes", *FLOAT_FIELDS):
+        assert bool(torch.isfinite(getattr(out, name)).all()), name
+    assert int(exp.assigned_gt[0, 0]) != nan_gt
+
+
+def _raw_op(inputs, kw):
+    """The dispatcher op, without the Python wrapper's masking of non-finite GTs: the kernels'
+    own centre test must already keep a NaN GT from claiming anything."""
+    return TALResult(*torch.ops.tood_ext.task_aligned_assign(*inputs, **_kw(kw)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flavour", list(NAN_FLAVOURS))
+def test_nan_gts_match_reference(gen, tal_op, device, flavour):
+    """Random batches with NaN GT coordinates (GT index >= 1, so that the "all_gts" zero column
+    cannot hand an anchor to one) and NaN anchor points: the raw kernel equals the reference,
+    and so does the op; no output is non-finite."""
+    if SELF_TEST:
+        pytest.skip("self-test mode: no kernel")
+    kw = NAN_FLAVOURS[flavour]
+    for dtype in dtypes_for(device)[:2]:
+        for B, A, C, G in ((2, 400, 4, 9), (1, 120, 3, 25)):
+            inputs, hit = inject_nonfinite(gen, metric_inputs(gen, B, A, C, G, dtype=dtype,
+                                                              device=device), first_gt=1)
+            exp = ref_tal(*inputs, **kw)
+            for out in (_raw_op(inputs, _kw(kw)), tal_op(*inputs, **kw)):
+                _check_equal_assignment(out, exp, inputs)
+                for name in FLOAT_FIELDS:
+                    assert_close(getattr(out, name), getattr(exp, name), dtype=dtype, msg=name)
+                    assert bool(torch.isfinite(getattr(out, name)).all()), name
+                assert bool(torch.isfinite(out.boxes).all())
+                claimed = hit.to(device).gather(1, out.assigned_gt.clamp(min=0))
+                assert not bool((claimed & out.fg_mask).any()), "a NaN GT holds an anchor"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flavour", list(NAN_FLAVOURS))
+def test_non_finite_gts_are_padding(gen, tal_op, device, flavour):
+    """NaN or +-inf anywhere (GT 0 included): the op's result is that of the same inputs with
+    those GTs marked padding and their boxes zeroed (the documented rule), equals the
+    reference's, and holds no non-finite value."""
+    kw = NAN_FLAVOURS[flavour]
+    for dtype in dtypes_for(device)[:2]:
+        inputs, hit = inject_nonfinite(
+            gen, metric_inputs(gen, 2, 300, 4, 10, dtype=dtype, device=device), gt_frac=0.4,
+            values=(float("nan"), float("inf"), float("-inf")))
+        hit = hit.to(device)
+        ps, pb, ap, gl, gb, gm = inputs
+        masked = (ps, pb, ap, gl, gb.masked_fill(hit[..., None], 0.0), gm & ~hit)
+        out = tal_op(*inputs, **kw)
+        want = tal_op(*masked, **kw)
+        for name in TALResult._fields:
+            assert torch.equal(getattr(out, name), getattr(want, name)), name
+        exp = ref_tal(*inputs, **kw)
+        _check_equal_assignment(out, exp, inputs)
+        for name in FLOAT_FIELDS:
+            assert_close(getattr(out, name), getattr(exp, name), dtype=dtype, msg=name)
+        for name in ("boxes", *FLOAT_FIELDS):
+            assert bool(torch.isfinite(getattr(out, name)).all()), name
+        assert bool(out.fg_mask.any())

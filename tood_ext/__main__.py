@@ -228,8 +228,14 @@ def _train_config(args):
 
 def cmd_generate(args) -> None:
     from .data import generate_synthetic_coco
+    from .data.synthetic import check_generate_args
     kw = dict(image_size=args.image_size, num_classes=args.num_classes,
               max_objects=args.max_objects, min_size=args.min_size, max_size=args.max_size)
+    try:  # every argument checked before anything is written
+        for n in (args.train_images, args.val_images):
+            check_generate_args(num_images=n, **kw)
+    except (TypeError, ValueError) as exc:
+        sys.exit(f"generate: {_option_names(str(exc))}")
     for split, n, seed in (("train", args.train_images, args.seed),
                            ("val", args.val_images, args.seed + 1)):
         if n > 0:
@@ -252,6 +258,9 @@ def cmd_train(args) -> dict:
     va = _split_paths(args, "val")
     scale = tuple(args.scale)
     train_set = CocoDetection(tr[0], tr[1], scale=scale, train=True, seed=args.seed)
+    if len(train_set) == 0:
+        sys.exit(f"train: no usable training image in {tr[0]}: "
+                 f"{train_set.describe_filter()}")
     val_set = CocoDetection(va[0], va[1], scale=scale) if va else None
     mcfg = _model_config(args, train_set.num_classes)
     tcfg = _train_config(args)
@@ -271,6 +280,7 @@ def cmd_train(args) -> dict:
 def cmd_eval(args) -> dict:
     from .data import CocoDetection
     from .engine import evaluate, model_from_checkpoint
+    from .engine.evaluate import check_classes
 
     device = _setup(args)
     va = _split_paths(args, "val")
@@ -280,6 +290,9 @@ def cmd_eval(args) -> dict:
                                          ops=args.ops)
     scale = _ckpt_scale(state, args.scale)
     dataset = CocoDetection(va[0], va[1], scale=scale)
+    problem = check_classes(model, dataset, state.get("classes"))
+    if problem:
+        sys.exit(f"eval: {args.checkpoint} does not fit {va[0]}: {problem}")
     out = args.out or os.path.splitext(args.checkpoint)[0] + "_metrics.json"
     metrics = evaluate(model, dataset, device=device, batch_size=args.batch_size, out_json=out,
                        dets_json=args.dets_out, backend=args.backend)
@@ -312,6 +325,8 @@ def cmd_predict(args) -> list[str]:
                                          score_thr=min(args.score_thr, 0.05))
     names = (state.get("classes") or {}).get("names")
     paths = _image_paths(args.images, args.limit)
+    if not paths:
+        sys.exit(f"predict: no image found in {args.images}")
     written = predict_images(model, paths, args.out, scale=_ckpt_scale(state, args.scale),
                              class_names=names, score_thr=args.score_thr, device=device)
     print(f"{len(written)} images -> {args.out}")
@@ -382,11 +397,28 @@ COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval,
             "predict": cmd_predict, "demo": cmd_demo}
 
 
+def _option_names(message: str) -> str:
+    """generate's argument names as its command-line options (min_size -> --min-size)."""
+    for name in ("num_images", "image_size", "num_classes", "max_objects", "min_size",
+                 "max_size"):
+        message = message.replace(name, "--" + name.replace("_", "-"))
+    return message.replace("--num-images", "--train-images/--val-images")
+
+
 def main(argv: list[str] | None = None):
+    """Runs a command. Bad options exit with status 2 (argparse); unusable data (a malformed
+    annotations file, an unreadable image, no usable training image, a checkpoint whose
+    classes do not fit the set) exits with status 1 and a message naming the file and the
+    problem, before anything is written."""
+    from .data.coco import DataError
+
     args = build_parser().parse_args(argv)
-    if args.command in COMMANDS:
-        return COMMANDS[args.command](args)
-    return args.func(args)
+    try:
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        return args.func(args)
+    except (DataError, FileNotFoundError) as exc:
+        sys.exit(f"{args.command}: {exc}")
 
 
 if __name__ == "__main__":

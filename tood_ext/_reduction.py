@@ -6,9 +6,16 @@ import torch
 REDUCTIONS = ("none", "mean", "sum")
 
 
-def check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
+def check_reduction(reduction: str, avg_factor=None, op: str = "iou_loss") -> None:
+    """ValueError for an unknown ``reduction``; TypeError for an ``avg_factor`` that is not
+    None, a number or a one-element tensor (a string would otherwise divide into a
+    confusing error, or not at all)."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if avg_factor is not None:
+        from .ops._checks import check_number
+
+        check_number(op, "avg_factor", avg_factor, tensor_ok=True)
 
 
 def reduce_loss(loss: torch.Tensor, reduction: str, avg_factor: float | torch.Tensor | None):

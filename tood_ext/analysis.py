@@ -550,6 +550,10 @@ def cmd_analyze(args) -> dict:
         model, state = model_from_checkpoint(ckpt, device, ops=args.ops)
         scale = args.scale or (state.get("classes") or {}).get("scale") or (1333, 800)
         dataset = CocoDetection(ann, img_dir, scale=tuple(scale))
+        from .engine.evaluate import check_classes
+        problem = check_classes(model, dataset, state.get("classes"))
+        if problem:
+            raise SystemExit(f"analyze: {ckpt} does not fit {ann}: {problem}")
         reports[name] = analyze_model(model, dataset, device, args.batch_size, args.score,
                                       args.max_images, topk=args.topk, top_iou_k=args.top_iou_k,
                                       det_score_thr=args.det_score_thr, return_pairs=True)

@@ -277,14 +277,16 @@ inline void dispatch_iou_mode(IoUMode mode, Fn&& fn) {
 
 // Anchor centre (px, py) strictly inside the GT by more than inside_eps:
 // min(px - x1, py - y1, x2 - px, y2 - py) > inside_eps (mmdetection's test).
+// Written as four comparisons, each false for a NaN difference: a NaN in any
+// coordinate of the GT or the point gives "not inside", as torch.amin (which
+// propagates NaN) followed by "> eps" does in mmdetection and ultralytics. (A
+// running min "d1 < d ? d1 : d" would drop a NaN that is not its first term.)
+// For finite values the result is that of the min: min > eps iff all > eps.
 template <typename T>
 TOOD_HOST_DEVICE_INLINE bool centre_inside(T px, T py, const T gt[4], T inside_eps) {
-  T d = px - gt[0];
-  const T d1 = py - gt[1], d2 = gt[2] - px, d3 = gt[3] - py;
-  d = d1 < d ? d1 : d;
-  d = d2 < d ? d2 : d;
-  d = d3 < d ? d3 : d;
-  return d > inside_eps;
+  const bool in_x1 = px - gt[0] > inside_eps, in_y1 = py - gt[1] > inside_eps;
+  const bool in_x2 = gt[2] - px > inside_eps, in_y2 = gt[3] - py > inside_eps;
+  return in_x1 & in_y1 & in_x2 & in_y2;
 }
 
 // Overlap u used by the metric: the IoU-family value of (pred, gt), clamped

@@ -34,6 +34,11 @@ by several GTs goes to the claimant of highest IoU, where mmyolo takes the argma
 *all* GTs of the image (also GTs that do not contain the anchor, even padding); t = 0 anchors
 filling a GT's top-k are chosen by lower index (mmyolo: torch.topk's order); they carry a zero
 score.
+
+A GT with a non-finite coordinate is padding in every class here (no anchor, no NaN target;
+mmdet's NaN t is never > 0 and its NaN centre distance never > 0.01, so it gives such a GT no
+anchor either). Bad arguments raise before the op runs: TypeError for a non-tensor or a missing
+attribute, RuntimeError naming the tensor of a wrong shape.
 """
 from __future__ import annotations
 
@@ -103,9 +108,31 @@ def _iou_mode(iou_calculator) -> str:
     return mode
 
 
+def _check_priors(op: str, priors) -> torch.Tensor:
+    """priors (A, 4) boxes or (A, >= 2) points -> their (A, 4) / (A, 2) part; TypeError for a
+    non-tensor, RuntimeError for another shape (tood_ext's error policy)."""
+    from ..ops._checks import check_tensor
+
+    check_tensor(op, "priors", priors)
+    if priors.dim() != 2 or priors.shape[-1] < 2:
+        raise RuntimeError(f"{op}: priors must have shape (A, 4) (prior boxes) or (A, 2) "
+                           f"(points), got {tuple(priors.shape)}")
+    return priors[:, :4] if priors.shape[-1] >= 4 else priors[:, :2]
+
+
+def _check_shape(op: str, name: str, t, shape: tuple, desc: str) -> None:
+    from ..ops._checks import check_tensor
+
+    check_tensor(op, name, t)
+    if tuple(t.shape) != tuple(shape):
+        raise RuntimeError(f"{op}: {name} must have shape {desc} = {tuple(shape)}, got "
+                           f"{tuple(t.shape)}")
+
+
 def _prior_points(priors: torch.Tensor) -> torch.Tensor:
     if priors.dim() != 2 or priors.shape[-1] not in (2, 4):
-        raise ValueError(f"priors must be (A, 4) boxes or (A, 2) points, got {tuple(priors.shape)}")
+        raise RuntimeError(f"priors must be (A, 4) boxes or (A, 2) points, got "
+                           f"{tuple(priors.shape)}")
     if priors.shape[-1] == 2:
         return priors
     return torch.stack(((priors[:, 0] + priors[:, 2]) / 2.0, (priors[:, 1] + priors[:, 3]) / 2.0),
@@ -125,8 +152,9 @@ class TaskAlignedAssigner:
     """
 
     def __init__(self, topk: int, iou_calculator: dict | None = None):
-        assert topk >= 1
-        self.topk = topk
+        from ..ops._checks import check_int
+
+        self.topk = check_int("compat.mmdet.TaskAlignedAssigner", "topk", topk, minimum=1)
         self.iou_calculator = (dict(type="BboxOverlaps2D") if iou_calculator is None
                                else iou_calculator)
         self.iou_mode = _iou_mode(self.iou_calculator)
@@ -142,10 +170,29 @@ class TaskAlignedAssigner:
             gt_instances_ignore: ignored (as in mmdet).
             alpha, beta: the metric's exponents.
         """
-        priors = pred_instances.priors
-        priors = priors[:, :4] if priors.shape[-1] >= 4 else priors[:, :2]
+        op = "compat.mmdet.TaskAlignedAssigner.assign"
+        for obj, where, fields in ((pred_instances, "pred_instances", ("priors", "bboxes",
+                                                                       "scores")),
+                                   (gt_instances, "gt_instances", ("bboxes", "labels"))):
+            missing = [f for f in fields if not hasattr(obj, f)]
+            if missing:
+                raise TypeError(f"{op}: {where} must have the attributes {fields} (an mmdet "
+                                f"InstanceData or any object with them); missing {missing}")
+        priors = _check_priors(op, pred_instances.priors)
         bboxes, scores = pred_instances.bboxes, pred_instances.scores
         gt_bboxes, gt_labels = gt_instances.bboxes, gt_instances.labels
+        A = priors.shape[0]
+        _check_shape(op, "pred_instances.bboxes", bboxes, (A, 4), "(A, 4)")
+        from ..ops._checks import check_tensor
+        check_tensor(op, "pred_instances.scores", scores)
+        if scores.dim() != 2 or scores.shape[0] != A:
+            raise RuntimeError(f"{op}: pred_instances.scores must have shape (A, C) with A = "
+                               f"{A}, got {tuple(scores.shape)}")
+        check_tensor(op, "gt_instances.bboxes", gt_bboxes)
+        if gt_bboxes.dim() != 2 or gt_bboxes.shape[-1] != 4:
+            raise RuntimeError(f"{op}: gt_instances.bboxes must have shape (G, 4), got "
+                               f"{tuple(gt_bboxes.shape)}")
+        _check_shape(op, "gt_instances.labels", gt_labels, (gt_bboxes.shape[0],), "(G,)")
         num_gt, num_bboxes = gt_bboxes.shape[0], priors.shape[0]
         if num_gt == 0 or num_bboxes == 0:
             result = AssignResult(num_gt, priors.new_zeros((num_bboxes,), dtype=torch.long),
@@ -168,11 +215,29 @@ class TaskAlignedAssigner:
         :class:`AssignResult` of (B, A) fields (``gt_inds`` indexes the padded G, 1-based) and
         ``num_gts`` = the (B,) number of valid GTs. Equal, image by image, to :meth:`assign`
         on the valid GTs (with indices into the padded list)."""
+        from ..ops._checks import check_tensors
+
+        op = "compat.mmdet.TaskAlignedAssigner.batch_assign"
+        check_tensors(op, optional=("gt_mask",), pred_scores=pred_scores,
+                      pred_bboxes=pred_bboxes, gt_labels=gt_labels, gt_bboxes=gt_bboxes,
+                      gt_mask=gt_mask)
+        priors = _check_priors(op, priors)
+        if pred_scores.dim() != 3 or gt_bboxes.dim() != 3:
+            raise RuntimeError(f"{op}: pred_scores must have shape (B, A, C) and gt_bboxes "
+                               f"(B, G, 4), got {tuple(pred_scores.shape)} and "
+                               f"{tuple(gt_bboxes.shape)}")
         B, A = pred_scores.shape[:2]
         G = gt_bboxes.shape[1]
+        for name, t, shape, desc in (("pred_bboxes", pred_bboxes, (B, A, 4), "(B, A, 4)"),
+                                     ("gt_bboxes", gt_bboxes, (B, G, 4), "(B, G, 4)"),
+                                     ("gt_labels", gt_labels, (B, G), "(B, G)"),
+                                     ("gt_mask", gt_mask, (B, G), "(B, G)")):
+            if t is not None and tuple(t.shape) != shape:
+                raise RuntimeError(f"{op}: {name} must have shape {desc} = {shape} (B, A from "
+                                   f"pred_scores {tuple(pred_scores.shape)}, G from gt_bboxes), "
+                                   f"got {tuple(t.shape)}")
         if gt_mask is None:
             gt_mask = torch.ones((B, G), dtype=torch.bool, device=gt_bboxes.device)
-        priors = priors[:, :4] if priors.shape[-1] >= 4 else priors[:, :2]
         num_gts = gt_mask.sum(1)
         res = self._run(pred_scores, pred_bboxes, priors, gt_labels, gt_bboxes, gt_mask, alpha,
                         beta)
@@ -226,10 +291,34 @@ class BatchTaskAlignedAssigner(nn.Module):
         """pred_bboxes (B, A, 4) xyxy; pred_scores (B, A, C); priors (A, >= 2) whose [:, :2]
         are the points; gt_labels (B, G, 1); gt_bboxes (B, G, 4); pad_bbox_flag (B, G, 1)
         (1 = real GT). Returns mmyolo's dict."""
+        from ..ops._checks import check_tensors, finite_gt_rows
         from ..ops.tal import task_aligned_assign
 
+        op = "compat.mmdet.BatchTaskAlignedAssigner"
+        check_tensors(op, pred_bboxes=pred_bboxes, pred_scores=pred_scores, priors=priors,
+                      gt_labels=gt_labels, gt_bboxes=gt_bboxes, pad_bbox_flag=pad_bbox_flag)
+        if pred_scores.dim() != 3:
+            raise RuntimeError(f"{op}: pred_scores must have shape (B, A, C), got "
+                               f"{tuple(pred_scores.shape)}")
         B, A, C = pred_scores.shape
+        _check_priors(op, priors)
+        if gt_bboxes.dim() != 3 or gt_bboxes.shape[0] != B or gt_bboxes.shape[2] != 4:
+            raise RuntimeError(f"{op}: gt_bboxes must have shape (B, G, 4) with B = {B} (the "
+                               f"batch of pred_scores {tuple(pred_scores.shape)}), got "
+                               f"{tuple(gt_bboxes.shape)}")
         G = gt_bboxes.shape[1]
+        for name, t in (("gt_labels", gt_labels), ("pad_bbox_flag", pad_bbox_flag)):
+            if tuple(t.shape) not in ((B, G, 1), (B, G)):
+                raise RuntimeError(f"{op}: {name} must have shape (B, G, 1) = {(B, G, 1)}, "
+                                   f"got {tuple(t.shape)}")
+        if tuple(pred_bboxes.shape) != (B, A, 4):
+            raise RuntimeError(f"{op}: pred_bboxes must have shape (B, A, 4) = {(B, A, 4)}, "
+                               f"got {tuple(pred_bboxes.shape)}")
+        # a GT with a non-finite coordinate is padding: no anchor, no NaN target
+        finite = finite_gt_rows(gt_bboxes)
+        gt_bboxes = torch.where(finite[..., None], gt_bboxes, torch.zeros_like(gt_bboxes))
+        pad_bbox_flag = pad_bbox_flag * finite.reshape(pad_bbox_flag.shape).to(
+            pad_bbox_flag.dtype)
         result = {
             "assigned_labels": gt_bboxes.new_full(pred_scores[..., 0].shape, self.num_classes),
             "assigned_bboxes": gt_bboxes.new_full(pred_bboxes.shape, 0),

@@ -59,6 +59,11 @@ Other known differences:
   on them (YOLO26's ``SegmentLoss26`` / ``PoseLoss26``, ``v8OBBLoss``) are unchanged.
 * a NaN t ranks first in ``torch.topk``; here a NaN t is never a candidate.
 * no CUDA out-of-memory fallback is needed (the op's extra memory is O(B*A + B*G*topk)).
+* a GT with a non-finite coordinate is padding (``mask_gt`` cleared, box zeroed at the top of
+  ``forward``): it claims no anchor, as in ultralytics (whose inside test is False on NaN), but
+  its box is never gathered (ultralytics puts GT 0's NaN box on background rows, and on anchors
+  handed to GT 0 by its all-zero-column rule). Bad arguments raise before anything runs:
+  TypeError for a non-tensor, RuntimeError naming the tensor of a wrong shape.
 
 Losses the patch touches: every loss whose assigner is exactly ``TaskAlignedAssigner``:
 ``v8DetectionLoss``, ``E2ELoss`` of it (YOLO26 detection: one-to-many topk 10, one-to-one
@@ -78,6 +83,44 @@ __all__ = ["TaskAlignedAssigner", "is_patched", "patch_ultralytics", "patched_ul
 
 _INSIDE_EPS = 1e-9  # select_candidates_in_gts' default eps (not the assigner's eps)
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+    """The forward's argument checks (tood_ext's error policy: TypeError for a non-tensor,
+    RuntimeError for a tensor of the wrong shape), before anything is computed, and the rule
+    for a GT with a non-finite coordinate: it is padding (``mask_gt`` 0, box zeros), so it
+    claims no anchor and no NaN reaches a target (ultralytics' own inside test gives such a GT
+    no candidate either; its box would still be gathered as GT 0's on background rows, or on a
+    foreground anchor through the all-zero-column rule). Returns (gt_bboxes, mask_gt)."""
+    from ..ops._checks import check_tensors, finite_gt_rows
+
+    op = "compat.ultralytics.TaskAlignedAssigner"
+    check_tensors(op, pd_scores=pd_scores, pd_bboxes=pd_bboxes, anc_points=anc_points,
+                  gt_labels=gt_labels, gt_bboxes=gt_bboxes, mask_gt=mask_gt)
+    if pd_scores.dim() != 3:
+        raise RuntimeError(f"{op}: pd_scores must have shape (B, A, C), got "
+                           f"{tuple(pd_scores.shape)}")
+    B, A, _ = pd_scores.shape
+    if gt_bboxes.dim() != 3 or gt_bboxes.shape[0] != B or gt_bboxes.shape[2] != 4:
+        raise RuntimeError(f"{op}: gt_bboxes must have shape (B, G, 4) with B = {B} (the batch "
+                           f"of pd_scores {tuple(pd_scores.shape)}), got "
+                           f"{tuple(gt_bboxes.shape)}")
+    G = gt_bboxes.shape[1]
+    expect = {"pd_bboxes": (pd_bboxes, [(B, A, 4)], "(B, A, 4)"),
+              "anc_points": (anc_points, [(A, 2)], "(A, 2)"),
+              "gt_labels": (gt_labels, [(B, G, 1), (B, G)], "(B, G, 1)"),
+              "mask_gt": (mask_gt, [(B, G, 1), (B, G)], "(B, G, 1)")}
+    for name, (t, shapes, desc) in expect.items():
+        if tuple(t.shape) not in shapes:
+            raise RuntimeError(f"{op}: {name} must have shape {desc} = {shapes[0]} (B = {B} "
+                               f"images, A = {A} anchors, G = {G} GTs from pd_scores and "
+                               f"gt_bboxes), got {tuple(t.shape)}")
+    if not gt_bboxes.is_floating_point():
+        raise RuntimeError(f"{op}: gt_bboxes must be a floating tensor, got {gt_bboxes.dtype}")
+    finite = finite_gt_rows(gt_bboxes)  # (B, G)
+    gt_bboxes = torch.where(finite[..., None], gt_bboxes, torch.zeros_like(gt_bboxes))
+    mask_gt = mask_gt * finite.reshape(mask_gt.shape).to(mask_gt.dtype)
+    return gt_bboxes, mask_gt
 
 
 def _rank_in_groups(group: torch.Tensor, value: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -164,6 +207,8 @@ class TaskAlignedAssigner(nn.Module):
                 "tood_ext.compat.ultralytics.TaskAlignedAssigner does not support the extra "
                 f"pair_overlaps inputs {sorted(extra)} (pose / segmentation assigners); use "
                 "ultralytics' own subclass for those")
+        gt_bboxes, mask_gt = _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels,
+                                                 gt_bboxes, mask_gt)
         self.bs = pd_scores.shape[0]
         self.n_max_boxes = gt_bboxes.shape[1]
         if self.n_max_boxes == 0:  # ultralytics' empty outputs (labels = num_classes, float)

@@ -8,6 +8,7 @@ the metas that map predictions back to original image coordinates.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -37,8 +38,16 @@ class CocoIndex:
 
     @classmethod
     def load(cls, ann_file: str) -> "CocoIndex":
-        with open(ann_file) as f:
-            data = json.load(f)
+        """Reads and checks an instances JSON: :class:`DataError` (a ValueError) naming the
+        file and the first malformed entry (not a dict, no ``images`` list, an image without
+        ``id`` / ``file_name``, an annotation without ``image_id`` / ``category_id`` or whose
+        ``bbox`` is not 4 finite numbers with w, h >= 0, a category without ``id``)."""
+        try:
+            with open(ann_file) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{ann_file}: not a JSON file ({exc})") from None
+        _check_instances(ann_file, data)
         cats = sorted(data.get("categories", []), key=lambda c: c["id"])
         anns_by_image: dict[int, list[dict]] = {img["id"]: [] for img in data["images"]}
         for ann in data.get("annotations", []):
@@ -46,6 +55,44 @@ class CocoIndex:
         images = sorted(data["images"], key=lambda im: im["id"])
         return cls(images, anns_by_image, [c["id"] for c in cats],
                    [c.get("name", str(c["id"])) for c in cats])
+
+
+class DataError(ValueError):
+    """A dataset file that cannot be used: a malformed annotations JSON, an unreadable image,
+    no usable training image. The message names the file and what is wrong."""
+
+
+def _check_instances(ann_file: str, data) -> None:
+    def fail(what: str):
+        raise DataError(f"{ann_file}: not a COCO instances file: {what}")
+
+    if not isinstance(data, dict):
+        fail(f"the top level must be an object with 'images', 'annotations' and 'categories', "
+             f"got a JSON {type(data).__name__}")
+    images = data.get("images")
+    if not isinstance(images, list):
+        fail("'images' must be a list of {id, file_name, ...}, "
+             f"got {type(images).__name__ if 'images' in data else 'no images key'}")
+    for i, im in enumerate(images):
+        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+            fail(f"images[{i}] must be an object with 'id' and 'file_name', got {im!r:.80}")
+    for key, need in (("annotations", ("image_id", "category_id", "bbox")),
+                      ("categories", ("id",))):
+        entries = data.get(key, [])
+        if not isinstance(entries, list):
+            fail(f"'{key}' must be a list, got {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or any(k not in entry for k in need):
+                fail(f"{key}[{i}] must be an object with {list(need)}, got {entry!r:.80}")
+            if key == "annotations":
+                box = entry["bbox"]
+                ok = (isinstance(box, (list, tuple)) and len(box) == 4
+                      and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                              and math.isfinite(v) for v in box))
+                if not ok or box[2] < 0 or box[3] < 0:
+                    fail(f"annotations[{i}] (id {entry.get('id')}, image {entry['image_id']}): "
+                         f"bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0, got "
+                         f"{box!r}")
 
 
 def annotations_to_targets(anns: list[dict], label_of: dict[int, int], min_size: float = 1.0
@@ -69,6 +116,14 @@ def annotations_to_targets(anns: list[dict], label_of: dict[int, int], min_size:
         labels.append(label_of[ann["category_id"]])
     boxes_np = xywh_to_xyxy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
     return boxes_np, np.asarray(labels, dtype=np.int64)
+
+
+def _drop_reason(ann: dict, label_of: dict[int, int], min_size: float) -> str:
+    if ann.get("iscrowd", 0) or ann.get("ignore", 0):
+        return "crowd_or_ignore"
+    if ann["category_id"] not in label_of:
+        return "unknown_category"
+    return "smaller_than_min_size"
 
 
 class CocoDetection(Dataset):
@@ -96,11 +151,40 @@ class CocoDetection(Dataset):
         self.coco = CocoIndex.load(ann_file)
         self.label_of = self.coco.label_of
         images = self.coco.images
+        #: what the empty-image filter dropped (None when it is off): images in the file,
+        #: kept, without any annotation, and whose every annotation was dropped, by reason
+        self.filter_report: dict | None = None
         if filter_empty if filter_empty is not None else train:
-            images = [im for im in images
-                      if len(annotations_to_targets(self.coco.anns_by_image.get(im["id"], []),
-                                                    self.label_of, min_size)[1]) > 0]
+            kept, report = [], {"images": len(images), "kept": 0, "no_annotations": 0,
+                                "all_dropped": 0, "crowd_or_ignore": 0, "unknown_category": 0,
+                                "smaller_than_min_size": 0}
+            for im in images:
+                anns = self.coco.anns_by_image.get(im["id"], [])
+                if len(annotations_to_targets(anns, self.label_of, min_size)[1]) > 0:
+                    kept.append(im)
+                    continue
+                if not anns:
+                    report["no_annotations"] += 1
+                    continue
+                report["all_dropped"] += 1
+                for ann in anns:  # the reason of each annotation of the image
+                    report[_drop_reason(ann, self.label_of, min_size)] += 1
+            report["kept"] = len(kept)
+            self.filter_report = report
+            images = kept
         self.images = images
+
+    def describe_filter(self) -> str:
+        """One line: how many images the empty-image filter dropped, and why."""
+        r = self.filter_report
+        if r is None:
+            return f"{len(self.images)} images (no filter)"
+        return (f"{r['kept']} of {r['images']} images kept by the empty-image filter "
+                f"(training drops images without a usable box): {r['no_annotations']} have no "
+                f"annotation, {r['all_dropped']} lost every annotation ({r['crowd_or_ignore']} "
+                f"crowd/ignore, {r['unknown_category']} of a category not in 'categories', "
+                f"{r['smaller_than_min_size']} narrower or lower than min_size = "
+                f"{self.min_size} px)")
 
     @property
     def num_classes(self) -> int:
@@ -122,8 +206,13 @@ class CocoDetection(Dataset):
 
     def load_image(self, index: int) -> np.ndarray:
         info = self.images[index]
-        with Image.open(os.path.join(self.img_dir, info["file_name"])) as im:
-            return np.asarray(im.convert("RGB"))
+        path = os.path.join(self.img_dir, info["file_name"])
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:  # missing, truncated, not an image
+            raise DataError(f"cannot read image {path} (image id {info['id']} of "
+                            f"{self.ann_file}): {type(exc).__name__}: {exc}") from exc
 
     def _flip(self, index: int) -> bool:
         if not self.train or self.flip_prob <= 0:

@@ -163,6 +163,53 @@ def render_image(rng: np.random.Generator, width: int, height: int, classes: tup
     return img, objects
 
 
+MIN_IMAGE_SIZE = 16  # objects are at least 6 pixels a side; smaller images cannot hold them
+
+
+def check_generate_args(num_images: int = 0, image_size=320, num_classes: int = 5,
+                        max_objects: int = 6, min_size: float = 0.1, max_size: float = 0.5,
+                        max_occlusion: float = 0.4, aspect_jitter: float = 0.25) -> None:
+    """The argument errors of :func:`generate_synthetic_coco` (ValueError naming the argument,
+    TypeError for a non-number), raised before anything is written."""
+    def number(name, value, integral=False):
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value,
+                                                                                         bool)
+        if not ok or (integral and int(value) != value):
+            kind = "an int" if integral else "a number"
+            raise TypeError(f"{name} must be {kind}, got {value!r}")
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+
+    number("num_images", num_images, integral=True)
+    if num_images < 0:
+        raise ValueError(f"num_images must be >= 0, got {num_images}")
+    sizes = image_size if isinstance(image_size, (tuple, list)) else (image_size,)
+    if len(sizes) not in (1, 2):
+        raise ValueError(f"image_size must be an int or a (width, height) pair, got {image_size!r}")
+    for s in sizes:
+        number("image_size", s, integral=True)
+        if s < MIN_IMAGE_SIZE:
+            raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE} pixels, got {image_size!r}")
+    number("num_classes", num_classes, integral=True)
+    if not 1 <= num_classes <= len(CLASSES):
+        raise ValueError(f"num_classes must be in 1..{len(CLASSES)}, got {num_classes}")
+    number("max_objects", max_objects, integral=True)
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    number("min_size", min_size)
+    number("max_size", max_size)
+    if not 0 < min_size <= max_size <= 1:
+        raise ValueError(f"min_size and max_size are fractions of the image's short side with "
+                         f"0 < min_size <= max_size <= 1, got min_size={min_size}, "
+                         f"max_size={max_size}")
+    number("max_occlusion", max_occlusion)
+    if not 0 <= max_occlusion <= 1:
+        raise ValueError(f"max_occlusion must be in [0, 1], got {max_occlusion}")
+    number("aspect_jitter", aspect_jitter)
+    if not 0 <= aspect_jitter < 1:
+        raise ValueError(f"aspect_jitter must be in [0, 1), got {aspect_jitter}")
+
+
 def generate_synthetic_coco(out_dir: str, num_images: int, seed: int = 0,
                             image_size: int | tuple[int, int] = 320, num_classes: int = 5,
                             max_objects: int = 6, min_size: float = 0.1, max_size: float = 0.5,
@@ -185,8 +232,9 @@ def generate_synthetic_coco(out_dir: str, num_images: int, seed: int = 0,
 
     Returns the path of the annotations JSON. Category ids are 1..num_classes.
     """
-    if not 1 <= num_classes <= len(CLASSES):
-        raise ValueError(f"num_classes must be in 1..{len(CLASSES)}, got {num_classes}")
+    check_generate_args(num_images=num_images, image_size=image_size, num_classes=num_classes,
+                        max_objects=max_objects, min_size=min_size, max_size=max_size,
+                        max_occlusion=max_occlusion, aspect_jitter=aspect_jitter)
     classes = CLASSES[:num_classes]
     img_dir = os.path.join(out_dir, "images")
     os.makedirs(img_dir, exist_ok=True)

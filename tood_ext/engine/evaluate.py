@@ -48,6 +48,23 @@ def inference(model, dataset, device="cpu", batch_size: int = 2, workers: int = 
     return results
 
 
+def check_classes(model, dataset, ckpt_classes: dict | None = None) -> str | None:
+    """Why ``model`` (trained on ``ckpt_classes``, a checkpoint's ``classes`` entry, when
+    known) cannot be evaluated on ``dataset``, or None: its number of classes differs from the
+    set's categories, or the checkpoint's COCO category ids are not the set's."""
+    cfg = getattr(model, "cfg", None)
+    n_model = getattr(cfg, "num_classes", None)
+    n_set = len(dataset.cat_ids)
+    if n_model is not None and n_model != n_set:
+        return (f"the model predicts {n_model} classes but the set has {n_set} categories "
+                f"(ids {dataset.cat_ids}); evaluate on a set of the classes it was trained on")
+    cat_ids = (ckpt_classes or {}).get("cat_ids")
+    if cat_ids is not None and list(cat_ids) != list(dataset.cat_ids):
+        return (f"the model was trained on category ids {list(cat_ids)} but the set has "
+                f"{list(dataset.cat_ids)}")
+    return None
+
+
 def evaluate(model, dataset, device="cpu", batch_size: int = 2, out_json: str | None = None,
              dets_json: str | None = None, backend: str = "auto", workers: int = 0,
              log=print, progress_bar: bool = True) -> dict:
@@ -56,6 +73,10 @@ def evaluate(model, dataset, device="cpu", batch_size: int = 2, out_json: str | 
     Prints the AP table (main process), writes the metrics to ``out_json`` and the detections to
     ``dets_json`` when given. Returns the metrics dict (AP, AP50, ... ARl, backend, num_dets).
     """
+    problem = check_classes(model, dataset)
+    if problem:
+        from ..data.coco import DataError
+        raise DataError(f"cannot evaluate on {getattr(dataset, 'ann_file', 'the set')}: {problem}")
     dets = inference(model, dataset, device, batch_size, workers, progress_bar)
     metrics = None
     if D.is_main():

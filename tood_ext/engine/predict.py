@@ -42,12 +42,21 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, class_names=None,
 def predict_images(model, paths: list[str], out_dir: str, scale=(1333, 800), class_names=None,
                    score_thr: float = 0.3, device="cpu", size_divisor: int = 128) -> list[str]:
     """Detect on each image file, draw, write ``out_dir/<stem>.png``; returns the written paths."""
+    from ..data.coco import DataError
+
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:  # before anything is written
+        raise DataError(f"no such image file: {missing[0]}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for path in paths:
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        try:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated, not an image
+            raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
         resized, _, factor, _ = resize(image, np.zeros((0, 4), np.float32), scale)
         chw = torch.from_numpy(pad(normalize(resized), size_divisor))[None].to(device)
         meta = {"scale_factor": float(factor), "orig_size": image.shape[:2],

@@ -127,6 +127,10 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
     :func:`tood_ext.engine.dist.init_from_env` first under torchrun (or initialise the group
     yourself); the model is wrapped in DDP when a group with more than one process is up.
     """
+    if len(train_set) == 0:  # before anything is written
+        from ..data.coco import DataError
+        why = train_set.describe_filter() if hasattr(train_set, "describe_filter") else ""
+        raise DataError(f"no training image{': ' + why if why else ''}; nothing to train on")
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     main = D.is_main()

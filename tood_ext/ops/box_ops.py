@@ -30,6 +30,8 @@ import torch
 
 from .. import _loader
 from .._reduction import check_reduction, reduce_loss
+from ._checks import broadcast_leading, check_choice, check_number, check_same_device
+from ._checks import check_tensors
 
 IOU_MODES = ("iou", "giou", "diou", "ciou")
 
@@ -37,8 +39,8 @@ __all__ = ["IOU_MODES", "box_iou", "iou_loss", "giou_loss", "alignment_metric"]
 
 
 def _check_mode(mode: str, name: str = "mode") -> None:
-    if mode not in IOU_MODES:
-        raise ValueError(f"{name} must be one of {IOU_MODES}, got {mode!r}")
+    check_choice(name, mode, IOU_MODES)
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,12 +59,12 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, mode: str = "iou", align
     Extra memory: none beyond the output (forward); backward allocates only the two input
     gradients (the pairwise backward recomputes each pair instead of storing (N, M) partials).
     """
+    check_tensors("box_iou", boxes1=boxes1, boxes2=boxes2)
     _check_mode(mode)
+    check_number("box_iou", "eps", eps)
     _loader.check_inputs("box_iou", boxes1=boxes1, boxes2=boxes2)
     if not aligned and boxes1.dim() >= 2 and boxes2.dim() >= 2 and boxes1.shape[:-2] != boxes2.shape[:-2]:
-        lead = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
-        boxes1 = boxes1.expand(*lead, *boxes1.shape[-2:])
-        boxes2 = boxes2.expand(*lead, *boxes2.shape[-2:])
+        boxes1, boxes2 = broadcast_leading(boxes1, boxes2)
     return torch.ops.tood_ext.box_iou(boxes1, boxes2, mode, aligned, eps)
 
 
@@ -81,8 +83,10 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | No
     gradients in backward. A scalar upstream gradient (``loss.sum()``) is read with stride 0,
     never expanded.
     """
+    check_tensors("iou_loss", optional=("weight",), pred=pred, target=target, weight=weight)
     _check_mode(mode)
-    check_reduction(reduction)
+    check_reduction(reduction, avg_factor)
+    check_number("iou_loss", "eps", eps)
     _loader.check_inputs("iou_loss", pred=pred, target=target, weight=weight)
     loss = torch.ops.tood_ext.iou_loss(pred, target, weight, mode, eps)
     return reduce_loss(loss, reduction, avg_factor)
@@ -113,7 +117,9 @@ def alignment_metric(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         iou_mode: overlap u of (pred box, GT): ``"iou"`` (TOOD / mmdetection) or ``"ciou"``
             (ultralytics), ``"giou"``, ``"diou"``; clamped at 0.
         inside_eps: the centre is inside when min(cx - x1, cy - y1, x2 - cx, y2 - cy) >
-            inside_eps (0.01 in mmdetection's TaskAlignedAssigner).
+            inside_eps (0.01 in mmdetection's TaskAlignedAssigner); False when any of the
+            six coordinates is NaN (the NaN-propagating min of the references, mmdetection
+            and ultralytics).
 
     Returns:
         ``(metric, overlaps, inside)``, each (B, G, A): t (dtype of the scores), u, and the
@@ -124,7 +130,13 @@ def alignment_metric(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
     without materialising (B, G, A). Extra memory: the three outputs, 9 bytes per (b, g, a)
     in float32 (plus one device sync on CUDA to validate labels).
     """
+    check_tensors("alignment_metric", pred_scores=pred_scores, pred_boxes=pred_boxes,
+                  anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
+                  gt_mask=gt_mask)
     _check_mode(iou_mode, "iou_mode")
+    for name, value in (("alpha", alpha), ("beta", beta), ("inside_eps", inside_eps),
+                        ("eps", eps)):
+        check_number("alignment_metric", name, value)
     _loader.check_inputs("alignment_metric", pred_scores=pred_scores, pred_boxes=pred_boxes,
                          anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
                          gt_mask=gt_mask)
@@ -143,6 +155,7 @@ def _register():
 
     @torch.library.register_fake(lib + "box_iou")
     def _box_iou_fake(boxes1, boxes2, mode="iou", aligned=False, eps=1e-7):
+        check_same_device("box_iou", "boxes1", boxes1, boxes2=boxes2)
         torch._check(boxes1.shape[-1] == 4, lambda: "boxes1 must have shape (..., 4)")
         torch._check(boxes2.shape[-1] == 4, lambda: "boxes2 must have shape (..., 4)")
         if aligned:
@@ -151,16 +164,20 @@ def _register():
 
     @torch.library.register_fake(lib + "_box_iou_backward")
     def _box_iou_backward_fake(grad, boxes1, boxes2, mode, aligned, eps):
+        check_same_device("_box_iou_backward", "boxes1", boxes1, grad=grad, boxes2=boxes2)
         return torch.empty_like(boxes1, memory_format=torch.contiguous_format), \
             torch.empty_like(boxes2, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(lib + "iou_loss")
     def _iou_loss_fake(pred, target, weight=None, mode="giou", eps=1e-7):
+        check_same_device("iou_loss", "pred", pred, target=target, weight=weight)
         torch._check(pred.shape[-1] == 4, lambda: "pred must have shape (..., 4)")
         return pred.new_empty(pred.shape[:-1])
 
     @torch.library.register_fake(lib + "_iou_loss_backward")
     def _iou_loss_backward_fake(grad, pred, target, weight, mode, eps):
+        check_same_device("_iou_loss_backward", "pred", pred, grad=grad, target=target,
+                          weight=weight)
         return (torch.empty_like(pred, memory_format=torch.contiguous_format),
                 torch.empty_like(target, memory_format=torch.contiguous_format),
                 pred.new_empty(pred.shape[:-1]))
@@ -169,6 +186,9 @@ def _register():
     def _alignment_metric_fake(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
                                gt_mask, alpha=1.0, beta=6.0, iou_mode="iou", inside_eps=0.01,
                                eps=1e-7):
+        check_same_device("alignment_metric", "pred_scores", pred_scores, pred_boxes=pred_boxes,
+                          anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
+                          gt_mask=gt_mask)
         shape = (pred_scores.shape[0], gt_labels.shape[1], pred_scores.shape[1])
         return (pred_scores.new_empty(shape), pred_scores.new_empty(shape),
                 pred_scores.new_empty(shape, dtype=torch.bool))

@@ -11,12 +11,16 @@ from __future__ import annotations
 import torch
 
 from .. import _loader
+from ._checks import check_int, check_same_device, check_tensors
 
 __all__ = ["deform_sampling"]
 
 
-def _check_groups(offset: torch.Tensor, groups: int | None) -> None:
-    if groups is None or offset.dim() != 4:
+def _check_groups(offset: torch.Tensor, groups: int | None, op: str = "deform_sampling") -> None:
+    if groups is None:
+        return
+    check_int(op, "groups", groups, minimum=0)
+    if offset.dim() != 4:
         return  # the op reports malformed offsets itself
     if groups != offset.shape[1] // 2 or offset.shape[1] % 2:
         raise ValueError(f"groups={groups} but offset has {offset.shape[1]} channels; offset "
@@ -84,6 +88,7 @@ def deform_sampling(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
     pixel-major path's plan and scratch planes, about 190 bytes per pixel of the plane (2.8 MiB
     per thread at 100 x 152, at most 12 MiB). Nearly twice that for float64.
     """
+    check_tensors("deform_sampling", optional=("mask",), input=input, offset=offset, mask=mask)
     _check_groups(offset, groups)
     _loader.check_inputs("deform_sampling", input=input, offset=offset, mask=mask)
     return torch.ops.tood_ext.deform_sampling(input, offset, mask)
@@ -99,12 +104,15 @@ def _register():
 
     @torch.library.register_fake(lib + "deform_sampling")
     def _deform_sampling_fake(input, offset, mask=None):
+        check_same_device("deform_sampling", "input", input, offset=offset, mask=mask)
         torch._check(input.dim() == 4, lambda: "input must be 4-D (B, C, H, W)")
         torch._check(offset.dim() == 4, lambda: "offset must be 4-D (B, 2*G, H, W)")
         return input.new_empty(input.shape)
 
     @torch.library.register_fake(lib + "_deform_sampling_backward")
     def _deform_sampling_backward_fake(grad, input, offset, mask):
+        check_same_device("_deform_sampling_backward", "input", input, grad=grad, offset=offset,
+                          mask=mask)
         grad_mask = mask.new_empty(mask.shape) if mask is not None else input.new_empty((0,))
         return input.new_empty(input.shape), offset.new_empty(offset.shape), grad_mask
 

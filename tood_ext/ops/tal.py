@@ -12,6 +12,8 @@ import torch
 
 from .. import _loader
 from .._types import TALResult
+from ._checks import check_choice, check_int, check_number, check_same_device, check_tensors
+from ._checks import sanitize_gts
 from .box_ops import _check_mode
 
 CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
@@ -78,7 +80,13 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         * ``t_hat`` of a positive: its t times the largest u over its GT's final positives,
           divided by the largest t over them plus ``norm_eps``;
         * padding GTs claim nothing (only the ``"all_gts"`` zero column above can give an
-          anchor to GT 0 when it is padding); G = 0, A = 0 or B = 0: all anchors background.
+          anchor to GT 0 when it is padding); G = 0, A = 0 or B = 0: all anchors background;
+        * a GT with a non-finite coordinate (NaN, +-inf) is padding: this wrapper (and the
+          reference) clears its mask and zeroes its box before the kernel runs, so it claims
+          nothing and no NaN box or target comes from it (also not through the zero column).
+          The kernels' centre test is False for a NaN coordinate of the GT or the anchor
+          point, so even the raw ``torch.ops.tood_ext.task_aligned_assign`` gives a NaN GT no
+          positive; an anchor point with a NaN coordinate is inside no GT (background).
 
     Returns:
         :class:`TALResult` ``(assigned_gt, fg_mask, labels, boxes, iou, metric, soft_target)``:
@@ -93,24 +101,38 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
     >= 2 times (O(G) each). Deterministic on both devices (every CUDA atomic is a max or a
     count). One device sync on CUDA (label validation).
     """
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
-    if candidates not in CANDIDATE_MODES:
-        raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {candidates!r}")
-    if conflict not in CONFLICT_MODES:
-        raise ValueError(f"conflict must be one of {CONFLICT_MODES}, got {conflict!r}")
+    check_tal_args("task_aligned_assign", pred_scores, pred_boxes, anchor_points, gt_labels,
+                   gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode, inside_eps,
+                   norm_eps, conflict, min_inside_size)
+    _loader.check_inputs("task_aligned_assign", pred_scores=pred_scores, pred_boxes=pred_boxes,
+                         anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
+                         gt_mask=gt_mask)
+    gt_boxes, gt_mask = sanitize_gts(gt_boxes.detach(), gt_mask)  # non-finite GT = padding
+    out = torch.ops.tood_ext.task_aligned_assign(
+        pred_scores.detach(), pred_boxes.detach(), anchor_points.detach(), gt_labels,
+        gt_boxes, gt_mask, int(topk), alpha, beta, candidates, iou_mode, inside_eps,
+        norm_eps, conflict, float(min_inside_size))
+    return TALResult(*out)
+
+
+def check_tal_args(op, pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask,
+                   topk, alpha, beta, candidates, iou_mode, inside_eps, norm_eps, conflict,
+                   min_inside_size) -> None:
+    """The Python-side checks of task_aligned_assign (op and reference alike): argument
+    types (TypeError) and the values of the non-tensor arguments (ValueError)."""
+    check_tensors(op, pred_scores=pred_scores, pred_boxes=pred_boxes,
+                  anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
+                  gt_mask=gt_mask)
+    check_int(op, "topk", topk, minimum=1)
+    for name, value in (("alpha", alpha), ("beta", beta), ("inside_eps", inside_eps),
+                        ("norm_eps", norm_eps), ("min_inside_size", min_inside_size)):
+        check_number(op, name, value)
+    check_choice("candidates", candidates, CANDIDATE_MODES)
+    check_choice("conflict", conflict, CONFLICT_MODES)
     if not (0.0 <= min_inside_size < float("inf")):
         raise ValueError(f"min_inside_size must be finite and >= 0 (0 = off), got "
                          f"{min_inside_size!r}")
     _check_mode(iou_mode, "iou_mode")
-    _loader.check_inputs("task_aligned_assign", pred_scores=pred_scores, pred_boxes=pred_boxes,
-                         anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
-                         gt_mask=gt_mask)
-    out = torch.ops.tood_ext.task_aligned_assign(
-        pred_scores.detach(), pred_boxes.detach(), anchor_points.detach(), gt_labels,
-        gt_boxes.detach(), gt_mask, topk, alpha, beta, candidates, iou_mode, inside_eps,
-        norm_eps, conflict, float(min_inside_size))
-    return TALResult(*out)
 
 
 def _register():
@@ -118,6 +140,9 @@ def _register():
     def _fake(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk=13,
               alpha=1.0, beta=6.0, candidates="topk_then_inside", iou_mode="iou",
               inside_eps=0.01, norm_eps=1e-7, conflict="candidates", min_inside_size=0.0):
+        check_same_device("task_aligned_assign", "pred_scores", pred_scores,
+                          pred_boxes=pred_boxes, anchor_points=anchor_points,
+                          gt_labels=gt_labels, gt_boxes=gt_boxes, gt_mask=gt_mask)
         torch._check(topk >= 1, lambda: f"topk must be >= 1, got {topk}")
         torch._check(conflict in CONFLICT_MODES,
                      lambda: f"conflict must be one of {CONFLICT_MODES}, got {conflict!r}")

@@ -9,11 +9,10 @@ tests, the benchmarks and as a fallback where the compiled kernels are unavailab
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._types import TALResult
+from ..ops._checks import sanitize_gts
 from .box_ops import _check_mode, alignment_metric
 
 CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
@@ -24,18 +23,20 @@ __all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "inside_boxes",
 
 
 def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode, conflict="candidates", min_inside_size=0.0) -> None:
-    """The op's argument errors (messages as the kernels' checks)."""
-    if isinstance(topk, bool) or int(topk) != topk or topk < 1:
-        raise ValueError(f"topk must be >= 1 (an int), got {topk!r}")
-    if candidates not in CANDIDATE_MODES:
-        raise ValueError(f"candidates must be one of {CANDIDATE_MODES}, got {candidates!r}")
-    if conflict not in CONFLICT_MODES:
-        raise ValueError(f"conflict must be one of {CONFLICT_MODES}, got {conflict!r}")
-    if not (0.0 <= min_inside_size < math.inf):
-        raise ValueError(f"min_inside_size must be finite and >= 0 (0 = off), got "
-                         f"{min_inside_size!r}")
-    _check_mode(iou_mode, "iou_mode")
+                candidates, iou_mode, conflict="candidates", min_inside_size=0.0, alpha=1.0,
+                beta=6.0, inside_eps=0.01, norm_eps=1e-7) -> None:
+    """The op's argument errors (the op's Python checks, the kernels' messages)."""
+    from ..ops.tal import check_tal_args
+
+    check_tal_args("reference.task_aligned_assign", pred_scores, pred_boxes, anchor_points,
+                   gt_labels, gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode,
+                   inside_eps, norm_eps, conflict, min_inside_size)
+    _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask)
+
+
+def _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask) -> None:
+    """Shapes, dtypes, devices and label values (RuntimeError / IndexError, the kernels'
+    messages)."""
     if pred_scores.dim() != 3:
         raise RuntimeError(f"pred_scores must have shape (B, A, C), got {tuple(pred_scores.shape)}")
     B, A, C = pred_scores.shape
@@ -59,6 +60,18 @@ def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_
         raise RuntimeError(f"gt_labels must be int64, got {gt_labels.dtype}")
     if gt_mask.dtype != torch.bool:
         raise RuntimeError(f"gt_mask must be bool, got {gt_mask.dtype}")
+    if not pred_scores.is_floating_point():
+        raise RuntimeError(f"pred_scores must be float32 or float64, got {pred_scores.dtype}")
+    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
+                    ("gt_boxes", gt_boxes)):
+        if t.dtype != pred_scores.dtype:
+            raise RuntimeError(f"{name} has dtype {t.dtype} but pred_scores has dtype "
+                               f"{pred_scores.dtype}; they must have the same floating dtype")
+    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
+                    ("gt_labels", gt_labels), ("gt_boxes", gt_boxes), ("gt_mask", gt_mask)):
+        if t.device != pred_scores.device:
+            raise RuntimeError(f"{name} is on {t.device} but pred_scores is on "
+                               f"{pred_scores.device}; all inputs must be on the same device")
     if gt_labels.numel():
         bad = ((gt_labels < 0) | (gt_labels >= C)) & gt_mask
         if bad.any():
@@ -182,7 +195,9 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         ``pred_scores``. No output carries a gradient.
     """
     _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode, conflict, min_inside_size)
+                candidates, iou_mode, conflict, min_inside_size, alpha, beta, inside_eps,
+                norm_eps)
+    gt_boxes, gt_mask = sanitize_gts(gt_boxes.detach(), gt_mask)  # non-finite GT = padding
     B, A, _ = pred_scores.shape
     G = gt_labels.shape[1]
     if B == 0 or A == 0 or G == 0:

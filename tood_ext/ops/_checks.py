@@ -1,0 +1,150 @@
+"""Python-side argument checks shared by the ops, their references and their fake kernels.
+
+The error policy of tood_ext (README, "Reliability"), followed alike by the C++ checks
+(``TORCH_CHECK``), the fake (meta) kernels and these helpers:
+
+* ``TypeError``: an argument of the wrong Python type (a list, a numpy array or None where a
+  tensor is expected; a string where a number is; a float where an int is).
+* ``ValueError``: a non-tensor argument of the right type but a bad value (an unknown mode, a
+  ``topk`` below 1, ``groups`` that do not match the offset, a negative size).
+* ``RuntimeError``: a tensor argument of the wrong shape, dtype or device (the kernels'
+  ``TORCH_CHECK`` messages; the fake kernels and the references raise the same type).
+* ``IndexError``: a label value outside ``[0, C)`` for a valid GT.
+
+Every message names the argument, what was expected and what was given. The checks run
+before anything is computed or written.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+__all__ = ["broadcast_leading", "check_box_shape", "check_choice", "check_float_like",
+           "check_int", "check_number", "check_same_device", "check_tensor", "check_tensors",
+           "finite_gt_rows", "sanitize_gts"]
+
+
+def _type_name(value) -> str:
+    t = type(value)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def check_tensor(op: str, name: str, value, optional: bool = False) -> None:
+    """TypeError unless ``value`` is a tensor (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, torch.Tensor):
+        hint = " (convert it with torch.as_tensor)" if value is not None else ""
+        raise TypeError(f"tood_ext.{op}: {name} must be a torch.Tensor"
+                        f"{' or None' if optional else ''}, got {_type_name(value)}{hint}")
+
+
+def check_tensors(op: str, optional: tuple[str, ...] = (), **tensors) -> None:
+    """:func:`check_tensor` for every keyword argument; names in ``optional`` may be None."""
+    for name, value in tensors.items():
+        check_tensor(op, name, value, optional=name in optional)
+
+
+def check_int(op: str, name: str, value, minimum: int | None = None) -> int:
+    """TypeError unless ``value`` is an integer (not a bool); ValueError below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"tood_ext.{op}: {name} must be an int, got {value!r} "
+                        f"({_type_name(value)})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_number(op: str, name: str, value, tensor_ok: bool = False) -> None:
+    """TypeError unless ``value`` is a real number (int or float, not a bool or a string), or,
+    with ``tensor_ok``, a one-element tensor."""
+    if tensor_ok and isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise RuntimeError(f"tood_ext.{op}: {name} must be a number or a one-element "
+                               f"tensor, got a tensor of shape {tuple(value.shape)}")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        what = "a number or a one-element tensor" if tensor_ok else "a number (int or float)"
+        raise TypeError(f"tood_ext.{op}: {name} must be {what}, got {value!r} "
+                        f"({_type_name(value)})")
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    """ValueError unless ``value`` is one of ``choices`` (strings)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """RuntimeError (the message of the C++ ``check_same_device``) unless every tensor in
+    ``tensors`` (None skipped) is on ``ref``'s device. Used by the fake kernels, which see
+    the tensors' devices only."""
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                               "all inputs must be on the same device")
+
+
+def check_box_shape(name: str, t: torch.Tensor) -> None:
+    """RuntimeError unless ``t`` has shape (..., 4) (the C++ ``check_boxes`` message)."""
+    if t.dim() < 1 or t.shape[-1] != 4:
+        raise RuntimeError(f"{name} must have shape (..., 4) holding xyxy boxes, got shape "
+                           f"{list(t.shape)}")
+
+
+def broadcast_leading(boxes1: torch.Tensor, boxes2: torch.Tensor):
+    """Pairwise box_iou: boxes1 (..., N, 4) and boxes2 (..., M, 4) expanded to the broadcast of
+    their leading (batch) dims; RuntimeError naming both shapes when they do not broadcast."""
+    lead1, lead2 = boxes1.shape[:-2], boxes2.shape[:-2]
+    try:
+        lead = torch.broadcast_shapes(lead1, lead2)
+    except RuntimeError:
+        raise RuntimeError(f"pairwise box_iou: the leading (batch) dims of boxes1 {tuple(lead1)} "
+                           f"and boxes2 {tuple(lead2)} do not broadcast (boxes1 has shape "
+                           f"{tuple(boxes1.shape)}, boxes2 {tuple(boxes2.shape)}; expected "
+                           "(..., N, 4) and (..., M, 4) with broadcastable '...')") from None
+    return boxes1.expand(*lead, *boxes1.shape[-2:]), boxes2.expand(*lead, *boxes2.shape[-2:])
+
+
+def check_float_like(ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """RuntimeError unless ``ref`` is floating and every tensor in ``tensors`` (None skipped)
+    has its dtype and device (the references' version of the kernels' dtype/device checks)."""
+    if not ref.is_floating_point():
+        raise RuntimeError(f"{ref_name} must be float32 or float64, got {ref.dtype}")
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dtype != ref.dtype:
+            raise RuntimeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype "
+                               f"{ref.dtype}; they must have the same floating dtype")
+        if t.device != ref.device:
+            raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                               "all inputs must be on the same device")
+
+
+# ---- non-finite GTs ---------------------------------------------------------------------------
+
+
+def finite_gt_rows(gt_boxes: torch.Tensor) -> torch.Tensor:
+    """(..., G) bool: the GT box has four finite coordinates."""
+    return torch.isfinite(gt_boxes).all(-1)
+
+
+def sanitize_gts(gt_boxes: torch.Tensor, gt_mask: torch.Tensor):
+    """The assignment's rule for a GT with a non-finite coordinate (NaN, +-inf): it is
+    padding. Returns ``(gt_boxes, gt_mask)`` with such GTs' mask False and their box zeros,
+    so that they claim no anchor and no NaN box can reach a target (not even through the
+    ``conflict="all_gts"`` rule that hands an all-zero column to GT 0 as given). Costs one
+    elementwise pass over (B, G, 4); no device sync. The inputs are returned as they are
+    when they are not tensors of the expected kinds (the op's checks report those)."""
+    if (not isinstance(gt_boxes, torch.Tensor) or not isinstance(gt_mask, torch.Tensor)
+            or gt_boxes.dim() < 1 or gt_boxes.shape[-1] != 4
+            or not gt_boxes.is_floating_point() or gt_mask.dtype != torch.bool
+            or gt_mask.shape != gt_boxes.shape[:-1] or gt_mask.device != gt_boxes.device):
+        return gt_boxes, gt_mask
+    finite = finite_gt_rows(gt_boxes)
+    boxes = torch.where(finite[..., None], gt_boxes, torch.zeros((), dtype=gt_boxes.dtype,
+                                                                 device=gt_boxes.device))
+    return boxes, gt_mask & finite
+
