@@ -78,8 +78,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["TaskAlignedAssigner", "is_patched", "patch_ultralytics", "patched_ultralytics",
-           "unpatch_ultralytics"]
+__all__ = ["TaskAlignedAssigner", "is_patched", "lowest_index_topk", "patch_ultralytics",
+           "patched_ultralytics", "unpatch_ultralytics"]
 
 _INSIDE_EPS = 1e-9  # select_candidates_in_gts' default eps (not the assigner's eps)
 _HALF = (torch.float16, torch.bfloat16)
@@ -278,6 +278,24 @@ class TaskAlignedAssigner(nn.Module):
         target_scores = torch.zeros((B, A, self.num_classes), dtype=work, device=dev)
         target_scores.scatter_(2, target_labels[..., None], norm[..., None])
         return target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx
+
+
+@contextlib.contextmanager
+def lowest_index_topk() -> Iterator[None]:
+    """Inside the block ``torch.topk`` takes equal values in index order (a stable sort; slower):
+    run ultralytics' own assigner or loss in it to get the result this adapter reproduces, e.g.
+    to compare the two on your data. Not thread-safe (it swaps the ``torch.topk`` attribute)."""
+    original = torch.topk
+
+    def topk(x, k, dim=-1, largest=True, sorted=True):  # noqa: A002 - torch's names
+        idx = torch.sort(x, dim=dim, descending=largest, stable=True).indices.narrow(dim, 0, k)
+        return torch.return_types.topk((x.gather(dim, idx), idx))
+
+    torch.topk = topk
+    try:
+        yield
+    finally:
+        torch.topk = original
 
 
 # ---------------------------------------------------------------------------------------------
