@@ -477,20 +477,34 @@ def test_iter_raw_predictions(tiny_set, head):
         out = m(images)
         dets = m.predict(images, metas)
     A = sum((128 // s) ** 2 for s in STRIDES)
+    dropped = 0
     for b, ((raw, gt), (craw, _)) in enumerate(zip(items, cls_items)):
-        assert raw["scores"].shape == (A, 3) and raw["boxes"].shape == (A, 4)
+        # raw boxes: original pixels, clipped; the anchors whose box is then zero-size (here:
+        # those over the padding, right of / below the original image) are left out
+        h, w = metas[b]["orig_size"]
+        boxes = torch.cat([x[b].permute(1, 2, 0).reshape(-1, 4) for x in out["bbox_preds"]])
+        boxes = boxes / metas[b]["scale_factor"]
+        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                             boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        dropped += int((~keep).sum())
+        n = int(keep.sum())
+        assert raw["scores"].shape == (n, 3) and raw["boxes"].shape == (n, 4) and n <= A
+        np.testing.assert_allclose(raw["boxes"], boxes[keep].numpy(), rtol=1e-6)
+        assert ((raw["boxes"][:, 2:] - raw["boxes"][:, :2]) > 0).all()
         for k in ("boxes", "scores", "labels"):
             np.testing.assert_allclose(raw["detections"][k], dets[b][k].numpy(), rtol=1e-5)
         probs = torch.cat([s[b].permute(1, 2, 0).reshape(-1, 3) for s in out["cls_scores"]])
-        np.testing.assert_allclose(craw["scores"], probs.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(craw["scores"], probs[keep].numpy(), rtol=1e-4, atol=1e-6)
         if head == "atss":  # ranking score: cls * centerness
             ctr = torch.cat([c[b].reshape(-1) for c in out["centerness"]]).sigmoid()
-            np.testing.assert_allclose(raw["scores"], (probs * ctr[:, None]).numpy(),
+            np.testing.assert_allclose(raw["scores"], (probs * ctr[:, None])[keep].numpy(),
                                        rtol=1e-5, atol=1e-7)
         else:
-            np.testing.assert_allclose(raw["scores"], probs.numpy(), rtol=1e-6)
+            np.testing.assert_allclose(raw["scores"], probs[keep].numpy(), rtol=1e-6)
         anns = [a for a in ds.coco.anns_by_image[metas[b]["image_id"]]]
         assert len(gt["boxes"]) == len(anns) > 0
+    assert dropped > 0  # 19 (ATSS) and 27 (TOOD) of the 3 x 341 anchors: the filter is exercised
     r = analyze_model(m, ds, return_pairs=True)
     assert r["num_images"] == 3 and r["params"]["score"] == "nms"
     assert r["num_gts"] == sum(len(g["boxes"]) for _, g in items)
