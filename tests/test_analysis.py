@@ -511,6 +511,44 @@ def test_iter_raw_predictions(tiny_set, head):
     json.loads(json.dumps(r, allow_nan=False))
 
 
+@pytest.mark.parametrize("clip", [True, False])
+def test_analysis_has_no_zero_size_boxes(tiny_set, clip):
+    """Offsets that move both x sides of the first columns wholly outside the map give
+    x1 = x2 = 0 (zeros read outside); neither the analysis's raw predictions, nor the
+    detections it records, nor its own postprocess keep such boxes."""
+    from tood_ext.analysis import iter_raw_predictions, postprocess
+    from tood_ext.data import collate
+
+    _, ds = tiny_set
+    torch.manual_seed(0)
+    m = build_model(small_cfg(head="tood", score_thr=0.0, clip_to_image=clip)).eval()
+    with torch.no_grad():
+        m.head.reg_offset_module[-1].weight.zero_()
+        m.head.reg_offset_module[-1].bias.zero_()
+        m.head.reg_offset_module[-1].bias[[1, 5]] = -6.0  # dx of x1 and of x2
+    items = list(iter_raw_predictions(m, ds, batch_size=3))
+    with torch.no_grad():
+        out = m(collate([ds[i] for i in range(3)])[0])
+    zero = [(b[:, 0] == 0) & (b[:, 2] == 0) for b in out["bbox_preds"]]
+    assert sum(int(z.sum()) for z in zero) > 0  # the head does output zero-width boxes
+
+    def zero_size(boxes):
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        return (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+
+    for b, (raw, _) in enumerate(items):
+        assert not zero_size(raw["boxes"]).any()
+        assert len(raw["detections"]["scores"]) > 0
+        assert not zero_size(raw["detections"]["boxes"]).any()
+        scores = torch.cat([s[b].permute(1, 2, 0).reshape(-1, 3) for s in out["cls_scores"]])
+        boxes = torch.cat([x[b].permute(1, 2, 0).reshape(-1, 4) for x in out["bbox_preds"]])
+        assert zero_size(boxes).any()
+        det = postprocess(scores, boxes, score_thr=0.0)
+        assert len(det["scores"]) > 0 and not zero_size(det["boxes"]).any()
+        unfiltered = postprocess(scores, boxes, score_thr=0.0, min_bbox_size=-1)
+        assert zero_size(unfiltered["boxes"]).any()
+
+
 def test_cli_analyze_two_checkpoints(tiny_set, tmp_path):
     from tood_ext.__main__ import main
     from tood_ext.engine import save_checkpoint
