@@ -828,7 +828,8 @@ def test_predict_meta_keys_and_errors(model, gen):
     # the size is used: boxes within (w, h) = (256, 320) resp. (171, 170)
     assert (want[0]["boxes"][:, 0::2] <= 256).all() and (want[1]["boxes"][:, 1::2] <= 170).all()
     bad = [({"scale_factor": 1.0, "orig_size": (128, 128), "ori_shape": (128, 127)}, "disagree"),
-           ({"scale_factor": (1.0, 1.0, 1.0), "orig_size": (128, 128)}, r"metas\[0\]\['scale_factor'\]"),
+           ({"scale_factor": (1.0, 1.0, 1.0), "orig_size": (128, 128)},
+            r"metas\[0\]\['scale_factor'\]"),
            ({"scale_factor": 0.0, "orig_size": (128, 128)}, "scale_factor"),
            ({"scale_factor": 1.0, "orig_size": (128,)}, "orig_size"),
            ({"scale_factor": 1.0}, "clip_to_image=True needs")]

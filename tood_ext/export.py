@@ -24,7 +24,8 @@ Here every op of the inference path is a dispatcher op with a fake kernel, so:
     ops (``Min``/``Max``/``Clip``/``Div``, ``Atan`` for CIoU, NaN for non-finite boxes);
   - ``tood_ext_export::multiclass_nms`` (``with_nms=True``) -> ``NonMaxSuppression`` on a
     (B, num_classes, K) score tensor (class-wise NMS, the eager op's decisions up to the
-    rounding of IoUs at the threshold: the eager op moves classes apart by offsets), then ``ScatterND`` + ``TopK`` to keep the best ``max_per_img`` per image, padded.
+    rounding of IoUs at the threshold: the eager op moves classes apart by offsets), then
+    ``ScatterND`` + ``TopK`` to keep the best ``max_per_img`` per image, padded.
 
 Outputs of the exported graphs (``images``: (B, 3, H, W) normalised, H and W multiples of 128):
 

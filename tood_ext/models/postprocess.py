@@ -77,8 +77,9 @@ def meta_scale_and_size(meta: dict, index: int = 0):
             v = meta[key]
             v = v.tolist() if hasattr(v, "tolist") else list(v)
             if len(v) not in (2, 3) or not all(float(x) >= 0 for x in v[:2]):
-                raise ValueError(f"{name}['{key}'] must be (h, w){' or (h, w, c)' if key == 'ori_shape' else ''} "
-                                 f"of the original image, got {meta[key]!r}")
+                form = "(h, w) or (h, w, c)" if key == "ori_shape" else "(h, w)"
+                raise ValueError(f"{name}['{key}'] must be {form} of the original image, got "
+                                 f"{meta[key]!r}")
             sizes.append((key, (float(v[0]), float(v[1]))))
     if len(sizes) == 2 and sizes[0][1] != sizes[1][1]:
         raise ValueError(f"{name}: 'orig_size' {sizes[0][1]} and 'ori_shape' {sizes[1][1]} "
@@ -157,8 +158,8 @@ def detections_from_levels(cls_scores, bbox_preds, metas, *, score_thr: float, n
     original size in every meta."""
     B, C = cls_scores[0].shape[:2]
     if not isinstance(metas, (list, tuple)) or len(metas) != B:
-        raise ValueError(f"metas must be a list of {B} dicts (one per image), got "
-                         f"{len(metas) if isinstance(metas, (list, tuple)) else type(metas).__name__}")
+        got = len(metas) if isinstance(metas, (list, tuple)) else type(metas).__name__
+        raise ValueError(f"metas must be a list of {B} dicts (one per image), got {got}")
     parsed = [meta_scale_and_size(m, b) for b, m in enumerate(metas)]
     if clip_to_image:
         for b, (_, size) in enumerate(parsed):
