@@ -477,24 +477,76 @@ def test_iter_raw_predictions(tiny_set, head):
         out = m(images)
         dets = m.predict(images, metas)
     A = sum((128 // s) ** 2 for s in STRIDES)
+    dropped = 0
     for b, ((raw, gt), (craw, _)) in enumerate(zip(items, cls_items)):
-        assert raw["scores"].shape == (A, 3) and raw["boxes"].shape == (A, 4)
+        # raw boxes: original pixels, clipped; the anchors whose box is then zero-size (here:
+        # those over the padding, right of / below the original image) are left out
+        h, w = metas[b]["orig_size"]
+        boxes = torch.cat([x[b].permute(1, 2, 0).reshape(-1, 4) for x in out["bbox_preds"]])
+        boxes = boxes / metas[b]["scale_factor"]
+        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                             boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        dropped += int((~keep).sum())
+        n = int(keep.sum())
+        assert raw["scores"].shape == (n, 3) and raw["boxes"].shape == (n, 4) and n <= A
+        np.testing.assert_allclose(raw["boxes"], boxes[keep].numpy(), rtol=1e-6)
+        assert ((raw["boxes"][:, 2:] - raw["boxes"][:, :2]) > 0).all()
         for k in ("boxes", "scores", "labels"):
             np.testing.assert_allclose(raw["detections"][k], dets[b][k].numpy(), rtol=1e-5)
         probs = torch.cat([s[b].permute(1, 2, 0).reshape(-1, 3) for s in out["cls_scores"]])
-        np.testing.assert_allclose(craw["scores"], probs.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(craw["scores"], probs[keep].numpy(), rtol=1e-4, atol=1e-6)
         if head == "atss":  # ranking score: cls * centerness
             ctr = torch.cat([c[b].reshape(-1) for c in out["centerness"]]).sigmoid()
-            np.testing.assert_allclose(raw["scores"], (probs * ctr[:, None]).numpy(),
+            np.testing.assert_allclose(raw["scores"], (probs * ctr[:, None])[keep].numpy(),
                                        rtol=1e-5, atol=1e-7)
         else:
-            np.testing.assert_allclose(raw["scores"], probs.numpy(), rtol=1e-6)
+            np.testing.assert_allclose(raw["scores"], probs[keep].numpy(), rtol=1e-6)
         anns = [a for a in ds.coco.anns_by_image[metas[b]["image_id"]]]
         assert len(gt["boxes"]) == len(anns) > 0
+    assert dropped > 0  # 19 (ATSS) and 27 (TOOD) of the 3 x 341 anchors: the filter is exercised
     r = analyze_model(m, ds, return_pairs=True)
     assert r["num_images"] == 3 and r["params"]["score"] == "nms"
     assert r["num_gts"] == sum(len(g["boxes"]) for _, g in items)
     json.loads(json.dumps(r, allow_nan=False))
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_analysis_has_no_zero_size_boxes(tiny_set, clip):
+    """Offsets that move both x sides of the first columns wholly outside the map give
+    x1 = x2 = 0 (zeros read outside); neither the analysis's raw predictions, nor the
+    detections it records, nor its own postprocess keep such boxes."""
+    from tood_ext.analysis import iter_raw_predictions, postprocess
+    from tood_ext.data import collate
+
+    _, ds = tiny_set
+    torch.manual_seed(0)
+    m = build_model(small_cfg(head="tood", score_thr=0.0, clip_to_image=clip)).eval()
+    with torch.no_grad():
+        m.head.reg_offset_module[-1].weight.zero_()
+        m.head.reg_offset_module[-1].bias.zero_()
+        m.head.reg_offset_module[-1].bias[[1, 5]] = -6.0  # dx of x1 and of x2
+    items = list(iter_raw_predictions(m, ds, batch_size=3))
+    with torch.no_grad():
+        out = m(collate([ds[i] for i in range(3)])[0])
+    zero = [(b[:, 0] == 0) & (b[:, 2] == 0) for b in out["bbox_preds"]]
+    assert sum(int(z.sum()) for z in zero) > 0  # the head does output zero-width boxes
+
+    def zero_size(boxes):
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        return (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+
+    for b, (raw, _) in enumerate(items):
+        assert not zero_size(raw["boxes"]).any()
+        assert len(raw["detections"]["scores"]) > 0
+        assert not zero_size(raw["detections"]["boxes"]).any()
+        scores = torch.cat([s[b].permute(1, 2, 0).reshape(-1, 3) for s in out["cls_scores"]])
+        boxes = torch.cat([x[b].permute(1, 2, 0).reshape(-1, 4) for x in out["bbox_preds"]])
+        assert zero_size(boxes).any()
+        det = postprocess(scores, boxes, score_thr=0.0)
+        assert len(det["scores"]) > 0 and not zero_size(det["boxes"]).any()
+        unfiltered = postprocess(scores, boxes, score_thr=0.0, min_bbox_size=-1)
+        assert zero_size(unfiltered["boxes"]).any()
 
 
 def test_cli_analyze_two_checkpoints(tiny_set, tmp_path):

@@ -333,6 +333,16 @@ def test_cli_eval_and_predict(trained, tiny_data, tmp_path):
     assert set(METRIC_NAMES) <= set(metrics) and metrics["num_images"] == 5
     dets = json.load(open(tmp_path / "d.json"))
     assert len(dets) == metrics["num_dets"] and {d["category_id"] for d in dets} <= {1}
+    # predict clips (clip_to_image, default), evaluate adds no clip of its own
+    sizes = {im["id"]: (im["width"], im["height"])
+             for im in json.load(open(tiny_data / "val" / "annotations.json"))["images"]}
+    for d in dets:
+        x, y, w, h = d["bbox"]
+        W, H = sizes[d["image_id"]]
+        assert x >= 0 and y >= 0 and x + w <= W + 1e-3 and y + h <= H + 1e-3 and w > 0 < h
+    off = main(["eval", ckpt, "--data", str(tiny_data), "--device", "cpu", "--clip", "off",
+                "--min-bbox-size", "-1", "--out", str(tmp_path / "off.json")])
+    assert off["num_images"] == 5
     img_dir = tiny_data / "val" / "images"
     written = main(["predict", ckpt, str(img_dir), "--out", str(tmp_path / "pred"),
                     "--device", "cpu", "--limit", "2", "--score-thr", "0.05"])

@@ -189,6 +189,10 @@ def _small_model():
     with torch.no_grad():  # offsets of pixels, varied boxes and scores
         nn.init.normal_(head.reg_offset_module[-1].weight, std=0.05)
         nn.init.uniform_(head.reg_offset_module[-1].bias, -3.0, 3.0)
+        # both x sides (offset channels 1 and 5: dx of x1 and x2) 6 locations to the left: in
+        # the first columns both sample wholly outside the map, read 0.0 and give x1 = x2 = 0,
+        # zero-width boxes that the invalid-box fallback (x1 > x2) does not catch
+        head.reg_offset_module[-1].bias[[1, 5]] = -6.0
         nn.init.normal_(head.tood_reg.weight, std=0.05)
         nn.init.normal_(head.tood_cls.weight, std=0.1)
     return model
@@ -214,11 +218,21 @@ def _images(B, H, W, seed):
     return torch.randn(B, 3, H, W, generator=torch.Generator().manual_seed(seed))
 
 
+def _zero_size(boxes):
+    boxes = torch.as_tensor(np.asarray(boxes))
+    return (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+
+
 def _reference(model, x):
     with torch.no_grad():
         out = model(x)
         dets = model.predict(x, [{"scale_factor": 1.0, "orig_size": tuple(x.shape[-2:])}]
                              * x.shape[0])
+    # the inputs are not vacuous: zero-width boxes (both x sides sampled outside the map) are
+    # among the candidates above the score threshold
+    n_zero = sum(int(((s > model.cfg.score_thr) & _zero_size(b.permute(0, 2, 3, 1))[:, None])
+                     .sum()) for s, b in zip(out["cls_scores"], out["bbox_preds"]))
+    assert n_zero > 0
     return out["cls_scores"] + out["bbox_preds"], dets
 
 
@@ -227,6 +241,7 @@ def _check_dets(got, dets, box_atol):
     for b, d in enumerate(dets):
         n = len(d["scores"])
         assert 5 <= n < boxes.shape[1]  # some detections, padding exercised
+        assert not _zero_size(boxes[b, :n]).any() and not _zero_size(d["boxes"]).any()
         assert int(num[b]) == n
         order = torch.argsort(scores[b, :n], descending=True)
         torch.testing.assert_close(scores[b, :n][order], d["scores"], atol=1e-5, rtol=0)
@@ -383,3 +398,37 @@ def test_import_without_onnx():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_zero_size_boxes_and_clipping_options(model, clip):
+    """Zero-width boxes (both x sides sampled outside the map) reach neither predict nor the
+    exported post-processing; with the filter off (min_bbox_size < 0) they did. Clipping is an
+    option of both, with the same result (clip=False: mmdetection's behaviour, boxes may leave
+    the image)."""
+    from tood_ext.export import ExportableTOOD
+
+    x = _images(*SIZES[0], seed=41)
+    metas = [{"scale_factor": 1.0, "orig_size": tuple(x.shape[-2:])}] * x.shape[0]
+    cfg = model.cfg
+    old = cfg.min_bbox_size, cfg.clip_to_image
+    try:
+        cfg.clip_to_image = clip
+        cfg.min_bbox_size = -1.0  # no filter: what predict returned before
+        unfiltered = model.predict(x, metas)
+        cfg.min_bbox_size = 0.0
+        dets = model.predict(x, metas)
+        with torch.no_grad():
+            got = ExportableTOOD(model, with_nms=True)(x)
+            got_off = ExportableTOOD(model, with_nms=True, min_bbox_size=-1.0)(x)
+    finally:
+        cfg.min_bbox_size, cfg.clip_to_image = old
+    assert all(_zero_size(d["boxes"]).sum() > 0 for d in unfiltered)
+    _check_dets(got, dets, box_atol=0)
+    num = got_off[3]
+    assert any(_zero_size(got_off[0][b, :int(num[b])]).any() for b in range(x.shape[0]))
+    H, W = x.shape[-2:]
+    for d in dets:
+        outside = ((d["boxes"][:, :2] < 0).any(1) | (d["boxes"][:, 2] > W)
+                   | (d["boxes"][:, 3] > H))
+        assert outside.any() != clip  # unclipped boxes leave the image here

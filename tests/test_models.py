@@ -647,3 +647,225 @@ def test_backbone_weights_file_and_freezing(tmp_path):
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
     with pytest.raises(RuntimeError, match="do not match"):
         build_model(small_cfg(weights=str(tmp_path / "bad.pth")))
+
+
+# ---------------------------------------------------------------------------------------------
+# inference parity with mmdetection's post-processing
+# ---------------------------------------------------------------------------------------------
+
+
+def _mmdet_nms(boxes, scores, iou_thr):
+    """mmcv's CPU ``nms`` (offset 0): indices sorted by ``scores.sort(descending=True)``, each
+    kept box suppresses the later ones with inter / (area_i + area_j - inter) > iou_thr."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1) * (y2 - y1)
+    order = scores.sort(0, descending=True)[1]
+    select = torch.ones(len(order), dtype=torch.bool)
+    for a in range(len(order)):
+        if not select[a]:
+            continue
+        i, rest = order[a], order[a + 1:]
+        w = (torch.minimum(x2[i], x2[rest]) - torch.maximum(x1[i], x1[rest])).clamp(min=0)
+        h = (torch.minimum(y2[i], y2[rest]) - torch.maximum(y1[i], y1[rest])).clamp(min=0)
+        inter = w * h
+        ovr = inter / (areas[i] + areas[rest] - inter)
+        select[a + 1:] &= ~(ovr > iou_thr)
+    return order[select]
+
+
+def _mmdet_tood_postprocess(cls_scores, bbox_preds, img_meta, score_thr, nms_pre, iou_thr,
+                            max_per_img, min_bbox_size=0):
+    """Transcription of mmdetection 3.3's TOOD inference for one image (``rescale=True``,
+    ``with_nms=True``): ``TOODHead._predict_by_feat_single`` (per level
+    ``filter_scores_and_topk`` on the P_align scores; boxes already decoded, no clipping),
+    ``BaseDenseHead._bbox_post_process`` (rescale by ``1 / scale_factor``, the min_bbox_size
+    filter, ``batched_nms``, ``[:max_per_img]``), mmcv's ``batched_nms`` (classes moved apart by
+    ``label * (max + 1)``; one nms below split_thr=10000 boxes). cls_scores [(C, H, W)],
+    bbox_preds [(4, H, W)] xyxy input pixels."""
+    mlvl_bboxes, mlvl_scores, mlvl_labels = [], [], []
+    for cls_score, bbox_pred in zip(cls_scores, bbox_preds):
+        C = cls_score.shape[0]
+        bbox_pred = bbox_pred.permute(1, 2, 0).reshape(-1, 4)
+        scores = cls_score.permute(1, 2, 0).reshape(-1, C)
+        valid_mask = scores > score_thr
+        scores = scores[valid_mask]
+        valid_idxs = torch.nonzero(valid_mask)
+        num_topk = min(nms_pre, valid_idxs.size(0))
+        scores, idxs = scores.sort(descending=True)
+        scores = scores[:num_topk]
+        keep_idxs, labels = valid_idxs[idxs[:num_topk]].unbind(dim=1)
+        mlvl_bboxes.append(bbox_pred[keep_idxs])
+        mlvl_scores.append(scores)
+        mlvl_labels.append(labels)
+    bboxes, scores, labels = (torch.cat(v) for v in (mlvl_bboxes, mlvl_scores, mlvl_labels))
+    scale_factor = [1 / s for s in img_meta["scale_factor"]]
+    bboxes = bboxes * bboxes.new_tensor(scale_factor).repeat((1, 2))
+    if min_bbox_size >= 0:
+        w, h = bboxes[:, 2] - bboxes[:, 0], bboxes[:, 3] - bboxes[:, 1]
+        valid = (w > min_bbox_size) & (h > min_bbox_size)
+        if not valid.all():
+            bboxes, scores, labels = bboxes[valid], scores[valid], labels[valid]
+    if bboxes.numel() > 0:
+        offsets = labels.to(bboxes) * (bboxes.max() + torch.tensor(1).to(bboxes))
+        keep = _mmdet_nms(bboxes + offsets[:, None], scores, iou_thr)
+        bboxes, scores, labels = bboxes[keep], scores[keep], labels[keep]
+        bboxes, scores, labels = bboxes[:max_per_img], scores[:max_per_img], labels[:max_per_img]
+    return {"boxes": bboxes, "scores": scores, "labels": labels}
+
+
+def random_head_maps(gen, B, C, H, W, zero_frac=0.1):
+    """Head outputs of a random TOOD head: distinct scores (no ties: ties are ordered by each
+    library's sort), boxes of 1-4 strides per side around the location (leaving the image at
+    the borders), a ``zero_frac`` of the locations with x1 = x2 = 0 (both x sides sampled
+    outside the map) and as many with y1 = y2 = 0."""
+    cls, boxes = [], []
+    for s in STRIDES:
+        h, w = H // s, W // s
+        n = B * C * h * w
+        v = (torch.randperm(n, generator=gen).double() + 0.5
+             + 0.4 * (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5)) / n
+        cls.append((v ** 1.5).float().reshape(B, C, h, w))
+        i, j = torch.meshgrid(torch.arange(h) * float(s), torch.arange(w) * float(s),
+                              indexing="ij")
+        ltrb = torch.exp(torch.rand(B, 4, h, w, generator=gen) * math.log(4.0)) * s
+        b = torch.stack([j - ltrb[:, 0], i - ltrb[:, 1], j + ltrb[:, 2], i + ltrb[:, 3]], 1)
+        zx = torch.rand(B, h, w, generator=gen) < zero_frac
+        zy = torch.rand(B, h, w, generator=gen) < zero_frac
+        b[:, 0][zx], b[:, 2][zx] = 0.0, 0.0
+        b[:, 1][zy], b[:, 3][zy] = 0.0, 0.0
+        boxes.append(b)
+    return {"cls_scores": cls, "bbox_preds": boxes}
+
+
+def _near_threshold(dets_input, thr, margin):
+    """Whether two same-class candidates have an IoU within ``margin`` of the NMS threshold,
+    where float rounding (ours divides by the scale factor, mmdetection multiplies by its
+    reciprocal; different class offsets) may decide."""
+    boxes, labels = dets_input
+    for c in labels.unique():
+        b = boxes[labels == c].double()
+        iou = torchvision.ops.box_iou(b, b)
+        if ((iou - thr).abs() < margin).any():
+            return True
+    return False
+
+
+@pytest.mark.parametrize("max_per_img", [100, 100000])
+def test_predict_equals_mmdetection_postprocess(model, gen, max_per_img):
+    """With clip_to_image=False (and min_bbox_size 0, mmdetection's TOOD test_cfg), predict's
+    detections (scores, labels exactly; boxes to float32 rounding, exactly for power-of-two
+    scale factors) equal the transcription of mmdetection's post-processing, uncut and top
+    100; the inputs have zero-size boxes (dropped) and boxes leaving the image (kept)."""
+    B, C, H, W = 2, 3, 128, 256
+    cfg = model.cfg
+    old = (cfg.clip_to_image, cfg.min_bbox_size, cfg.max_per_img, cfg.nms_pre, cfg.score_thr,
+           cfg.iou_thr)
+    metas = [{"scale_factor": (0.8, 0.6), "ori_shape": (213, 320)},  # mmdetection's keys
+             {"scale_factor": (0.5, 0.25), "ori_shape": (512, 512)}]
+    for _ in range(20):  # redraw while rounding could decide an NMS comparison
+        out = random_head_maps(gen, B, C, H, W)
+        want = []
+        for b in range(B):
+            want.append(_mmdet_tood_postprocess([s[b] for s in out["cls_scores"]],
+                                                [x[b] for x in out["bbox_preds"]], metas[b],
+                                                0.05, 200, 0.6, max_per_img))
+        cand = [_mmdet_tood_postprocess([s[b] for s in out["cls_scores"]],
+                                        [x[b] for x in out["bbox_preds"]], metas[b], 0.05, 200,
+                                        2.0, 10 ** 9) for b in range(B)]  # all, no suppression
+        if not any(_near_threshold((c["boxes"], c["labels"]), 0.6, 1e-4) for c in cand):
+            break
+    else:
+        pytest.fail("no input without near-threshold IoUs in 20 draws")
+    try:
+        cfg.clip_to_image, cfg.min_bbox_size, cfg.max_per_img = False, 0.0, max_per_img
+        cfg.nms_pre, cfg.score_thr, cfg.iou_thr = 200, 0.05, 0.6
+        got = model.predict_by_feat(out, metas)
+    finally:
+        (cfg.clip_to_image, cfg.min_bbox_size, cfg.max_per_img, cfg.nms_pre, cfg.score_thr,
+         cfg.iou_thr) = old
+    for b, (g, w) in enumerate(zip(got, want)):
+        assert len(w["scores"]) > 0 and torch.equal(g["labels"], w["labels"])
+        assert torch.equal(g["scores"], w["scores"])
+        if b == 1:  # 1 / 0.5 and 1 / 0.25 are exact: same boxes bit for bit
+            assert torch.equal(g["boxes"], w["boxes"])
+        else:
+            torch.testing.assert_close(g["boxes"], w["boxes"], rtol=3e-7, atol=0)
+        boxes = g["boxes"]
+        assert ((boxes[:, 2:] - boxes[:, :2]) > 0).all()  # no zero-size box
+        if max_per_img == 100:
+            assert len(w["scores"]) == 100
+        else:  # uncut: boxes leaving the image are kept (mmdetection does not clip)
+            assert len(w["scores"]) > 100
+            h, w_ = metas[b]["ori_shape"]
+            assert ((boxes[:, :2] < 0).any(1) | (boxes[:, 2] > w_) | (boxes[:, 3] > h)).any()
+    # the candidates held zero-size boxes, which the filter removed
+    n_zero = sum(int(((x[:, 2] <= x[:, 0]) | (x[:, 3] <= x[:, 1])).sum())
+                 for x in out["bbox_preds"])
+    assert n_zero > 0
+
+
+def test_predict_meta_keys_and_errors(model, gen):
+    """mmdetection's meta keys (ori_shape, (w, h) or (w, h, w, h) scale factors) give what
+    orig_size gives; conflicting or malformed metas, and clipping without a size, are refused
+    with the argument named."""
+    import numpy as np
+
+    out = random_head_maps(gen, 2, 3, 128, 128)
+    ours = [{"scale_factor": (0.5, 0.4), "orig_size": (320, 256)},
+            {"scale_factor": 0.75, "orig_size": (170, 171)}]
+    mmdet3 = [{"scale_factor": (0.5, 0.4), "ori_shape": (320, 256), "img_shape": (128, 128)},
+              {"scale_factor": (0.75, 0.75), "ori_shape": (170, 171, 3)}]
+    mmdet2 = [{"scale_factor": np.array([0.5, 0.4, 0.5, 0.4], np.float32),
+               "ori_shape": (320, 256, 3)},
+              {"scale_factor": np.array([0.75] * 4, np.float32), "ori_shape": (170, 171),
+               "orig_size": (170, 171)}]
+    want = model.predict_by_feat(out, ours)
+    assert all(len(w["scores"]) > 0 for w in want)
+    for metas in (mmdet3, mmdet2):
+        for g, w in zip(model.predict_by_feat(out, metas), want):
+            for k in ("boxes", "scores", "labels"):
+                assert torch.equal(g[k], w[k]), k
+    # the size is used: boxes within (w, h) = (256, 320) resp. (171, 170)
+    assert (want[0]["boxes"][:, 0::2] <= 256).all() and (want[1]["boxes"][:, 1::2] <= 170).all()
+    bad = [({"scale_factor": 1.0, "orig_size": (128, 128), "ori_shape": (128, 127)}, "disagree"),
+           ({"scale_factor": (1.0, 1.0, 1.0), "orig_size": (128, 128)},
+            r"metas\[0\]\['scale_factor'\]"),
+           ({"scale_factor": 0.0, "orig_size": (128, 128)}, "scale_factor"),
+           ({"scale_factor": 1.0, "orig_size": (128,)}, "orig_size"),
+           ({"scale_factor": 1.0}, "clip_to_image=True needs")]
+    for meta, match in bad:
+        with pytest.raises(ValueError, match=match):
+            model.predict_by_feat(out, [meta, ours[1]])
+    with pytest.raises(ValueError, match="list of 2"):
+        model.predict_by_feat(out, ours[:1])
+    old = model.cfg.clip_to_image
+    try:  # without clipping no size is needed
+        model.cfg.clip_to_image = False
+        res = model.predict_by_feat(out, [{"scale_factor": 0.5}, {}])
+    finally:
+        model.cfg.clip_to_image = old
+    assert all(len(r["scores"]) > 0 for r in res)
+
+
+def test_one_checkpoint_loader(model, tmp_path):
+    """engine.model_from_checkpoint reads both checkpoint layouts (export.load_model is it);
+    configs written before min_bbox_size / clip_to_image existed get their defaults."""
+    from tood_ext.engine import model_from_checkpoint
+    from tood_ext.export import load_model
+
+    old_cfg = {k: v for k, v in model.cfg.to_dict().items()
+               if k not in ("min_bbox_size", "clip_to_image")}
+    paths = [tmp_path / "engine.pth", tmp_path / "plain.pth"]
+    torch.save({"model_config": old_cfg, "model": model.state_dict(), "epoch": 3}, paths[0])
+    torch.save({"config": old_cfg, "model": model.state_dict()}, paths[1])
+    for path in paths:
+        for m in (model_from_checkpoint(str(path), score_thr=0.3)[0],
+                  load_model(str(path), score_thr=0.3)):
+            assert not m.training and m.cfg.score_thr == 0.3
+            assert m.cfg.min_bbox_size == 0.0 and m.cfg.clip_to_image is True
+            for k, v in model.state_dict().items():
+                assert torch.equal(m.state_dict()[k], v), k
+    torch.save({"model": model.state_dict()}, paths[1])
+    for load in (model_from_checkpoint, load_model):
+        with pytest.raises(ValueError, match="model_config"):
+            load(str(paths[1]))

@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="metrics JSON (default: next to the checkpoint)")
     p.add_argument("--dets-out", help="also write the detections (COCO results JSON)")
     p.add_argument("--score-thr", type=float, default=None, help="override the model's")
+    p.add_argument("--min-bbox-size", type=float, default=None,
+                   help="override the model's (0: drop zero-size boxes; negative: keep all)")
+    p.add_argument("--clip", default=None, choices=("on", "off"),
+                   help="clip boxes to the image before NMS (default: the model's, on; "
+                        "mmdetection's TOOD: off)")
     p.add_argument("--ops", default=None, choices=("kernel", "reference"))
     p.add_argument("--backend", default="auto", choices=("auto", "pycocotools", "numpy"))
 
@@ -286,8 +291,10 @@ def cmd_eval(args) -> dict:
     va = _split_paths(args, "val")
     if va is None:
         sys.exit("eval: give --data ROOT or --val-ann (and --val-images)")
-    model, state = model_from_checkpoint(args.checkpoint, device, score_thr=args.score_thr,
-                                         ops=args.ops)
+    model, state = model_from_checkpoint(
+        args.checkpoint, device, score_thr=args.score_thr, ops=args.ops,
+        min_bbox_size=args.min_bbox_size,
+        clip_to_image=None if args.clip is None else args.clip == "on")
     scale = _ckpt_scale(state, args.scale)
     dataset = CocoDetection(va[0], va[1], scale=scale)
     problem = check_classes(model, dataset, state.get("classes"))

@@ -40,18 +40,20 @@ def _np(x, dtype=np.float64, shape_tail: tuple = ()) -> np.ndarray:
 
 
 def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) xyxy -> (N, M) IoU in float64; widths/heights clamped at 0, a pair whose
-    union is 0 has IoU 0."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    """(N, 4) x (M, 4) xyxy -> (N, M) IoU in float64, by the library's ``box_iou`` (the compiled
+    op when built, else its pure-PyTorch reference): widths/heights clamped at 0,
+    ``inter / max(union, 1e-7)``, so a pair whose union is 0 has IoU 0."""
+    import torch
+
+    from . import _loader, reference
+
+    ta = torch.as_tensor(np.asarray(a, dtype=np.float64).reshape(-1, 4))
+    tb = torch.as_tensor(np.asarray(b, dtype=np.float64).reshape(-1, 4))
+    if _loader.has_ops():
+        from .ops import box_iou
+    else:
+        box_iou = reference.box_iou
+    return box_iou(ta, tb).numpy()
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -98,30 +100,29 @@ def assign_to_gts(boxes: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, 
 
 
 def postprocess(scores, boxes, labels=None, score_thr: float = 0.05, nms_pre: int = 1000,
-                iou_thr: float = 0.6, max_per_img: int = 100) -> dict:
+                iou_thr: float = 0.6, max_per_img: int = 100, min_bbox_size: float = 0.0) -> dict:
     """Detections of one image from pre-NMS predictions, for inputs that come without their
-    own: the (prediction, class) pairs with score > ``score_thr``, the best ``nms_pre``,
-    class-wise NMS (``torchvision.ops.batched_nms``, IoU > ``iou_thr`` suppressed), the best
-    ``max_per_img``. (tood_ext's detectors apply ``nms_pre`` per FPN level; pass their own
-    detections to :func:`alignment_report` to count exactly what they output.)"""
+    own, by the detector's post-processing (:mod:`tood_ext.models.postprocess`, no rescaling
+    or clipping): the (prediction, class) pairs with score > ``score_thr``, the best
+    ``nms_pre``, boxes of width or height ``<= min_bbox_size`` dropped (negative: none),
+    class-wise NMS (IoU > ``iou_thr`` suppressed), the best ``max_per_img``. (tood_ext's
+    detectors apply ``nms_pre`` per FPN level; pass their own detections to
+    :func:`alignment_report` to count exactly what they output.)"""
     import torch
-    from torchvision.ops import batched_nms
+
+    from .models.postprocess import postprocess_detections, select_topk
 
     s = torch.as_tensor(_np(scores, np.float32))
     b = torch.as_tensor(_np(boxes, np.float32, (4,))).reshape(-1, 4)
     if s.ndim == 1:
         lab = torch.as_tensor(_np(labels, np.int64)).reshape(-1)
-        valid = s > score_thr
-        sc, loc, cls = s[valid], valid.nonzero().squeeze(1), lab[valid]
+        sc, loc, _ = select_topk(s[:, None], score_thr, nms_pre)
+        cls = lab[loc]
     else:
-        valid = s > score_thr
-        sc = s[valid]
-        loc, cls = valid.nonzero().unbind(1)
-    sc, order = sc.sort(descending=True, stable=True)
-    order = order[:nms_pre]
-    sc, loc, cls = sc[:nms_pre], loc[order], cls[order]
-    keep = batched_nms(b[loc], sc, cls, iou_thr)[:max_per_img]
-    return {"boxes": b[loc][keep].numpy(), "scores": sc[keep].numpy(), "labels": cls[keep].numpy()}
+        sc, loc, cls = select_topk(s, score_thr, nms_pre)
+    det = postprocess_detections(b[loc], sc, cls, iou_thr=iou_thr, max_per_img=max_per_img,
+                                 min_bbox_size=min_bbox_size)
+    return {k: v.numpy() for k, v in det.items()}
 
 
 # ----------------------------------------------------------------------------- per image
@@ -362,7 +363,10 @@ def iter_raw_predictions(model, dataset, device="cpu", batch_size: int = 2,
       sigmoid(centerness)); ``score="cls"``: the classification probability alone
       (``out["cls_scores"]``: TOOD's P_align again, the ATSS head's sigmoid(cls));
     * ``raw["boxes"]`` (A, 4): the decoded (TOOD: aligned) boxes, divided by the scale factor
-      and clipped to the image, as :meth:`TOOD.predict_by_feat` does;
+      and, with ``cfg.clip_to_image``, clipped to the image, as :meth:`TOOD.predict_by_feat`
+      does (:func:`tood_ext.models.postprocess.rescale_boxes`); the anchors whose box fails
+      the detector's size filter (``cfg.min_bbox_size``: zero-size boxes by default) are left
+      out of ``raw`` (A = the anchors that remain), as they never reach NMS;
     * ``raw["detections"]``: the model's own post-NMS output (``model.predict_by_feat``);
     * ``gt``: the image's annotations (crowd and boxes under the dataset's ``min_size``
       dropped), original pixels.
@@ -373,6 +377,7 @@ def iter_raw_predictions(model, dataset, device="cpu", batch_size: int = 2,
     from torch.utils.data import DataLoader, Subset
 
     from .data import collate
+    from .models.postprocess import meta_scale_and_size, rescale_boxes, valid_size_mask
 
     if score not in ("nms", "cls"):
         raise ValueError(f"score must be 'nms' or 'cls', got {score!r}")
@@ -392,15 +397,12 @@ def iter_raw_predictions(model, dataset, device="cpu", batch_size: int = 2,
             scores = scores * ctr[..., None]
         boxes = torch.cat([b.permute(0, 2, 3, 1).reshape(B, -1, 4).float()
                            for b in out["bbox_preds"]], 1)
+        cfg = model.cfg
         for b, meta in enumerate(metas):
-            sf = torch.as_tensor(meta.get("scale_factor", 1.0), dtype=torch.float32,
-                                 device=boxes.device).reshape(-1)
-            bx = boxes[b] / (sf.repeat(2) if sf.numel() == 2 else sf)
-            if "orig_size" in meta:
-                h, w = (float(v) for v in meta["orig_size"])
-                bx = torch.stack([bx[:, 0].clamp(0, w), bx[:, 1].clamp(0, h),
-                                  bx[:, 2].clamp(0, w), bx[:, 3].clamp(0, h)], 1)
-            raw = {"scores": scores[b].cpu().numpy(), "boxes": bx.cpu().numpy(),
+            sf, size = meta_scale_and_size(meta, b)
+            bx = rescale_boxes(boxes[b], sf, size, cfg.clip_to_image)
+            ok = valid_size_mask(bx, cfg.min_bbox_size)
+            raw = {"scores": scores[b][ok].cpu().numpy(), "boxes": bx[ok].cpu().numpy(),
                    "detections": {k: v.cpu().numpy() for k, v in dets[b].items()},
                    "image_id": meta["image_id"]}
             yield raw, _image_gts(dataset, meta["image_id"])

@@ -23,8 +23,9 @@ Here every op of the inference path is a dispatcher op with a fake kernel, so:
   - ``tood_ext::box_iou`` (not on the inference path; for models that call it) -> elementwise
     ops (``Min``/``Max``/``Clip``/``Div``, ``Atan`` for CIoU, NaN for non-finite boxes);
   - ``tood_ext_export::multiclass_nms`` (``with_nms=True``) -> ``NonMaxSuppression`` on a
-    (B, num_classes, K) score tensor (class-wise NMS, exactly torchvision's ``batched_nms``),
-    then ``ScatterND`` + ``TopK`` to keep the best ``max_per_img`` per image, padded.
+    (B, num_classes, K) score tensor (class-wise NMS, the eager op's decisions up to the
+    rounding of IoUs at the threshold: the eager op moves classes apart by offsets), then
+    ``ScatterND`` + ``TopK`` to keep the best ``max_per_img`` per image, padded.
 
 Outputs of the exported graphs (``images``: (B, 3, H, W) normalised, H and W multiples of 128):
 
@@ -34,10 +35,12 @@ Outputs of the exported graphs (``images``: (B, 3, H, W) normalised, H and W mul
 * ``with_nms=True``: ``boxes`` (B, max_per_img, 4), ``scores`` (B, max_per_img), ``labels``
   (B, max_per_img) int64 and ``num_dets`` (B,) int64, sorted by score; rows past ``num_dets``
   are padding (boxes 0, score 0, label -1). This is ``model.predict`` with
-  ``metas = [{"scale_factor": 1.0, "orig_size": (H, W)}]``: per level the best ``nms_pre``
-  (location, class) pairs above ``score_thr``, boxes clipped to the input image, class-wise NMS
-  at ``iou_thr``. Divide the boxes by your resize factor (and clip to the original image)
-  afterwards.
+  ``metas = [{"scale_factor": 1.0, "orig_size": (H, W)}]`` (the same
+  :mod:`tood_ext.models.postprocess` steps): per level the best ``nms_pre`` (location, class)
+  pairs above ``score_thr``, boxes clipped to the input image (``clip_to_image``, default on;
+  off is mmdetection's behaviour), boxes of width or height ``<= min_bbox_size`` (0: the
+  zero-size ones) dropped, class-wise NMS at ``iou_thr``. Divide the boxes by your resize
+  factor (and clip to the original image) afterwards; ``min_bbox_size`` counts input pixels.
 
 onnx, onnxruntime and onnxscript are optional (``pip install tood-ext[export]``); importing this
 module does not need them.
@@ -73,13 +76,14 @@ def multiclass_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tens
     """Class-wise NMS of a batch of candidates, with fixed-size (padded) outputs.
 
     boxes (B, K, 4) xyxy, scores (B, K), labels (B, K) int64 in [0, num_classes). Candidates
-    with ``score > score_threshold`` go through ``torchvision.ops.batched_nms`` (a box is
-    suppressed by a higher-scoring box of its class with IoU > ``iou_threshold``); the best
+    with ``score > score_threshold`` go through class-wise NMS
+    (:func:`tood_ext.models.postprocess.batched_nms`: a box is suppressed by a higher-scoring
+    box of its class with IoU > ``iou_threshold``); the best
     ``max_det`` survivors are kept. Returns ``(boxes (B, max_det, 4), scores (B, max_det),
     labels (B, max_det) int64, num_dets (B,) int64)``, sorted by score; padding rows are
     boxes 0, score 0, label -1.
     """
-    from torchvision.ops import batched_nms
+    from .models.postprocess import batched_nms
 
     B = scores.shape[0]
     out_boxes = boxes.new_zeros((B, max_det, 4))
@@ -113,14 +117,17 @@ def _multiclass_nms_fake(boxes, scores, labels, num_classes, iou_threshold, scor
 class ExportableTOOD(nn.Module):
     """The detector with tensor outputs (what the exporters need); see the module docstring.
 
-    ``score_thr``, ``nms_pre``, ``iou_thr``, ``max_per_img`` default to the model's config
-    (used with ``with_nms=True`` only). ``raw_outputs`` (default: ``not with_nms``): also
-    output the per-level head maps (after the detections when ``with_nms``).
+    ``score_thr``, ``nms_pre``, ``iou_thr``, ``max_per_img``, ``min_bbox_size`` and
+    ``clip_to_image`` default to the model's config (used with ``with_nms=True`` only; the
+    clipping is to the input image and the size filter is in input pixels, as the graph has
+    no scale factor). ``raw_outputs`` (default: ``not with_nms``): also output the per-level
+    head maps (after the detections when ``with_nms``).
     """
 
     def __init__(self, model: nn.Module, with_nms: bool = False, score_thr: float | None = None,
                  nms_pre: int | None = None, iou_thr: float | None = None,
-                 max_per_img: int | None = None, raw_outputs: bool | None = None):
+                 max_per_img: int | None = None, raw_outputs: bool | None = None,
+                 min_bbox_size: float | None = None, clip_to_image: bool | None = None):
         super().__init__()
         cfg = model.cfg
         if getattr(cfg, "head", "tood") != "tood":
@@ -135,6 +142,10 @@ class ExportableTOOD(nn.Module):
         self.nms_pre = int(cfg.nms_pre if nms_pre is None else nms_pre)
         self.iou_thr = float(cfg.iou_thr if iou_thr is None else iou_thr)
         self.max_per_img = int(cfg.max_per_img if max_per_img is None else max_per_img)
+        self.min_bbox_size = float(getattr(cfg, "min_bbox_size", 0.0) if min_bbox_size is None
+                                   else min_bbox_size)
+        self.clip_to_image = bool(getattr(cfg, "clip_to_image", True) if clip_to_image is None
+                                  else clip_to_image)
         self.train(model.training)
 
     def output_names(self) -> list[str]:
@@ -152,26 +163,18 @@ class ExportableTOOD(nn.Module):
         return res
 
     def postprocess(self, out: dict, height, width):
-        """Candidates as in ``TOOD.predict_by_feat`` (per level the best ``nms_pre``
-        (location, class) pairs; those <= score_thr are dropped by the NMS op), then NMS."""
-        all_boxes, all_scores, all_labels = [], [], []
-        for s_map, b_map in zip(out["cls_scores"], out["bbox_preds"]):
-            B, C = s_map.shape[:2]
-            scores = s_map.permute(0, 2, 3, 1).reshape(B, -1).float()  # index = loc * C + cls
-            boxes = b_map.permute(0, 2, 3, 1).reshape(B, -1, 4).float()
-            k = torch.sym_min(self.nms_pre, scores.shape[1])
-            top, idx = scores.topk(k, dim=1)
-            loc = torch.div(idx, C, rounding_mode="floor")
-            all_boxes.append(boxes.gather(1, loc[..., None].expand(-1, -1, 4)))
-            all_scores.append(top)
-            all_labels.append(idx - loc * C)
-        boxes = torch.cat(all_boxes, 1)
-        x1, y1, x2, y2 = boxes.unbind(-1)
-        boxes = torch.stack([x1.clamp(0, width), y1.clamp(0, height), x2.clamp(0, width),
-                             y2.clamp(0, height)], -1)
+        """The candidates of ``TOOD.predict_by_feat`` on fixed-size tensors
+        (:func:`~tood_ext.models.postprocess.dense_candidates`: per level the best ``nms_pre``
+        (location, class) pairs, clipped to the input image with ``clip_to_image``, too small
+        boxes scored ``-inf``; those <= score_thr are dropped by the NMS op), then NMS."""
+        from .models.postprocess import dense_candidates
+
+        boxes, scores, labels = dense_candidates(
+            out["cls_scores"], out["bbox_preds"], self.nms_pre, height, width,
+            clip_to_image=self.clip_to_image, min_bbox_size=self.min_bbox_size)
         return torch.ops.tood_ext_export.multiclass_nms(
-            boxes, torch.cat(all_scores, 1), torch.cat(all_labels, 1),
-            self.model.cfg.num_classes, self.iou_thr, self.score_thr, self.max_per_img)
+            boxes, scores, labels, self.model.cfg.num_classes, self.iou_thr, self.score_thr,
+            self.max_per_img)
 
 
 def _check_size(image_size, dynamic: bool = False) -> tuple[int, int]:
@@ -493,26 +496,13 @@ def export_onnx(model: nn.Module, path: str, image_size=(640, 640), dynamic: boo
 
 
 def load_model(checkpoint: str, **overrides) -> nn.Module:
-    """The detector of a checkpoint, in eval mode on CPU.
+    """The detector of a checkpoint, in eval mode on CPU: the model of
+    :func:`tood_ext.engine.model_from_checkpoint` (``tood_ext.engine`` checkpoints, or plain
+    ``{"config": TOODConfig as dict, "model": state_dict}`` files). ``overrides`` replace config
+    fields (e.g. ``ops="reference"``, ``score_thr=0.3``; None values ignored)."""
+    from .engine.checkpoint import model_from_checkpoint
 
-    Accepts ``tood_ext.engine`` checkpoints (``{"model_config": ..., "model": state_dict}``)
-    and plain ``{"config": TOODConfig as dict, "model": state_dict}`` files. ``overrides``
-    replace config fields (e.g. ``ops="reference"``, ``score_thr=0.3``; None values ignored).
-    """
-    from .models import TOODConfig, build_model
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg_dict = state.get("model_config") or state.get("config")
-    if cfg_dict is None or "model" not in state:
-        raise ValueError(f"{checkpoint}: expected a dict with 'model' (state dict) and "
-                         "'model_config' (tood_ext.engine) or 'config' (TOODConfig as a dict)")
-    cfg_dict = dict(cfg_dict)
-    cfg_dict.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = TOODConfig.from_dict(cfg_dict)
-    cfg.weights = None  # the checkpoint holds the backbone weights
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return model_from_checkpoint(checkpoint, "cpu", **overrides)[0]
 
 
 def add_export_subparser(subparsers) -> argparse.ArgumentParser:
@@ -541,6 +531,12 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nms-pre", type=int, default=None)
     p.add_argument("--iou-thr", type=float, default=None)
     p.add_argument("--max-per-img", type=int, default=None)
+    p.add_argument("--min-bbox-size", type=float, default=None,
+                   help="drop boxes of width or height <= this (input pixels) before NMS "
+                        "(default: the checkpoint's config, 0; negative: keep all)")
+    p.add_argument("--clip", default=None, choices=("on", "off"),
+                   help="clip boxes to the input image before NMS (default: the checkpoint's "
+                        "config, on; mmdetection's TOOD: off)")
     p.add_argument("--ops", default=None, choices=("kernel", "reference"),
                    help="trace our kernels (default) or the pure-PyTorch references")
     p.set_defaults(func=cmd_export)
@@ -548,8 +544,10 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args) -> str:
     model = load_model(args.checkpoint, ops=args.ops)
-    nms = {k: getattr(args, k) for k in ("score_thr", "nms_pre", "iou_thr", "max_per_img")
-           if getattr(args, k) is not None}
+    nms = {k: getattr(args, k) for k in ("score_thr", "nms_pre", "iou_thr", "max_per_img",
+                                         "min_bbox_size") if getattr(args, k) is not None}
+    if args.clip is not None:
+        nms["clip_to_image"] = args.clip == "on"
     common = dict(image_size=tuple(args.image_size), dynamic=not args.static,
                   with_nms=args.with_nms, **nms)
     if args.format == "onnx":

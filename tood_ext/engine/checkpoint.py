@@ -65,20 +65,26 @@ def load_checkpoint(path: str, model=None, optimizer=None, scheduler=None, scale
 
 
 def model_from_checkpoint(path: str, device="cpu", **overrides):
-    """Rebuild the detector a checkpoint was trained with and load its weights.
+    """Rebuild the detector a checkpoint was trained with and load its weights: the one
+    checkpoint loader (``python -m tood_ext eval|predict|analyze|export``).
 
-    ``overrides`` replace config fields (e.g. ``score_thr=0.3`` or ``ops="reference"``).
-    Returns (model in eval mode, checkpoint dict).
+    Accepts ``tood_ext.engine`` checkpoints (``{"model_config": ..., "model": state_dict}``)
+    and plain ``{"config": TOODConfig as dict, "model": state_dict}`` files. ``overrides``
+    replace config fields (e.g. ``score_thr=0.3`` or ``ops="reference"``; None values
+    ignored). Configs written before a field existed get its default (e.g. ``min_bbox_size``,
+    ``clip_to_image``). Returns (model in eval mode on ``device``, checkpoint dict).
     """
     from ..models import TOODConfig, build_model
 
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("model_config") is None:
-        raise ValueError(f"{path} has no model_config: not written by tood_ext.engine.train")
-    cfg_dict = dict(state["model_config"])
+    cfg_dict = (state.get("model_config") or state.get("config")) if isinstance(state, dict) \
+        else None
+    if cfg_dict is None or "model" not in state:
+        raise ValueError(f"{path}: expected a dict with 'model' (state dict) and 'model_config' "
+                         "(written by tood_ext.engine.train) or 'config' (TOODConfig as a dict)")
+    cfg_dict = dict(cfg_dict)
     cfg_dict.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = (TOODConfig.from_dict(cfg_dict) if hasattr(TOODConfig, "from_dict")
-           else TOODConfig(**cfg_dict))
+    cfg = TOODConfig.from_dict(cfg_dict)
     cfg.weights = None  # the checkpoint holds the backbone weights
     model = build_model(cfg)
     model.load_state_dict(state["model"])

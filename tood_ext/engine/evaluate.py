@@ -26,10 +26,9 @@ def inference(model, dataset, device="cpu", batch_size: int = 2, workers: int = 
     for images, _targets, metas in loader:
         preds = model.predict(images.to(device), metas)
         for meta, p in zip(metas, preds):
+            # as predict returns them: clipped to the image with cfg.clip_to_image (default),
+            # else unclipped as mmdetection's TOOD (a clip here would re-impose it)
             boxes = p["boxes"].float().cpu()
-            h, w = meta["orig_size"]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
             for b, s, c in zip(xywh, p["scores"].float().cpu().tolist(),
                                p["labels"].cpu().tolist()):

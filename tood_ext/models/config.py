@@ -53,9 +53,16 @@ class TOODConfig:
         focal_alpha, gamma: the initial focal loss (alpha) and both focal losses' exponent.
         loss_cls_weight, loss_bbox_weight: loss weights (1.0 and 2.0 in mmdetection).
 
-    Inference:
+    Inference (:mod:`tood_ext.models.postprocess`, shared by ``predict``, the export with NMS
+    and the analysis):
         score_thr, nms_pre (per level, over (anchor, class) pairs above score_thr), iou_thr
-        (batched NMS), max_per_img.
+        (class-wise NMS), max_per_img: as mmdetection's ``test_cfg``.
+        min_bbox_size: boxes whose width or height (original-image pixels) is ``<=`` this are
+            dropped before NMS; 0 (mmdetection's TOOD config) drops zero-size boxes, a negative
+            value keeps every box.
+        clip_to_image: clip boxes to the original image before the size filter and NMS. True
+            (default; boxes are valid image regions, and a box wholly outside the image is then
+            zero-size and dropped); mmdetection's TOOD does not clip: ``False`` is its behaviour.
     """
 
     num_classes: int = 80
@@ -91,6 +98,8 @@ class TOODConfig:
     nms_pre: int = 1000
     iou_thr: float = 0.6
     max_per_img: int = 100
+    min_bbox_size: float = 0.0
+    clip_to_image: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms
 
 from .assigners import atss_assign, centerness_target
 from .backbone import FPN, ResNetBackbone
 from .config import TOODConfig
 from .head import TOODHead, grid_priors
 from .losses import focal_loss, quality_focal_loss, reduce_mean
+from .postprocess import detections_from_levels
 
 __all__ = ["TOOD"]
 
@@ -217,12 +217,16 @@ class TOOD(nn.Module):
         """Detections per image: ``{"boxes": (n, 4) xyxy in original-image pixels,
         "scores": (n,), "labels": (n,) int64}``, sorted by score.
 
-        metas: B dicts with ``"scale_factor"`` (resized / original: a float, or (w, h) /
-        (w, h, w, h) factors) and ``"orig_size"`` (h, w). Per level the (location, class)
-        pairs with score > ``score_thr``, at most ``nms_pre`` of the highest; boxes divided
-        by the scale factor and clipped to the original image; class-wise NMS
-        (``torchvision.ops.batched_nms``, IoU > ``iou_thr`` suppressed); the best
-        ``max_per_img`` kept. Does not change train/eval mode (call ``model.eval()`` first).
+        metas: B dicts with ``"scale_factor"`` (resized / original: a float, (w, h) as
+        mmdetection 3 writes it, or (w, h, w, h); default 1.0) and the original size ``"orig_size"``
+        (h, w) or mmdetection's ``"ori_shape"`` (needed when ``cfg.clip_to_image``). Steps
+        (:mod:`tood_ext.models.postprocess`): per level the (location, class) pairs with
+        score > ``score_thr``, at most ``nms_pre`` of the highest; boxes divided by the scale
+        factor; with ``clip_to_image`` (default) clipped to the original image (mmdetection's
+        TOOD does not clip); boxes of width or height ``<= min_bbox_size`` (0: zero-size ones)
+        dropped; class-wise NMS (IoU > ``iou_thr`` suppressed); the best ``max_per_img`` kept.
+        With ``clip_to_image=False`` this is mmdetection's TOOD post-processing. Does not
+        change train/eval mode (call ``model.eval()`` first).
         """
         return self.predict_by_feat(self(images), metas)
 
@@ -233,40 +237,8 @@ class TOOD(nn.Module):
         multiplies the scores after the ``score_thr`` / ``nms_pre`` selection, before NMS
         (mmdetection's ``with_score_factors``)."""
         cfg = self.cfg
-        cls_scores, bbox_preds = out["cls_scores"], out["bbox_preds"]
-        factors = out.get("score_factors")
-        B, C = cls_scores[0].shape[:2]
-        results = []
-        for b in range(B):
-            all_boxes, all_scores, all_labels = [], [], []
-            for level, (s_map, b_map) in enumerate(zip(cls_scores, bbox_preds)):
-                scores = s_map[b].permute(1, 2, 0).reshape(-1, C).float()
-                boxes = b_map[b].permute(1, 2, 0).reshape(-1, 4).float()
-                valid = scores > cfg.score_thr
-                sc = scores[valid]
-                loc_cls = valid.nonzero()
-                sc, order = sc.sort(descending=True)
-                sc, order = sc[:cfg.nms_pre], order[:cfg.nms_pre]
-                loc, cls = loc_cls[order].unbind(1)
-                if factors is not None:
-                    sc = sc * factors[level][b].reshape(-1).float()[loc]
-                all_boxes.append(boxes[loc])
-                all_scores.append(sc)
-                all_labels.append(cls)
-            boxes = torch.cat(all_boxes)
-            scores = torch.cat(all_scores)
-            labels = torch.cat(all_labels)
-            meta = metas[b]
-            sf = torch.as_tensor(meta.get("scale_factor", 1.0), dtype=boxes.dtype,
-                                 device=boxes.device).reshape(-1)
-            if sf.numel() == 2:
-                sf = sf.repeat(2)
-            boxes = boxes / sf
-            if "orig_size" in meta:
-                h, w = (float(v) for v in meta["orig_size"])
-                boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                                     boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
-            keep = batched_nms(boxes, scores, labels, cfg.iou_thr)[:cfg.max_per_img]
-            results.append({"boxes": boxes[keep], "scores": scores[keep],
-                            "labels": labels[keep]})
-        return results
+        return detections_from_levels(
+            out["cls_scores"], out["bbox_preds"], metas, score_thr=cfg.score_thr,
+            nms_pre=cfg.nms_pre, iou_thr=cfg.iou_thr, max_per_img=cfg.max_per_img,
+            min_bbox_size=cfg.min_bbox_size, clip_to_image=cfg.clip_to_image,
+            score_factors=out.get("score_factors"))
