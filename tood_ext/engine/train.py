@@ -9,9 +9,11 @@ mmdetection does, so N processes x batch b train like one process with batch N*b
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -170,11 +172,14 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
                if hasattr(train_set, "class_names") else None)
     if main:
         os.makedirs(work_dir, exist_ok=True)
+        if not resume:  # a fresh run starts a fresh log (a resumed one appends to its own)
+            open(os.path.join(work_dir, "log.jsonl"), "w").close()
         with open(os.path.join(work_dir, "config.json"), "w") as f:
             json.dump({"train": asdict(cfg), "model": _cfg_dict(model_config),
                        "world_size": D.world_size(), "device": str(device)}, f, indent=1)
 
     history, ckpt_path, metrics = [], None, None
+    iter_losses: list[list[list[float]]] = []  # per epoch, per iteration [loss, cls, bbox]
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         loader.sampler.set_epoch(epoch)
@@ -183,6 +188,7 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
         bar = progress(iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (main and cfg.progress_bar))
         sums = {"loss": 0.0, "loss_cls": 0.0, "loss_bbox": 0.0}
+        iter_vals: list[list[float]] = []  # [loss, loss_cls, loss_bbox] of every iteration
         n_done, skipped, t0 = 0, 0, time.perf_counter()
         for step, (images, targets, _metas) in enumerate(loader):
             if step >= iters_per_epoch:
@@ -211,6 +217,7 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
             vals = {k: float(losses[k].detach()) for k in sums}
             for k in sums:
                 sums[k] += vals[k]
+            iter_vals.append([vals[k] for k in sums])
             bar.set_postfix_str(f"loss {vals['loss']:.3f} cls {vals['loss_cls']:.3f} "
                                 f"bbox {vals['loss_bbox']:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
             bar.update(1)
@@ -220,14 +227,16 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
                   "lr": optimizer.param_groups[0]["lr"], "iters": n_done,
                   "skipped_nonfinite": skipped, "time_s": round(elapsed, 2),
                   "it_per_s": round(n_done / max(elapsed, 1e-9), 3),
-                  "assigner": "atss" if epoch < getattr(model_config, "initial_epoch", 0) else "tal"}
+                  "assigner": "atss" if epoch < getattr(model_config, "initial_epoch", 0) else "tal",
+                  "loss_digest": loss_digest(iter_vals)}
         history.append(record)
+        iter_losses.append(iter_vals)
         last = epoch + 1 == cfg.epochs
         if main:
             log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in record.items()))
             with open(os.path.join(work_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps({**record, "iter_losses": iter_vals}) + "\n")
             if last or (cfg.ckpt_interval and (epoch + 1) % cfg.ckpt_interval == 0):
                 ckpt_path = os.path.join(work_dir, f"epoch_{epoch + 1}.pth")
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, epoch + 1,
@@ -244,8 +253,33 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
                                log=log)
             history[-1]["val"] = metrics
         D.barrier()
-    return {"history": history, "metrics": metrics,
+    return {"history": history, "metrics": metrics, "iter_losses": iter_losses,
             "checkpoint": ckpt_path or (resume if resume else None)}
+
+
+def loss_digest(values) -> str:
+    """16 hex digits of the SHA-256 of float64 ``values`` (nested lists, flattened in order):
+    two runs' per-iteration losses are bit-identical iff their digests agree (up to collisions)."""
+    flat: list[float] = []
+    stack = [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(reversed(v))
+        else:
+            flat.append(float(v))
+    return hashlib.sha256(struct.pack(f"<{len(flat)}d", *flat)).hexdigest()[:16]
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """16 hex digits of the SHA-256 of every tensor of ``module.state_dict()`` (names, dtypes,
+    shapes and bytes, in order): equal iff the weights are bit-identical (up to collisions)."""
+    h = hashlib.sha256()
+    for name, t in unwrap(module).state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _cfg_dict(cfg):
