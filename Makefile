@@ -22,8 +22,11 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 # written by each build next to tood_ext/_C: another venv's build (another torch) remakes this one's
 STAMP := $(wildcard tood_ext/_build_stamp.py)
 
-ifneq ($(strip $(shell cat $(VENV)/.deps 2>/dev/null)),$(strip $(TORCH_SPEC)))
+VENV_SPEC := $(strip $(shell cat $(VENV)/.deps 2>/dev/null))
+ifneq ($(VENV_SPEC),$(strip $(TORCH_SPEC)))
 .PHONY: $(VENV)/.deps
+SPEC_CHANGED := $(wildcard $(VENV)/bin/python)
+REMAKE_NOTE := TORCH_SPEC is now '$(strip $(TORCH_SPEC))' but $(VENV) was made with '$(VENV_SPEC)': recreating $(VENV)
 endif
 ifeq ($(strip $(TORCH_SPEC)),system)
 PIN := -c $(VENV)/torch-constraint.txt
@@ -32,9 +35,8 @@ endif
 .PHONY: demo test bench build gpu-check clean
 
 $(VENV)/.deps: requirements.txt requirements-extras.txt
-	@if [ -d $(VENV) ] && [ "$$(cat $@ 2>/dev/null)" != "$(strip $(TORCH_SPEC))" ]; then \
-	  echo "TORCH_SPEC is now '$(strip $(TORCH_SPEC))' ($(VENV) was made with '$$(cat $@ 2>/dev/null)'): recreating $(VENV)"; \
-	  rm -rf $(VENV); fi
+	$(if $(SPEC_CHANGED),@echo "$(REMAKE_NOTE)")
+	$(if $(SPEC_CHANGED),rm -rf $(VENV))
 	$(PYTHON) -m venv $(VENV)
 ifeq ($(strip $(TORCH_SPEC)),system)
 	@$(PYTHON) -c "import torch" || { echo "TORCH_SPEC=system: torch is not importable by $(PYTHON) (PYTHON=/path/to/python names another)"; exit 1; }

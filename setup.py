@@ -12,6 +12,9 @@ Environment switches:
     FORCE_CUDA=1             fail unless the CUDA kernels can be built
     TOOD_EXT_CPU_ONLY=1      build the CPU kernels only
     TOOD_EXT_DEBUG=1         keep debug info (default: -g0 and stripped, as in a release)
+    TOOD_EXT_PREBUILT_LIB=tood_ext/_C....so
+                             package that library, compiled earlier by this tree against the
+                             torch installed here, instead of compiling (build once, test, ship)
     MAX_JOBS                 parallel compile jobs (ninja)
 
 What the build decided is stamped into the package (tood_ext/_build_stamp.py: torch and CUDA
@@ -23,6 +26,7 @@ so the warning also goes to the terminal (/dev/tty) when there is one.
 """
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -145,11 +149,36 @@ def _wheel_cuda_include():
     return []
 
 
+def _prebuilt():
+    """TOOD_EXT_PREBUILT_LIB: a tood_ext/_C library compiled earlier by this tree (with the
+    _build_stamp.py written beside it), packaged as it is instead of compiling again."""
+    path = os.environ.get("TOOD_EXT_PREBUILT_LIB", "").strip()
+    if not path:
+        return None
+    stamp = os.path.join(os.path.dirname(os.path.abspath(path)), "_build_stamp.py")
+    if not os.path.isfile(path) or not os.path.isfile(stamp):
+        sys.exit(f"TOOD_EXT_PREBUILT_LIB={path}: needs that library and the _build_stamp.py "
+                 "its build wrote beside it")
+    values = {}
+    with open(stamp) as f:
+        exec(f.read(), values)  # our own generated file
+    if values.get("TORCH_VERSION") != torch.__version__:
+        sys.exit(f"TOOD_EXT_PREBUILT_LIB={path} was built against torch "
+                 f"{values.get('TORCH_VERSION')}, not the torch {torch.__version__} installed here")
+    return os.path.abspath(path), stamp, values
+
+
 def _extensions():
+    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    if PREBUILT:
+        lib, _, values = PREBUILT
+        print(f"[tood-ext] packaging the prebuilt {lib} (torch {values['TORCH_VERSION']}; CUDA "
+              f"kernels: {'yes' if values['CUDA_KERNELS'] else 'no'} ({values['CUDA_REASON']}))",
+              flush=True)
+        return [CppExtension("tood_ext._C", sources)]  # never compiled
     build_cuda, reason = _cuda_decision()
     if _env_flag("FORCE_CUDA") and not build_cuda:
         raise RuntimeError(f"FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
-    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -fno-trapping-math lets GCC if-convert, hence vectorise, the branch-free pair math;
     # -ffp-contract=off: no FMA contraction, so the CPU kernels' ISA clones (csrc/cpu) give the
     # same bits as their baseline code
@@ -184,6 +213,7 @@ def _extensions():
     return [ext]
 
 
+PREBUILT = _prebuilt()
 BUILD_STAMP = {
     "torch_version": torch.__version__,
     "torch_cuda": torch.version.cuda,
@@ -199,10 +229,23 @@ def _torch_requirement():
 class _BuildExt(BuildExtension.with_options(use_ninja=True)):
     """build_ext that also writes tood_ext/_build_stamp.py next to the compiled library."""
 
+    def build_extension(self, ext):
+        if not PREBUILT:
+            return super().build_extension(ext)
+        target = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target) or not os.path.samefile(PREBUILT[0], target):
+            shutil.copyfile(PREBUILT[0], target)
+
     def run(self):
         super().run()
-        text = ('"""Written by setup.py when tood_ext._C was compiled; read by tood_ext._loader."""\n'
-                + "".join(f"{k.upper()} = {v!r}\n" for k, v in BUILD_STAMP.items()))
+        if PREBUILT:
+            with open(PREBUILT[1]) as f:
+                text = f.read()
+        else:
+            text = ('"""Written by setup.py when tood_ext._C was compiled; read by '
+                    'tood_ext._loader."""\n'
+                    + "".join(f"{k.upper()} = {v!r}\n" for k, v in BUILD_STAMP.items()))
         dirs = {os.path.join(self.build_lib, "tood_ext")}
         if self.inplace or getattr(self, "editable_mode", False):
             dirs.add(os.path.join(ROOT, "tood_ext"))
