@@ -185,8 +185,8 @@ def _extensions():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     link = ["-fopenmp"]
     if not _env_flag("TOOD_EXT_DEBUG"):
-        # release build: Python's own CFLAGS often carry -g, which makes _C several times larger
-        # (33.5 MB unstripped vs ~8 MB); -g0 after them wins, --strip-debug drops what is left
+        # release build: Python's own CFLAGS often carry -g, and debug info is most of an
+        # unstripped _C; -g0 after them wins, --strip-debug drops what is left
         cxx += ["-g0"]
         link += ["-Wl,--strip-debug"]
     ext_kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=link)

@@ -304,6 +304,7 @@ def fresh_venv(release_wheel, tmp_path_factory):
     # site-packages, where the wheel goes, comes first
     (purelib / "_parent_site.pth").write_text(str(Path(torch.__file__).parents[1]) + "\n")
     _run([sys.executable, "-m", "pip", "--python", vpy, "install", "--no-deps", "--no-index",
+          "--ignore-installed",  # a tood_ext in the path entry is not this venv's
           wheel], env=_env(), cwd=tmp)
     return vpy, purelib, tmp
 
