@@ -327,3 +327,30 @@ def test_wheel_in_a_fresh_venv_passes_the_core_tests(fresh_venv):
     tail = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail, tail
+
+
+# ---------------------------------------------------------------------------------------------
+# the Makefile's TORCH_SPEC (dry runs: the commands make would run)
+# ---------------------------------------------------------------------------------------------
+
+
+def _make_n(venv: Path, *args: str) -> str:
+    return _run(["make", "-n", "-C", ROOT, f"VENV={venv}", *args, "build"], env=_env()).stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not on PATH")
+def test_makefile_follows_torch_spec(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    (venv / ".deps").write_text("torch==2.14.1 torchvision==0.29.1\n")
+    (venv / ".built").touch()
+    assert "pip install" not in _make_n(venv, "TORCH_SPEC=torch==2.14.1 torchvision==0.29.1")
+    out = _make_n(venv, "TORCH_SPEC=torch==2.15.0 torchvision")
+    assert f"rm -rf {venv}" in out and "pip install -q torch==2.15.0 torchvision" in out, out
+    assert "pip install --no-build-isolation --no-deps -e ." in out, out  # rebuilt against it
+    out = _make_n(venv, "TORCH_SPEC=system")
+    assert f"rm -rf {venv}" in out and "_tood_parent_env.pth" in out, out
+    assert "pip install -q torch" not in out and f"-c {venv}/torch-constraint.txt" in out, out
+    # a fresh venv: nothing to remove
+    assert "rm -rf" not in _make_n(tmp_path / "new", "TORCH_SPEC=torch==2.15.0")
