@@ -17,12 +17,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEFAULT_TORCH_SPEC := torch==2.14.1 torchvision==0.29.1
+TORCH_SPEC ?= $(DEFAULT_TORCH_SPEC)
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 # written by each build next to tood_ext/_C: another venv's build (another torch) remakes this one's
 STAMP := $(wildcard tood_ext/_build_stamp.py)
 
 VENV_SPEC := $(strip $(shell cat $(VENV)/.deps 2>/dev/null))
+ifeq ($(VENV_SPEC)$(wildcard $(VENV)/.deps),$(VENV)/.deps)
+VENV_SPEC := $(DEFAULT_TORCH_SPEC)# an empty .deps: made by the Makefile before it recorded specs
+endif
 ifneq ($(VENV_SPEC),$(strip $(TORCH_SPEC)))
 .PHONY: $(VENV)/.deps
 SPEC_CHANGED := $(wildcard $(VENV)/bin/python)
@@ -73,4 +77,4 @@ gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf build *.egg-info tood_ext/_C*.so $(VENV)/.built
+	rm -rf build *.egg-info tood_ext/_C*.so tood_ext/_build_stamp.py $(VENV)/.built

@@ -335,7 +335,8 @@ def test_wheel_in_a_fresh_venv_passes_the_core_tests(fresh_venv):
 
 
 def _make_n(venv: Path, *args: str) -> str:
-    return _run(["make", "-n", "-C", ROOT, f"VENV={venv}", *args, "build"], env=_env()).stdout
+    env = {k: v for k, v in _env().items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return _run(["make", "-n", "-C", ROOT, f"VENV={venv}", *args, "build"], env=env).stdout
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not on PATH")
