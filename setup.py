@@ -11,12 +11,25 @@ Environment switches:
                              or "8.0;9.0+PTX" when no GPU is visible
     FORCE_CUDA=1             fail unless the CUDA kernels can be built
     TOOD_EXT_CPU_ONLY=1      build the CPU kernels only
+    TOOD_EXT_DEBUG=1         keep debug info (default: -g0 and stripped, as in a release)
+    TOOD_EXT_PREBUILT_LIB=tood_ext/_C....so
+                             package that library, compiled earlier by this tree against the
+                             torch installed here, instead of compiling (build once, test, ship)
     MAX_JOBS                 parallel compile jobs (ninja)
+
+What the build decided is stamped into the package (tood_ext/_build_stamp.py: torch and CUDA
+versions, CUDA kernels or not and why; tood_ext.build_info() reports it, and importing tood_ext
+next to another torch release stops with an error naming both), and the package requires the
+torch minor it was compiled against (torch==X.Y.*). When the CUDA kernels are left out the build
+warns, with the reason and the fix; pip hides a build's output unless it fails or runs with -v,
+so the warning also goes to the terminal (/dev/tty) when there is one.
 """
 import glob
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 
 from setuptools import find_packages, setup
 
@@ -65,6 +78,37 @@ def _cuda_decision():
     return True, f"nvcc at {nvcc}"
 
 
+def _tell_user(text):
+    """Print a build message so that the user sees it: on stderr (pip -v, `setup.py`, logs) and,
+    as pip captures the backend's output and shows it only on failure or with -v, on the
+    terminal too (/dev/tty) when stderr is not one. pip runs this script twice (metadata, then
+    the build): the terminal gets it from the metadata step only, so once."""
+    print(text, file=sys.stderr, flush=True)
+    metadata_step = any(cmd in sys.argv for cmd in ("dist_info", "egg_info"))
+    if sys.stderr.isatty() or not metadata_step:
+        return
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write("\n" + text + "\n")
+    except OSError:  # no controlling terminal (CI, docker build): stderr only
+        pass
+
+
+def _cpu_only_warning(reason):
+    if torch.version.cuda is None:
+        fix = ("install a CUDA build of torch (https://pytorch.org/get-started/locally/) and "
+               "rebuild")
+    else:
+        fix = ("point CUDA_HOME at a CUDA toolkit (CUDA_HOME=/usr/local/cuda) and rebuild; "
+               "FORCE_CUDA=1 makes a build without CUDA kernels fail, TOOD_EXT_CPU_ONLY=1 asks "
+               "for one and silences this warning")
+    return textwrap.fill(
+        f"WARNING [tood-ext]: building WITHOUT CUDA kernels: {reason}. "
+        f"Ops on CUDA tensors will raise an error. To build them: {fix}. "
+        f"tood_ext.build_info()['cuda_reason'] repeats this reason after installation.",
+        width=100, subsequent_indent="    ")
+
+
 def _arch_list():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
     if archs:
@@ -105,16 +149,47 @@ def _wheel_cuda_include():
     return []
 
 
+def _prebuilt():
+    """TOOD_EXT_PREBUILT_LIB: a tood_ext/_C library compiled earlier by this tree (with the
+    _build_stamp.py written beside it), packaged as it is instead of compiling again."""
+    path = os.environ.get("TOOD_EXT_PREBUILT_LIB", "").strip()
+    if not path:
+        return None
+    stamp = os.path.join(os.path.dirname(os.path.abspath(path)), "_build_stamp.py")
+    if not os.path.isfile(path) or not os.path.isfile(stamp):
+        sys.exit(f"TOOD_EXT_PREBUILT_LIB={path}: needs that library and the _build_stamp.py "
+                 "its build wrote beside it")
+    values = {}
+    with open(stamp) as f:
+        exec(f.read(), values)  # our own generated file
+    if values.get("TORCH_VERSION") != torch.__version__:
+        sys.exit(f"TOOD_EXT_PREBUILT_LIB={path} was built against torch "
+                 f"{values.get('TORCH_VERSION')}, not the torch {torch.__version__} installed here")
+    return os.path.abspath(path), stamp, values
+
+
 def _extensions():
+    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    if PREBUILT:
+        lib, _, values = PREBUILT
+        print(f"[tood-ext] packaging the prebuilt {lib} (torch {values['TORCH_VERSION']}; CUDA "
+              f"kernels: {'yes' if values['CUDA_KERNELS'] else 'no'} ({values['CUDA_REASON']}))",
+              flush=True)
+        return [CppExtension("tood_ext._C", sources)]  # never compiled
     build_cuda, reason = _cuda_decision()
     if _env_flag("FORCE_CUDA") and not build_cuda:
         raise RuntimeError(f"FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
-    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -fno-trapping-math lets GCC if-convert, hence vectorise, the branch-free pair math;
     # -ffp-contract=off: no FMA contraction, so the CPU kernels' ISA clones (csrc/cpu) give the
     # same bits as their baseline code
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
-    ext_kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    link = ["-fopenmp"]
+    if not _env_flag("TOOD_EXT_DEBUG"):
+        # release build: Python's own CFLAGS often carry -g, and debug info is most of an
+        # unstripped _C; -g0 after them wins, --strip-debug drops what is left
+        cxx += ["-g0"]
+        link += ["-Wl,--strip-debug"]
+    ext_kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=link)
     if build_cuda:
         archs = _arch_list()
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -131,11 +206,58 @@ def _extensions():
         ext = CppExtension("tood_ext._C", sources, extra_compile_args={"cxx": cxx}, **ext_kwargs)
         summary = f"CUDA kernels: no ({reason})"
     print(f"[tood-ext] torch {torch.__version__}; CPU kernels: yes; {summary}", flush=True)
+    if not build_cuda and not _env_flag("TOOD_EXT_CPU_ONLY"):
+        _tell_user(_cpu_only_warning(reason))
+    BUILD_STAMP.update(cuda_kernels=build_cuda, cuda_reason=reason,
+                       nvcc=_nvcc_version() if build_cuda else None)
     return [ext]
+
+
+PREBUILT = _prebuilt()
+BUILD_STAMP = {
+    "torch_version": torch.__version__,
+    "torch_cuda": torch.version.cuda,
+}
+
+
+def _torch_requirement():
+    """The torch minor this build is compiled against: its C++ ABI is not stable across minors."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return f"torch=={major}.{minor}.*"
+
+
+class _BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """build_ext that also writes tood_ext/_build_stamp.py next to the compiled library."""
+
+    def build_extension(self, ext):
+        if not PREBUILT:
+            return super().build_extension(ext)
+        target = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target) or not os.path.samefile(PREBUILT[0], target):
+            shutil.copyfile(PREBUILT[0], target)
+
+    def run(self):
+        super().run()
+        if PREBUILT:
+            with open(PREBUILT[1]) as f:
+                text = f.read()
+        else:
+            text = ('"""Written by setup.py when tood_ext._C was compiled; read by '
+                    'tood_ext._loader."""\n'
+                    + "".join(f"{k.upper()} = {v!r}\n" for k, v in BUILD_STAMP.items()))
+        dirs = {os.path.join(self.build_lib, "tood_ext")}
+        if self.inplace or getattr(self, "editable_mode", False):
+            dirs.add(os.path.join(ROOT, "tood_ext"))
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "_build_stamp.py"), "w") as f:
+                f.write(text)
 
 
 setup(
     packages=find_packages(include=["tood_ext", "tood_ext.*"]),
     ext_modules=_extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    install_requires=[_torch_requirement(), "numpy"],
+    cmdclass={"build_ext": _BuildExt},
 )
