@@ -291,22 +291,14 @@ class BatchTaskAlignedAssigner(nn.Module):
         """pred_bboxes (B, A, 4) xyxy; pred_scores (B, A, C); priors (A, >= 2) whose [:, :2]
         are the points; gt_labels (B, G, 1); gt_bboxes (B, G, 4); pad_bbox_flag (B, G, 1)
         (1 = real GT). Returns mmyolo's dict."""
-        from ..ops._checks import check_tensors, finite_gt_rows
+        from ..ops._checks import check_batched_gts, check_tensors, finite_gt_rows
         from ..ops.tal import task_aligned_assign
 
         op = "compat.mmdet.BatchTaskAlignedAssigner"
         check_tensors(op, pred_bboxes=pred_bboxes, pred_scores=pred_scores, priors=priors,
                       gt_labels=gt_labels, gt_bboxes=gt_bboxes, pad_bbox_flag=pad_bbox_flag)
-        if pred_scores.dim() != 3:
-            raise RuntimeError(f"{op}: pred_scores must have shape (B, A, C), got "
-                               f"{tuple(pred_scores.shape)}")
-        B, A, C = pred_scores.shape
+        B, A, C, G = check_batched_gts(op, "pred_scores", pred_scores, "gt_bboxes", gt_bboxes)
         _check_priors(op, priors)
-        if gt_bboxes.dim() != 3 or gt_bboxes.shape[0] != B or gt_bboxes.shape[2] != 4:
-            raise RuntimeError(f"{op}: gt_bboxes must have shape (B, G, 4) with B = {B} (the "
-                               f"batch of pred_scores {tuple(pred_scores.shape)}), got "
-                               f"{tuple(gt_bboxes.shape)}")
-        G = gt_bboxes.shape[1]
         for name, t in (("gt_labels", gt_labels), ("pad_bbox_flag", pad_bbox_flag)):
             if tuple(t.shape) not in ((B, G, 1), (B, G)):
                 raise RuntimeError(f"{op}: {name} must have shape (B, G, 1) = {(B, G, 1)}, "

@@ -92,20 +92,12 @@ def _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     claims no anchor and no NaN reaches a target (ultralytics' own inside test gives such a GT
     no candidate either; its box would still be gathered as GT 0's on background rows, or on a
     foreground anchor through the all-zero-column rule). Returns (gt_bboxes, mask_gt)."""
-    from ..ops._checks import check_tensors, finite_gt_rows
+    from ..ops._checks import check_batched_gts, check_tensors, finite_gt_rows
 
     op = "compat.ultralytics.TaskAlignedAssigner"
     check_tensors(op, pd_scores=pd_scores, pd_bboxes=pd_bboxes, anc_points=anc_points,
                   gt_labels=gt_labels, gt_bboxes=gt_bboxes, mask_gt=mask_gt)
-    if pd_scores.dim() != 3:
-        raise RuntimeError(f"{op}: pd_scores must have shape (B, A, C), got "
-                           f"{tuple(pd_scores.shape)}")
-    B, A, _ = pd_scores.shape
-    if gt_bboxes.dim() != 3 or gt_bboxes.shape[0] != B or gt_bboxes.shape[2] != 4:
-        raise RuntimeError(f"{op}: gt_bboxes must have shape (B, G, 4) with B = {B} (the batch "
-                           f"of pd_scores {tuple(pd_scores.shape)}), got "
-                           f"{tuple(gt_bboxes.shape)}")
-    G = gt_bboxes.shape[1]
+    B, A, _, G = check_batched_gts(op, "pd_scores", pd_scores, "gt_bboxes", gt_bboxes)
     expect = {"pd_bboxes": (pd_bboxes, [(B, A, 4)], "(B, A, 4)"),
               "anc_points": (anc_points, [(A, 2)], "(A, 2)"),
               "gt_labels": (gt_labels, [(B, G, 1), (B, G)], "(B, G, 1)"),

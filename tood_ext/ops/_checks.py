@@ -20,7 +20,8 @@ import numbers
 
 import torch
 
-__all__ = ["broadcast_leading", "check_box_shape", "check_choice", "check_float_like",
+__all__ = ["broadcast_leading", "check_batched_gts", "check_box_shape", "check_choice",
+           "check_float_like",
            "check_int", "check_number", "check_same_device", "check_tensor", "check_tensors",
            "finite_gt_rows", "sanitize_gts"]
 
@@ -148,3 +149,18 @@ def sanitize_gts(gt_boxes: torch.Tensor, gt_mask: torch.Tensor):
                                                                  device=gt_boxes.device))
     return boxes, gt_mask & finite
 
+
+
+def check_batched_gts(op: str, scores_name: str, scores: torch.Tensor, gt_boxes_name: str,
+                      gt_boxes: torch.Tensor) -> tuple[int, int, int, int]:
+    """The batched assigners' shapes: scores (B, A, C) and GT boxes (B, G, 4) of the same B.
+    RuntimeError naming the tensor otherwise; returns (B, A, C, G)."""
+    if scores.dim() != 3:
+        raise RuntimeError(f"{op}: {scores_name} must have shape (B, A, C), got "
+                           f"{tuple(scores.shape)}")
+    B, A, C = scores.shape
+    if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
+        raise RuntimeError(f"{op}: {gt_boxes_name} must have shape (B, G, 4) with B = {B} (the "
+                           f"batch of {scores_name} {tuple(scores.shape)}), got "
+                           f"{tuple(gt_boxes.shape)}")
+    return B, A, C, gt_boxes.shape[1]
