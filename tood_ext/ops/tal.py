@@ -65,9 +65,9 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
             u, t and the output boxes use the GT box itself.
 
     Semantics (kernels and :func:`tood_ext.reference.task_aligned_assign` agree exactly):
-        * ranking of one GT's candidates: larger t first, equal t -> lower anchor index first;
-          a NaN t is never a candidate; fewer than k anchors (or inside anchors) -> fewer
-          candidates;
+        * ranking of one GT's candidates: larger t first (``"inside_then_topk"``: t masked to
+          0 outside the GT), equal t -> lower anchor index first; a NaN t is never a candidate;
+          fewer than k anchors -> fewer candidates;
         * an anchor that is a positive of several GTs: ``conflict="candidates"``: the claimant
           of largest u compared at float32 precision, equal -> lower GT index.
           ``conflict="all_gts"``: ``torch.argmax`` over all G GTs (compute precision: float32
