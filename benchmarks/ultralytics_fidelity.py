@@ -20,14 +20,11 @@ from pathlib import Path
 
 import torch
 
-from tood_ext.compat.synthetic import STRIDES, tiny_v8_model
+from tood_ext.compat.synthetic import random_v8_preds, tiny_v8_model
 
 
 def _batch(gen, B: int, nc: int, size: int, reg_max: int = 16, max_gt: int = 40):
-    feats = [torch.zeros(B, 1, size // s, size // s) for s in STRIDES]
-    A = sum(f.shape[2] * f.shape[3] for f in feats)
-    boxes = (torch.randn(B, 4 * reg_max, A, generator=gen) * 2).requires_grad_()
-    scores = (torch.randn(B, nc, A, generator=gen) - 2).requires_grad_()
+    preds = random_v8_preds(gen, B, nc, size, reg_max)
     counts = torch.randint(0, max_gt + 1, (B,), generator=gen)
     counts[0] = 0
     batch_idx = torch.repeat_interleave(torch.arange(B), counts).float()
@@ -36,7 +33,7 @@ def _batch(gen, B: int, nc: int, size: int, reg_max: int = 16, max_gt: int = 40)
     xy = wh / 2 + torch.rand(n, 2, generator=gen) * (1 - wh)
     batch = {"batch_idx": batch_idx, "cls": torch.randint(0, nc, (n, 1), generator=gen).float(),
              "bboxes": torch.cat((xy, wh), -1)}
-    return {"boxes": boxes, "scores": scores, "feats": feats}, batch
+    return preds, batch
 
 
 def _run(loss_fn, preds, batch):

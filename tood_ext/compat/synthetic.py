@@ -12,7 +12,7 @@ import types
 
 import torch
 
-__all__ = ["STRIDES", "random_v8_batch", "tiny_v8_model"]
+__all__ = ["STRIDES", "random_v8_batch", "random_v8_preds", "tiny_v8_model"]
 
 STRIDES = (8, 16, 32)
 
@@ -37,10 +37,7 @@ def random_v8_batch(gen: torch.Generator, B: int, nc: int, size: int, reg_max: i
     grids. batch: 1..max_gt GTs per image (sides uniform in [0.02, 0.02 + max_wh] of the image,
     inside it), labels uniform in [0, nc). Drawn on the CPU from ``gen``, then moved to device.
     """
-    feats = [torch.zeros(B, 1, size // s, size // s, device=device) for s in STRIDES]
-    A = sum(f.shape[2] * f.shape[3] for f in feats)
-    boxes = (torch.randn(B, 4 * reg_max, A, generator=gen) * 2).to(device).requires_grad_()
-    scores = (torch.randn(B, nc, A, generator=gen) + score_shift).to(device).requires_grad_()
+    preds = random_v8_preds(gen, B, nc, size, reg_max, score_shift, device)
     counts = torch.randint(1, max_gt + 1, (B,), generator=gen)
     batch_idx = torch.cat([torch.full((int(k),), i, dtype=torch.float32)
                            for i, k in enumerate(counts)])
@@ -50,4 +47,16 @@ def random_v8_batch(gen: torch.Generator, B: int, nc: int, size: int, reg_max: i
     batch = {"batch_idx": batch_idx.to(device),
              "cls": torch.randint(0, nc, (N, 1), generator=gen).float().to(device),
              "bboxes": torch.cat((xy, wh), -1).to(device)}
-    return {"boxes": boxes, "scores": scores, "feats": feats}, batch
+    return preds, batch
+
+
+def random_v8_preds(gen: torch.Generator, B: int, nc: int, size: int, reg_max: int = 16,
+                    score_shift: float = -2.0, device="cpu") -> dict:
+    """The ``preds`` of :func:`random_v8_batch` alone: ``boxes`` (B, 4 * reg_max, A) DFL logits
+    ~ N(0, 2^2), ``scores`` (B, nc, A) logits ~ N(score_shift, 1) (leaves requiring grad) and
+    the zero ``feats`` of the stride 8/16/32 grids of a ``size`` x ``size`` image."""
+    feats = [torch.zeros(B, 1, size // s, size // s, device=device) for s in STRIDES]
+    A = sum(f.shape[2] * f.shape[3] for f in feats)
+    boxes = (torch.randn(B, 4 * reg_max, A, generator=gen) * 2).to(device).requires_grad_()
+    scores = (torch.randn(B, nc, A, generator=gen) + score_shift).to(device).requires_grad_()
+    return {"boxes": boxes, "scores": scores, "feats": feats}
