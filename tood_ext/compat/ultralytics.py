@@ -194,6 +194,24 @@ class TaskAlignedAssigner(nn.Module):
             target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, C),
             fg_mask (B, A) bool, target_gt_idx (B, A) int64.
         """
+        target_labels, target_bboxes, norm, fg_mask, target_gt_idx = self.forward_sparse(
+            pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
+        B, A = norm.shape
+        target_scores = torch.zeros((B, A, self.num_classes), dtype=norm.dtype, device=norm.device)
+        if self.n_max_boxes > 0:  # G = 0: ultralytics' all-zero scores (labels = num_classes)
+            target_scores.scatter_(2, target_labels[..., None], norm[..., None])
+        return target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx
+
+    @torch.no_grad()
+    def forward_sparse(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                       **extra):
+        """:meth:`forward` without its (B, A, C) one-hot ``target_scores``: the same checks and
+        the same ``target_labels``, ``target_bboxes``, ``fg_mask`` and ``target_gt_idx``, and
+        instead of ``target_scores`` its one non-zero per anchor, ``norm`` (B, A):
+        ``target_scores[b, a, target_labels[b, a]] = norm[b, a]`` (t_hat on the positives, 0
+        elsewhere). The fused loss (``patch_ultralytics(fused_loss=True)``) feeds it to the
+        sparse-target losses directly. With G = 0, ultralytics' empty outputs (labels =
+        num_classes, float GT indices) and ``norm`` zeros."""
         if extra:
             raise NotImplementedError(
                 "tood_ext.compat.ultralytics.TaskAlignedAssigner does not support the extra "
@@ -203,12 +221,12 @@ class TaskAlignedAssigner(nn.Module):
                                                  gt_bboxes, mask_gt)
         self.bs = pd_scores.shape[0]
         self.n_max_boxes = gt_bboxes.shape[1]
-        if self.n_max_boxes == 0:  # ultralytics' empty outputs (labels = num_classes, float)
-            return (torch.full_like(pd_scores[..., 0], self.num_classes),
-                    torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores),
-                    torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
-                    torch.zeros_like(pd_scores[..., 0]))
-        return self._assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
+        if self.n_max_boxes == 0:
+            zero = torch.zeros_like(pd_scores[..., 0])
+            return (torch.full_like(zero, self.num_classes), torch.zeros_like(pd_bboxes), zero,
+                    torch.zeros_like(zero, dtype=torch.bool), torch.zeros_like(zero))
+        return self._assign_sparse(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                                   mask_gt)
 
     # -----------------------------------------------------------------------------------------
 
@@ -220,7 +238,7 @@ class TaskAlignedAssigner(nn.Module):
 
         return task_aligned_assign
 
-    def _assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+    def _assign_sparse(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
         task_aligned_assign = self._tal_op()
         B, A, C = pd_scores.shape
         G = gt_bboxes.shape[1]
@@ -267,9 +285,7 @@ class TaskAlignedAssigner(nn.Module):
         target_labels = gt_labels.long().flatten()[flat]
         target_bboxes = gt_bboxes.reshape(-1, gt_bboxes.shape[-1])[flat]
         target_labels.clamp_(0)
-        target_scores = torch.zeros((B, A, self.num_classes), dtype=work, device=dev)
-        target_scores.scatter_(2, target_labels[..., None], norm[..., None])
-        return target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx
+        return target_labels, target_bboxes, norm, fg_mask, target_gt_idx
 
 
 @contextlib.contextmanager
@@ -295,6 +311,7 @@ def lowest_index_topk() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 _ORIGINAL: dict = {}  # module attribute -> the original class
+_ORIGINAL_METHODS: dict = {}  # "Class.method" -> ultralytics' function (fused_loss=True)
 _SWAPPED: list = []  # (loss object, its original assigner)
 _HYPER = ("topk", "topk2", "num_classes", "alpha", "beta", "stride", "eps")
 
@@ -317,12 +334,20 @@ def _swap(loss) -> None:
         branch.assigner = new
 
 
-def patch_ultralytics(*losses) -> None:
+def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
     """Swap the adapter into ultralytics: ``ultralytics.utils.tal.TaskAlignedAssigner`` and the
     name ``ultralytics.utils.loss`` builds ``v8DetectionLoss.assigner`` from (so every detection
     loss created afterwards, also those of segmentation / pose / E2E models, uses it), and the
     assigner of each loss object passed (created before the patch; ``E2ELoss``'s branches too).
-    Idempotent; undone by :func:`unpatch_ultralytics`. Imports ultralytics."""
+
+    ``fused_loss=True`` also replaces ``v8DetectionLoss.get_assigned_targets_and_loss`` by
+    :func:`tood_ext.compat.ultralytics_fused.fused_assigned_targets_and_loss`: the loss of every
+    ``v8DetectionLoss`` with the adapter as its assigner (and of ``E2ELoss``, segmentation and
+    pose losses built on it) is computed from the assignment's sparse output, with no (B, A, C)
+    ``target_scores`` (see that module for what is kept of ultralytics' code).
+
+    Idempotent (a later call may add ``fused_loss=True``); undone by :func:`unpatch_ultralytics`.
+    Imports ultralytics."""
     import importlib
 
     if not _ORIGINAL:
@@ -331,35 +356,56 @@ def patch_ultralytics(*losses) -> None:
             _ORIGINAL[name] = module.TaskAlignedAssigner
         for name in _ORIGINAL:
             importlib.import_module(name).TaskAlignedAssigner = TaskAlignedAssigner
+    if fused_loss and not _ORIGINAL_METHODS:
+        from .ultralytics_fused import fused_assigned_targets_and_loss
+
+        cls = importlib.import_module("ultralytics.utils.loss").v8DetectionLoss
+        _ORIGINAL_METHODS["v8DetectionLoss.get_assigned_targets_and_loss"] = (
+            cls.get_assigned_targets_and_loss)
+        cls.get_assigned_targets_and_loss = fused_assigned_targets_and_loss
     for loss in losses:
         _swap(loss)
 
 
+def _restore_methods() -> None:
+    import importlib
+
+    module = importlib.import_module("ultralytics.utils.loss")
+    for name, fn in _ORIGINAL_METHODS.items():
+        cls_name, method = name.split(".")
+        setattr(getattr(module, cls_name), method, fn)
+    _ORIGINAL_METHODS.clear()
+
+
 def unpatch_ultralytics() -> None:
-    """Restore ultralytics' classes and the assigners of the loss objects swapped."""
+    """Restore ultralytics' classes and methods and the assigners of the loss objects swapped."""
     import importlib
 
     for name, cls in _ORIGINAL.items():
         importlib.import_module(name).TaskAlignedAssigner = cls
     _ORIGINAL.clear()
+    _restore_methods()
     while _SWAPPED:
         branch, assigner = _SWAPPED.pop()
         branch.assigner = assigner
 
 
 @contextlib.contextmanager
-def patched_ultralytics(*losses) -> Iterator[None]:
+def patched_ultralytics(*losses, fused_loss: bool = False) -> Iterator[None]:
     """``with patched_ultralytics(): ...``: :func:`patch_ultralytics` for the block (restores the
     previous state afterwards, also when the patch was already in effect)."""
     already = is_patched()
+    fused_before = dict(_ORIGINAL_METHODS)
     n_swapped = len(_SWAPPED)
-    patch_ultralytics(*losses)
+    patch_ultralytics(*losses, fused_loss=fused_loss)
     try:
         yield
     finally:
         if not already:
             unpatch_ultralytics()
         else:
+            if fused_loss and not fused_before:  # the block added the fused loss: remove it
+                _restore_methods()
             while len(_SWAPPED) > n_swapped:
                 branch, assigner = _SWAPPED.pop()
                 branch.assigner = assigner

@@ -1,0 +1,98 @@
+"""ultralytics' detection loss on the assignment's sparse output: ``patch_ultralytics(fused_loss=True)``.
+
+``v8DetectionLoss.get_assigned_targets_and_loss`` (ultralytics 8.4) assigns, then builds the
+(B, A, C) one-hot ``target_scores`` (label x t_hat) only to feed three reductions: BCE-with-logits
+of the scores against it summed over (B, A, C), its sum (the normaliser), and per positive its
+row sum (the box / DFL weight). Each needs only the one non-zero per anchor that the assignment
+already has: ``target_labels`` and ``norm`` (t_hat, 0 off the positives). :func:`fused_assigned_
+targets_and_loss` replaces the method by the same steps on those:
+
+* the assignment: the adapter's :meth:`TaskAlignedAssigner.forward_sparse` (no target_scores);
+* cls: :func:`tood_ext.sparse_target_cls_loss` (``kind="bce"``, ultralytics' ``class_weights``
+  as ``class_weight``), one pass forward and backward, no (B, A, C) target, loss or buffer;
+* the normaliser: ``norm.sum().clamp(min=1)`` (the sum of target_scores, summed in another order:
+  equal to float rounding);
+* box and DFL: ultralytics' own ``BboxLoss`` (CIoU and DFL / L1 on the positive rows only) given
+  ``norm[..., None]`` for target_scores, whose row sums are the same weights.
+
+Everything else (decoding, target preprocessing, gains, the returned tuple of fg_mask,
+target_gt_idx, target_bboxes, anchor_points and stride_tensor that the segmentation and pose
+losses use) is ultralytics' code path unchanged. The method falls back to ultralytics' original
+for a loss whose assigner is not the adapter (a subclass such as YOLO26's segmentation /
+pose assigners, or a loss object built before the patch) and for calls with extra assigner
+inputs (``pair_overlaps``).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["fused_assigned_targets_and_loss"]
+
+
+def _original():
+    from .ultralytics import _ORIGINAL_METHODS
+
+    return _ORIGINAL_METHODS["v8DetectionLoss.get_assigned_targets_and_loss"]
+
+
+def fused_assigned_targets_and_loss(self, preds: dict, batch: dict, **assign_kwargs) -> tuple:
+    """``v8DetectionLoss.get_assigned_targets_and_loss`` on the sparse targets (module docstring):
+    the same return value, ``((fg_mask, target_gt_idx, target_bboxes, anchor_points,
+    stride_tensor), loss (box, cls, dfl) x gains, detached loss dict)``."""
+    from ultralytics.utils.tal import make_anchors
+
+    from ..ops.losses import sparse_target_cls_loss
+    from .ultralytics import TaskAlignedAssigner
+
+    if assign_kwargs or type(self.assigner) is not TaskAlignedAssigner:
+        return _original()(self, preds, batch, **assign_kwargs)
+
+    loss = torch.zeros(3, device=self.device)  # box, cls, dfl
+    pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()
+    pred_scores = preds["scores"].permute(0, 2, 1).contiguous()
+    anchor_points, stride_tensor = make_anchors(preds["feats"], self.stride, 0.5)
+
+    dtype = pred_scores.dtype
+    batch_size = pred_scores.shape[0]
+    imgsz = torch.tensor(preds["feats"][0].shape[2:], device=self.device, dtype=dtype) * self.stride[0]
+    targets = torch.cat((batch["batch_idx"].view(-1, 1), batch["cls"].view(-1, 1), batch["bboxes"]), 1)
+    targets = self.preprocess(targets.to(self.device), batch_size, scale_tensor=imgsz[[1, 0, 1, 0]])
+    gt_labels, gt_bboxes = targets.split((1, 4), 2)
+    mask_gt = gt_bboxes.sum(2, keepdim=True).gt_(0.0)
+
+    pred_bboxes = self.bbox_decode(anchor_points, pred_distri)
+    target_labels, target_bboxes, norm, fg_mask, target_gt_idx = self.assigner.forward_sparse(
+        pred_scores.detach().sigmoid(),
+        (pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype),
+        anchor_points * stride_tensor,
+        gt_labels,
+        gt_bboxes,
+        mask_gt,
+    )
+    target_scores_sum = norm.sum().clamp_(min=1)
+
+    # cls: the target is norm at target_labels on the positives, 0 everywhere else
+    labels = torch.where(fg_mask, target_labels.long(), torch.full_like(target_labels.long(), -1))
+    class_weight = None if self.class_weights is None else self.class_weights.reshape(-1)
+    loss[1] = sparse_target_cls_loss(pred_scores, labels, norm.to(dtype), kind="bce",
+                                     class_weight=class_weight) / target_scores_sum
+
+    loss[0], loss[2] = self.bbox_loss(
+        pred_distri,
+        pred_bboxes,
+        anchor_points,
+        target_bboxes / stride_tensor,
+        norm[..., None],  # target_scores[fg].sum(-1) is norm[fg]
+        target_scores_sum,
+        fg_mask,
+        imgsz,
+        stride_tensor,
+    )
+    loss[0] *= self.hyp.box
+    loss[1] *= self.hyp.cls
+    loss[2] *= self.hyp.dfl
+    return (
+        (fg_mask, target_gt_idx, target_bboxes, anchor_points, stride_tensor),
+        loss,
+        dict(zip(self.loss_names, loss.detach())),
+    )
