@@ -102,9 +102,9 @@ class DenseDetector(nn.Module):
         ``epoch < cfg.initial_epoch``: :func:`atss_assign` per image on the priors (boxes of
         side 8 * stride), bbox weights = centerness of the prior centre in its GT.
         Otherwise: TAL through ``task_aligned_assign`` of the chosen ops on the detached
-        scores (``cls_scores``: TOOD's P_align) and boxes (pixels), prior centres as anchor points, mmdetection's
-        flavour (``topk_then_inside``, IoU, inside eps 0.01, t_hat eps 1e-7), bbox weights =
-        t_hat.
+        scores (``cls_scores``: TOOD's P_align) and boxes (pixels), prior centres as anchor
+        points, mmdetection's flavour (``topk_then_inside``, IoU, inside eps 0.01, t_hat eps
+        1e-7), bbox weights = t_hat.
 
         Returns a dict of (B, A[, 4]) tensors: ``labels`` (int64, -1 background), ``fg_mask``,
         ``boxes`` (assigned GT, pixels, 0 for background), ``weights`` (bbox-loss weight, 0
