@@ -138,6 +138,27 @@ def test_detectors_and_heads_are_siblings():
     assert graph["tood_ext.models.config"] == set()  # the config holds the config only
 
 
+def test_one_postprocess_one_checkpoint_loader():
+    """predict, export and analysis share models/postprocess.py (the only module that imports an
+    NMS); export and analysis load checkpoints through engine/checkpoint.py; analysis's IoU is
+    the library's box_iou (the ops, or their references)."""
+    graph = import_graph(ROOT)
+    for user in ("tood_ext.models.dense_detector", "tood_ext.export.nms",
+                 "tood_ext.export.wrapper", "tood_ext.analysis.primitives",
+                 "tood_ext.analysis.predictions"):
+        assert "tood_ext.models.postprocess" in graph[user], user
+    assert "tood_ext.engine.checkpoint" in graph["tood_ext.export.cli"]
+    assert "tood_ext.engine" in graph["tood_ext.analysis.cli"]  # model_from_checkpoint
+    assert {"tood_ext.ops", "tood_ext.reference"} <= graph["tood_ext.analysis.primitives"]
+    nms_users = []
+    for path in sorted((ROOT / "tood_ext").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchvision"):
+                if any("nms" in a.name or "box_iou" in a.name for a in node.names):
+                    nms_users.append(path.relative_to(ROOT).as_posix())
+    assert nms_users == ["tood_ext/models/postprocess.py"]
+
+
 def test_find_cycle_on_small_graphs():
     assert find_cycle({}) is None
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None  # a diamond, no cycle

@@ -75,13 +75,13 @@ class TOODHead(DenseHead):
     * ``P = sigmoid(conv3x3(cls_feat))`` (num_classes channels) and the class-probability map
       ``M = sigmoid(conv3x3(relu(conv1x1(X_inter))))`` (1 channel);
       ``P_align = sqrt(P * M)`` (:func:`sigmoid_geometric_mean`);
-    * boxes B from ``conv3x3(reg_feat)`` times the level's learnable :class:`Scale`, decoded
+    * boxes B from ``conv3x3(reg_feat)`` times the level's learnable ``Scale``, decoded
       in units of the level's stride (:meth:`DenseHead.regress`):
 
       - ``anchor_free``: ``(l, t, r, b) = scale * exp(conv)``, box
         ``(j - l, i - t, j + r, i + b)`` around the location's centre ``(j, i)`` (stride units,
         i.e. the prior centre ``(j s, i s)`` divided by s);
-      - ``anchor_based``: ``(dx, dy, dw, dh) = scale * conv`` decoded by :func:`delta2bbox`
+      - ``anchor_based``: ``(dx, dy, dw, dh) = scale * conv`` decoded by ``delta2bbox``
         against the location's prior (square of side 8 s centred at ``(j s, i s)``), divided
         by s;
 
