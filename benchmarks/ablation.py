@@ -283,7 +283,7 @@ def head_factors(model, dataset, batch_size: int = 4) -> dict | None:
     from torch.utils.data import DataLoader
 
     from tood_ext.data import collate
-    from tood_ext.models.head import grid_priors
+    from tood_ext.models import grid_priors
 
     head = model.head
     if not hasattr(head, "cls_prob_module"):

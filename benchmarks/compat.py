@@ -24,7 +24,7 @@ import types
 
 import torch
 
-from tood_ext.compat.synthetic import random_v8_batch, tiny_v8_model
+from tood_ext.testing.ultralytics import random_v8_batch, tiny_v8_model
 from tood_ext.reference.tal import task_aligned_assign as ref_tal
 
 from .harness import Case, register_family

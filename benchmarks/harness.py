@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import torch
 
-from tood_ext._memory import peak_extra_memory
+from tood_ext.testing.memory import peak_extra_memory
 
 IMPL_ORDER = ("kernel", "reference", "torchvision", "floor")
 BASELINE = "kernel"

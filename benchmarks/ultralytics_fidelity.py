@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tood_ext.compat.synthetic import random_v8_preds, tiny_v8_model
+from tood_ext.testing.ultralytics import random_v8_preds, tiny_v8_model
 
 
 def _batch(gen, B: int, nc: int, size: int, reg_max: int = 16, max_gt: int = 40):

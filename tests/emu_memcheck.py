@@ -54,7 +54,7 @@ def box_ops(ops, gen):
 
 
 def tal(ops, gen):
-    from test_tal import FLAVOURS, SCENARIOS, _kw
+    from tal_cases import FLAVOURS, SCENARIOS, _kw
 
     flavours = [FLAVOURS["ultralytics-exact"], dict(topk=40, iou_mode="ciou"),
                 dict(topk=64, candidates="inside_then_topk")]

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tood_ext.compat import mmdet as tmm
-from tood_ext.compat.synthetic import tiny_v8_model
+from tood_ext.testing.ultralytics import tiny_v8_model
 
 F64 = torch.float64
 

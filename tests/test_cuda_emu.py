@@ -32,8 +32,8 @@ from tood_ext._types import TALResult
 
 from conftest import HAS_CUDA, assert_close, inject_nonfinite, metric_inputs, random_boxes
 from emu_build import ROOT, asan_runtime, load_emulator
-from test_tal import (FLAVOURS, FLOAT_FIELDS, NAN_FLAVOURS, SCENARIOS, _check_equal_assignment,
-                      _draw, _issue_23_inputs, _kw, _run_and_check)
+from tal_cases import (FLAVOURS, FLOAT_FIELDS, NAN_FLAVOURS, SCENARIOS, _check_equal_assignment,
+                       _draw, _issue_23_inputs, _kw, _run_and_check)
 from tood_ext.reference.box_ops import alignment_metric as ref_metric
 from tood_ext.reference.tal import task_aligned_assign as ref_tal
 

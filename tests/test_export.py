@@ -384,10 +384,11 @@ def test_cli_from_checkpoint(model, tmp_path, monkeypatch):
     """python -m tood_ext export's entry point: checkpoint formats and argument plumbing (the
     exports themselves are tested above)."""
     from tood_ext import export
+    from tood_ext.export import cli
 
     calls = []
-    monkeypatch.setattr(export, "export_pt2", lambda m, path, **kw: calls.append(("pt2", m, kw)))
-    monkeypatch.setattr(export, "export_onnx", lambda m, path, **kw: calls.append(("onnx", m, kw)))
+    monkeypatch.setattr(cli, "export_pt2", lambda m, path, **kw: calls.append(("pt2", m, kw)))
+    monkeypatch.setattr(cli, "export_onnx", lambda m, path, **kw: calls.append(("onnx", m, kw)))
     plain = tmp_path / "plain.pth"  # {"config", "model"}
     torch.save({"config": model.cfg.to_dict(), "model": model.state_dict()}, plain)
     engine = tmp_path / "engine.pth"  # tood_ext.engine's keys

@@ -1,6 +1,6 @@
-"""The extra memory each op's docstring states, measured (tood_ext._memory: the CPU allocator's
-events recorded by torch.profiler, or CUDA's peak statistics) against the stated bound, and
-against the dense footprint the fused kernels exist to avoid."""
+"""The extra memory each op's docstring states, measured (tood_ext.testing.memory: the CPU
+allocator's events recorded by torch.profiler, or CUDA's peak statistics) against the stated
+bound, and against the dense footprint the fused kernels exist to avoid."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ import torch
 
 import tood_ext
 from tood_ext import reference as ref
-from tood_ext._memory import peak_extra_memory
+from tood_ext.testing.memory import peak_extra_memory
 
 from conftest import DEVICES, metric_inputs, random_boxes
 

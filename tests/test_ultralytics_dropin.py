@@ -35,8 +35,8 @@ ul_tal = pytest.importorskip("ultralytics.utils.tal")
 ul_loss = pytest.importorskip("ultralytics.utils.loss")
 
 from tood_ext.compat import ultralytics as tul  # noqa: E402
-from tood_ext.compat.synthetic import STRIDES, random_v8_preds as v8_preds  # noqa: E402
-from tood_ext.compat.synthetic import tiny_v8_model  # noqa: E402
+from tood_ext.testing.ultralytics import STRIDES, random_v8_preds as v8_preds  # noqa: E402
+from tood_ext.testing.ultralytics import tiny_v8_model  # noqa: E402
 
 KINDS = ("tiny", "crowded", "mixed", "empty")
 lowest_index_topk = tul.lowest_index_topk

@@ -5,7 +5,7 @@
   eval      COCO bbox AP of a checkpoint on a COCO-format set (table printed, JSON written)
   predict   draw a checkpoint's detections on images, as PNG files
   demo      generate a small synthetic set, train, evaluate, draw a few predictions
-  export    a checkpoint to ONNX or torch.export (tood_ext/export.py), when available
+  export    a checkpoint to ONNX or torch.export (tood_ext/export/), when available
   analyze   alignment report (score-rank vs IoU-rank PCC, correct/redundant/error) of checkpoints
 
 ``python -m tood_ext <command> -h`` lists each command's options.
@@ -176,27 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Subcommands that live in their own modules: tood_ext.<name>.add_<name>_subparser(subparsers)
-# adds the parser and sets ``func`` (see tood_ext/export.py).
-PLUGINS = ("export", "analyze")
+# Subcommands that live in their own packages: command -> module, whose
+# add_<command>_subparser(subparsers) adds the parser and sets ``func``
+# (see tood_ext/export/cli.py).
+PLUGINS = {"export": "tood_ext.export", "analyze": "tood_ext.analysis"}
 
 
 def _add_plugin_commands(sub) -> None:
     import importlib
-    for name in PLUGINS:
+    for name, module_name in PLUGINS.items():
         try:
-            module = importlib.import_module(f"tood_ext.{name}")
+            module = importlib.import_module(module_name)
             getattr(module, f"add_{name}_subparser")(sub)
         except ModuleNotFoundError as exc:
-            if exc.name != f"tood_ext.{name}":
-                _broken_plugin(sub, name, exc)
+            if exc.name != module_name:
+                _broken_plugin(sub, name, module_name, exc)
         except Exception as exc:  # a broken plugin must not take the other commands down
-            _broken_plugin(sub, name, exc)
+            _broken_plugin(sub, name, module_name, exc)
 
 
-def _broken_plugin(sub, name: str, exc: Exception) -> None:
+def _broken_plugin(sub, name: str, module_name: str, exc: Exception) -> None:
     def fail(_args):
-        sys.exit(f"{name}: tood_ext.{name} could not be loaded: {exc!r}")
+        sys.exit(f"{name}: {module_name} could not be loaded: {exc!r}")
     p = sub.add_parser(name, help=f"(unavailable: {type(exc).__name__})")
     p.set_defaults(func=fail)
 

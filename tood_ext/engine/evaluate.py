@@ -16,10 +16,11 @@ def inference(model, dataset, device="cpu", batch_size: int = 2, workers: int = 
               progress_bar: bool = True) -> list[dict]:
     """COCO results ``[{image_id, category_id, bbox xywh, score}]`` of this process's shard,
     gathered from every process (each image once), boxes in original image coordinates."""
-    from .train import make_loader
+    from ..data.loader import make_loader
 
     model.eval()
-    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, seed=0)
+    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, seed=0,
+                         num_replicas=D.world_size(), rank=D.rank())
     cat_ids = dataset.cat_ids
     results = []
     bar = progress(len(loader), desc="eval", disable=not (D.is_main() and progress_bar))

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from . import dist as D
 from .checkpoint import load_checkpoint, save_checkpoint, unwrap
@@ -108,17 +107,6 @@ def _to_device(images, targets, device):
     return images, targets
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int,
-                drop_last: bool = False) -> DataLoader:
-    """A loader over this process's shard (the whole set with one process)."""
-    from ..data import collate
-
-    sampler = DistributedSampler(dataset, num_replicas=D.world_size(), rank=D.rank(),
-                                 shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate, drop_last=drop_last, pin_memory=False)
-
-
 def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val_set=None,
           resume: str | None = None, model_config=None, log=print) -> dict:
     """Train ``model`` on ``train_set`` (a :class:`~tood_ext.data.CocoDetection` with
@@ -129,6 +117,8 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
     :func:`tood_ext.engine.dist.init_from_env` first under torchrun (or initialise the group
     yourself); the model is wrapped in DDP when a group with more than one process is up.
     """
+    from ..data.loader import make_loader
+
     if len(train_set) == 0:  # before anything is written
         from ..data.coco import DataError
         why = train_set.describe_filter() if hasattr(train_set, "describe_filter") else ""
@@ -142,7 +132,8 @@ def train(model: torch.nn.Module, train_set, cfg: TrainConfig, device="cpu", val
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     optimizer = build_optimizer(model, cfg)
 
-    loader = make_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed, drop_last=False)
+    loader = make_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed,
+                         drop_last=False, num_replicas=D.world_size(), rank=D.rank())
     iters_per_epoch = len(loader)
     if cfg.max_iters_per_epoch:
         iters_per_epoch = min(iters_per_epoch, cfg.max_iters_per_epoch)

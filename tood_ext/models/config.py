@@ -1,9 +1,10 @@
-"""Every knob of the TOOD detector in one dataclass, and :func:`build_model`."""
+"""Every knob of the TOOD detector in one dataclass (:func:`tood_ext.models.build_model` builds
+the detector it describes)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["HEADS", "TOODConfig", "build_model"]
+__all__ = ["HEADS", "TOODConfig"]
 
 HEADS = ("tood", "atss")
 
@@ -118,17 +119,3 @@ class TOODConfig:
             d["strides"] = tuple(d["strides"])
         return cls(**d)
 
-
-def build_model(cfg: TOODConfig):
-    """The detector described by ``cfg``: :class:`~tood_ext.models.TOOD` (``head="tood"``) or
-    :class:`~tood_ext.models.ATSS` (``head="atss"``, same backbone, FPN, losses switch and
-    inference, parallel head)."""
-    if cfg.head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
-    if cfg.head == "atss":
-        from .atss_head import ATSS
-
-        return ATSS(cfg)
-    from .detector import TOOD
-
-    return TOOD(cfg)

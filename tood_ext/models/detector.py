@@ -1,20 +1,25 @@
-"""The TOOD detector: ResNet + FPN + T-head, its training targets/losses and inference."""
+"""The detectors: :class:`TOOD` (the T-head) and :class:`ATSS` (ATSS's parallel head, the
+baseline of TOOD's ablation), siblings on :class:`~tood_ext.models.dense_detector.DenseDetector`
+(ResNet + FPN, the ATSS-then-TAL assignment switch, inference); each builds its head and
+computes its losses."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
 
-from .assigners import atss_assign, centerness_target
-from .backbone import FPN, ResNetBackbone
+from .assigners import centerness_target
+from .atss_head import ATSSHead, quality_focal_loss_with_logits
 from .config import TOODConfig
-from .head import TOODHead, grid_priors
+from .dense_detector import DenseDetector
 from .losses import focal_loss, quality_focal_loss, reduce_mean
-from .postprocess import detections_from_levels
+from .tood_head import TOODHead
 
-__all__ = ["TOOD"]
+__all__ = ["ATSS", "TOOD"]
 
 
-class TOOD(nn.Module):
+class TOOD(DenseDetector):
     """TOOD (Feng et al., ICCV 2021): torchvision ResNet, FPN P3-P7, :class:`TOODHead`.
 
     Interface (H, W multiples of 128, images normalised by the caller):
@@ -28,137 +33,13 @@ class TOOD(nn.Module):
     calls (deformable sampling, TAL, IoU, GIoU loss); :meth:`set_ops` switches later.
     """
 
-    HEAD = "tood"  # the ``cfg.head`` this class builds (subclasses: other heads)
-
-    def __init__(self, cfg: TOODConfig):
-        super().__init__()
-        if cfg.head != self.HEAD:
-            raise ValueError(f"{type(self).__name__} builds head {self.HEAD!r}, got "
-                             f"head={cfg.head!r} (build_model(cfg) picks the class)")
-        self.cfg = cfg
-        frozen = cfg.frozen_stages if cfg.frozen_stages is not None else \
-            (1 if cfg.weights else -1)
-        norm_eval = cfg.norm_eval if cfg.norm_eval is not None else bool(cfg.weights)
-        self.backbone = ResNetBackbone(cfg.depth, cfg.weights, frozen, norm_eval)
-        if len(cfg.strides) != 5:
-            raise ValueError(f"strides must have 5 levels (P3-P7), got {cfg.strides}")
-        self.neck = FPN(self.backbone.out_channels, cfg.fpn_channels, num_extra=2)
-        self.head = self._build_head(cfg)
+    HEAD = "tood"
 
     def _build_head(self, cfg: TOODConfig) -> nn.Module:
         return TOODHead(cfg.num_classes, cfg.fpn_channels, cfg.feat_channels,
                         cfg.stacked_convs, cfg.la_down_rate, cfg.strides, cfg.anchor_type,
                         cfg.norm, cfg.num_groups, cfg.offset_init_std, cfg.ops,
                         cfg.cls_prior, cfg.m_prior)
-
-    @property
-    def ops(self):
-        return self.head.ops
-
-    def set_ops(self, ops: str) -> None:
-        self.head.set_ops(ops)
-
-    def forward(self, images: torch.Tensor, targets: list[dict] | None = None,
-                epoch: int = 0) -> dict:
-        """Head outputs of ``images`` (see the class docstring); with ``targets``, the training
-        losses instead (``model(images, targets, epoch) == model.loss(images, targets,
-        epoch)``), so that a ``DistributedDataParallel`` wrapper sees the loss computation
-        through its own forward."""
-        out = self.head(self.neck(self.backbone(images)))
-        if targets is None:
-            return out
-        return self.loss_by_feat(out, targets, epoch)
-
-    # -----------------------------------------------------------------------------------------
-    # training
-    # -----------------------------------------------------------------------------------------
-
-    def loss(self, images: torch.Tensor, targets: list[dict], epoch: int) -> dict:
-        """Training losses of a batch: ``{"loss_cls", "loss_bbox", "loss"}`` (scalars).
-
-        targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``.
-        ``epoch`` (0-based) < ``cfg.initial_epoch`` selects the ATSS stage, else TAL; see
-        :meth:`loss_by_feat`.
-        """
-        return self.loss_by_feat(self(images), targets, epoch)
-
-    def _flatten(self, out: dict):
-        cls_scores, bbox_preds = out["cls_scores"], out["bbox_preds"]
-        B, C = cls_scores[0].shape[:2]
-        sizes = [tuple(s.shape[-2:]) for s in cls_scores]
-        device = cls_scores[0].device
-        priors = grid_priors(sizes, self.head.strides, device=device)
-        scores = torch.cat([s.permute(0, 2, 3, 1).reshape(B, -1, C) for s in cls_scores], 1)
-        boxes = torch.cat([b.permute(0, 2, 3, 1).reshape(B, -1, 4) for b in bbox_preds], 1)
-        stride = torch.cat([torch.full((h * w,), float(s), device=device)
-                            for (h, w), s in zip(sizes, self.head.strides)])
-        return scores, boxes, priors, stride
-
-    @torch.no_grad()
-    def get_targets(self, out: dict, targets: list[dict], epoch: int) -> dict:
-        """Per-anchor training targets of a batch (anchors: levels concatenated, row-major).
-
-        ``epoch < cfg.initial_epoch``: :func:`atss_assign` per image on the priors (boxes of
-        side 8 * stride), bbox weights = centerness of the prior centre in its GT.
-        Otherwise: TAL through ``task_aligned_assign`` of the chosen ops on the detached
-        P_align scores and aligned boxes (pixels), prior centres as anchor points, mmdetection's
-        flavour (``topk_then_inside``, IoU, inside eps 0.01, t_hat eps 1e-7), bbox weights =
-        t_hat.
-
-        Returns a dict of (B, A[, 4]) tensors: ``labels`` (int64, -1 background), ``fg_mask``,
-        ``boxes`` (assigned GT, pixels, 0 for background), ``weights`` (bbox-loss weight, 0
-        for background), ``soft_target`` (t_hat for TAL, the one-hot target value 1 for ATSS
-        positives), ``iou`` (TAL only: IoU of the predicted box with the assigned GT, else
-        None), and ``anchors`` (A, 4) the priors.
-        """
-        cfg, ops = self.cfg, self.head.ops
-        scores, boxes, priors, _ = self._flatten(out)
-        B, A, C = scores.shape
-        if len(targets) != B:
-            raise ValueError(f"got {len(targets)} targets for a batch of {B} images")
-        num_level = [p.shape[0] for p in priors]
-        anchors = torch.cat(priors)
-        device = scores.device
-        gt_boxes = [t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4)
-                    for t in targets]
-        gt_labels = [t["labels"].to(device=device, dtype=torch.long).reshape(-1)
-                     for t in targets]
-        for b, lab in enumerate(gt_labels):
-            if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= C):
-                raise ValueError(f"image {b}: labels must lie in [0, {C}), got "
-                                 f"[{int(lab.min())}, {int(lab.max())}]")
-        iou = None
-        if epoch < cfg.initial_epoch:
-            labels = torch.full((B, A), -1, dtype=torch.long, device=device)
-            tgt = torch.zeros((B, A, 4), device=device)
-            for b in range(B):
-                idx = atss_assign(anchors, num_level, gt_boxes[b], cfg.atss_topk, ops.box_iou)
-                pos = idx >= 0
-                labels[b, pos] = gt_labels[b][idx[pos]]
-                tgt[b, pos] = gt_boxes[b][idx[pos]]
-            fg = labels >= 0
-            weights = torch.zeros((B, A), device=device)
-            if fg.any():
-                weights[fg] = centerness_target(anchors.expand(B, A, 4)[fg], tgt[fg])
-            soft = fg.float()
-        else:
-            G = max((len(g) for g in gt_boxes), default=0)
-            pad_boxes = torch.zeros((B, G, 4), device=device)
-            pad_labels = torch.zeros((B, G), dtype=torch.long, device=device)
-            mask = torch.zeros((B, G), dtype=torch.bool, device=device)
-            for b in range(B):
-                n = len(gt_boxes[b])
-                pad_boxes[b, :n], pad_labels[b, :n], mask[b, :n] = gt_boxes[b], gt_labels[b], True
-            centres = (anchors[:, :2] + anchors[:, 2:]) / 2
-            res = ops.task_aligned_assign(scores.detach().float(), boxes.detach().float(),
-                                          centres, pad_labels, pad_boxes, mask, topk=cfg.topk,
-                                          alpha=cfg.alpha, beta=cfg.beta,
-                                          candidates="topk_then_inside", iou_mode="iou",
-                                          inside_eps=0.01, norm_eps=1e-7)
-            labels, fg, tgt, iou = res.labels, res.fg_mask, res.boxes, res.iou
-            soft = weights = res.soft_target.float()
-        return {"labels": labels, "fg_mask": fg, "boxes": tgt, "weights": weights,
-                "soft_target": soft, "iou": iou, "anchors": anchors}
 
     def loss_by_feat(self, out: dict, targets: list[dict], epoch: int) -> dict:
         """Losses from the head outputs (the dict of :meth:`forward`).
@@ -208,37 +89,93 @@ class TOOD(nn.Module):
         loss_bbox = cfg.loss_bbox_weight * loss_bbox / bbox_factor
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss": loss_cls + loss_bbox}
 
-    # -----------------------------------------------------------------------------------------
-    # inference
-    # -----------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, metas: list[dict]) -> list[dict]:
-        """Detections per image: ``{"boxes": (n, 4) xyxy in original-image pixels,
-        "scores": (n,), "labels": (n,) int64}``, sorted by score.
+class ATSS(DenseDetector):
+    """ResNet + FPN (as :class:`TOOD`) + :class:`~tood_ext.models.ATSSHead`.
 
-        metas: B dicts with ``"scale_factor"`` (resized / original: a float, (w, h) as
-        mmdetection 3 writes it, or (w, h, w, h); default 1.0) and the original size ``"orig_size"``
-        (h, w) or mmdetection's ``"ori_shape"`` (needed when ``cfg.clip_to_image``). Steps
-        (:mod:`tood_ext.models.postprocess`): per level the (location, class) pairs with
-        score > ``score_thr``, at most ``nms_pre`` of the highest; boxes divided by the scale
-        factor; with ``clip_to_image`` (default) clipped to the original image (mmdetection's
-        TOOD does not clip); boxes of width or height ``<= min_bbox_size`` (0: zero-size ones)
-        dropped; class-wise NMS (IoU > ``iou_thr`` suppressed); the best ``max_per_img`` kept.
-        With ``clip_to_image=False`` this is mmdetection's TOOD post-processing. Does not
-        change train/eval mode (call ``model.eval()`` first).
+    Same interface as TOOD (``model(images)``, :meth:`loss`, :meth:`predict`, ``set_ops``) and
+    the same assignment switch (:meth:`DenseDetector.get_targets`: ATSS for ``epoch <
+    cfg.initial_epoch``, TAL after); the head outputs carry the extra ``cls_logits`` and
+    ``centerness``. See :meth:`loss_by_feat` for the losses of each stage and
+    :meth:`predict_by_feat` for the score used at inference.
+    """
+
+    HEAD = "atss"
+
+    def _build_head(self, cfg: TOODConfig) -> nn.Module:
+        return ATSSHead(cfg.num_classes, cfg.fpn_channels, cfg.feat_channels, cfg.stacked_convs,
+                        cfg.strides, cfg.anchor_type, cfg.norm, cfg.num_groups, cfg.ops)
+
+    def _flatten_extra(self, out: dict):
+        B, C = out["cls_logits"][0].shape[:2]
+        logits = torch.cat([s.permute(0, 2, 3, 1).reshape(B, -1, C) for s in out["cls_logits"]],
+                           1)
+        ctr = torch.cat([c.reshape(B, -1) for c in out["centerness"]], 1)
+        return logits, ctr
+
+    def loss_by_feat(self, out: dict, targets: list[dict], epoch: int) -> dict:
+        """``{"loss_cls", "loss_bbox", "loss_centerness", "loss"}`` of a batch.
+
+        Targets: :meth:`DenseDetector.get_targets` on ``sigmoid(cls)`` (the classification
+        probability; no alignment map) and the decoded boxes. With ``N_pos =
+        max(reduce_mean(#positives), 1)`` and ``c_i`` the FCOS centerness of positive i's
+        prior centre in its assigned GT:
+
+        * ATSS stage (``epoch < initial_epoch``), mmdetection's ATSSHead:
+          ``loss_cls = FocalLoss(logits; gamma, focal_alpha)_sum / N_pos``;
+          ``loss_bbox = 2 * sum_pos c_i (1 - GIoU_i) / max(reduce_mean(sum_pos c_i), 1)``;
+        * TAL stage (parallel head + TAL): the cls target is TAL's t_hat, exactly as TOOD's
+          TAL stage but on ``sigmoid(cls)`` and from logits:
+          ``loss_cls = QFL(logits, t_hat; gamma)_sum / F``,
+          ``loss_bbox = 2 * sum_pos t_hat_i (1 - GIoU_i) / F``,
+          ``F = max(reduce_mean(sum_pos t_hat), 1)``;
+        * both stages: ``loss_centerness = sum_pos BCEWithLogits(centerness_i, c_i) / N_pos``
+          (weight 1), the centerness branch keeps its ATSS target under TAL (the head is
+          unchanged, only the assignment and the cls/box targets change).
+
+        GIoU (eps 1e-6) on boxes in stride units, as TOOD's loss (GIoU is scale invariant up
+        to the eps). Without positives loss_bbox and loss_centerness are zeros attached to
+        the graph.
         """
-        return self.predict_by_feat(self(images), metas)
+        cfg, ops = self.cfg, self.head.ops
+        _, boxes, _, stride = self._flatten(out)
+        logits, ctr = self._flatten_extra(out)
+        B, A, C = logits.shape
+        tg = self.get_targets(out, targets, epoch)
+        labels, fg, tgt = tg["labels"], tg["fg_mask"], tg["boxes"]
+        n_pos = reduce_mean(fg.sum().float()).clamp(min=1)
+        ctr_target = centerness_target(tg["anchors"].expand(B, A, 4)[fg], tgt[fg])
+        if epoch < cfg.initial_epoch:
+            onehot = torch.zeros_like(logits)
+            onehot[fg, labels[fg]] = 1.0
+            loss_cls = sigmoid_focal_loss(logits, onehot, alpha=cfg.focal_alpha,
+                                          gamma=cfg.gamma, reduction="sum")
+            cls_factor = n_pos
+            weight = ctr_target
+        else:
+            loss_cls = quality_focal_loss_with_logits(logits.reshape(-1, C), labels.reshape(-1),
+                                                      tg["soft_target"].reshape(-1), cfg.gamma)
+            cls_factor = reduce_mean(tg["soft_target"].sum()).clamp(min=1)
+            weight = tg["weights"][fg]
+        bbox_factor = reduce_mean(weight.sum()).clamp(min=1)
+        if fg.any():
+            s = stride.expand(B, A)[fg][:, None]
+            loss_bbox = ops.giou_loss(boxes[fg] / s, tgt[fg].to(boxes.dtype) / s,
+                                      weight=weight, reduction="sum", eps=1e-6)
+            loss_ctr = F.binary_cross_entropy_with_logits(ctr[fg], ctr_target, reduction="sum")
+        else:
+            loss_bbox = boxes.sum() * 0
+            loss_ctr = ctr.sum() * 0
+        loss_cls = cfg.loss_cls_weight * loss_cls / cls_factor
+        loss_bbox = cfg.loss_bbox_weight * loss_bbox / bbox_factor
+        loss_ctr = loss_ctr / n_pos
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr,
+                "loss": loss_cls + loss_bbox + loss_ctr}
 
     @torch.no_grad()
     def predict_by_feat(self, out: dict, metas: list[dict]) -> list[dict]:
-        """Detections from head outputs (see :meth:`predict`). An optional
-        ``out["score_factors"]`` ([(B, 1, H_l, W_l)], e.g. the ATSS head's sigmoid centerness)
-        multiplies the scores after the ``score_thr`` / ``nms_pre`` selection, before NMS
-        (mmdetection's ``with_score_factors``)."""
-        cfg = self.cfg
-        return detections_from_levels(
-            out["cls_scores"], out["bbox_preds"], metas, score_thr=cfg.score_thr,
-            nms_pre=cfg.nms_pre, iou_thr=cfg.iou_thr, max_per_img=cfg.max_per_img,
-            min_bbox_size=cfg.min_bbox_size, clip_to_image=cfg.clip_to_image,
-            score_factors=out.get("score_factors"))
+        """As :meth:`DenseDetector.predict_by_feat` with mmdetection's ATSS scoring: the
+        ``score_thr`` / ``nms_pre`` selection on ``sigmoid(cls)``, then the score
+        ``sigmoid(cls) * sigmoid(centerness)`` for NMS and the output."""
+        return super().predict_by_feat(
+            dict(out, score_factors=[c.sigmoid() for c in out["centerness"]]), metas)

@@ -13,7 +13,7 @@ import torch
 
 from .._types import TALResult
 from ..ops._checks import sanitize_gts
-from .box_ops import _check_mode, alignment_metric
+from .box_ops import _check_mode, _check_shapes, alignment_metric
 
 CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
 CONFLICT_MODES = ("candidates", "all_gts")
@@ -32,52 +32,6 @@ def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_
                    gt_labels, gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode,
                    inside_eps, norm_eps, conflict, min_inside_size)
     _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask)
-
-
-def _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask) -> None:
-    """Shapes, dtypes, devices and label values (RuntimeError / IndexError, the kernels'
-    messages)."""
-    if pred_scores.dim() != 3:
-        raise RuntimeError(f"pred_scores must have shape (B, A, C), got {tuple(pred_scores.shape)}")
-    B, A, C = pred_scores.shape
-    if pred_boxes.shape != (B, A, 4):
-        raise RuntimeError(f"pred_boxes must have shape (B, A, 4) = ({B}, {A}, 4) to match "
-                           f"pred_scores {tuple(pred_scores.shape)}, got {tuple(pred_boxes.shape)}")
-    if anchor_points.shape != (A, 2):
-        raise RuntimeError(f"anchor_points must have shape (A, 2) = ({A}, 2), got "
-                           f"{tuple(anchor_points.shape)}")
-    if gt_labels.dim() != 2 or gt_labels.shape[0] != B:
-        raise RuntimeError(f"gt_labels must have shape (B, G) with B = {B}, got "
-                           f"{tuple(gt_labels.shape)}")
-    G = gt_labels.shape[1]
-    if gt_boxes.shape != (B, G, 4):
-        raise RuntimeError(f"gt_boxes must have shape (B, G, 4) = ({B}, {G}, 4), got "
-                           f"{tuple(gt_boxes.shape)}")
-    if gt_mask.shape != (B, G):
-        raise RuntimeError(f"gt_mask must have shape (B, G) = ({B}, {G}), got "
-                           f"{tuple(gt_mask.shape)}")
-    if gt_labels.dtype != torch.int64:
-        raise RuntimeError(f"gt_labels must be int64, got {gt_labels.dtype}")
-    if gt_mask.dtype != torch.bool:
-        raise RuntimeError(f"gt_mask must be bool, got {gt_mask.dtype}")
-    if not pred_scores.is_floating_point():
-        raise RuntimeError(f"pred_scores must be float32 or float64, got {pred_scores.dtype}")
-    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
-                    ("gt_boxes", gt_boxes)):
-        if t.dtype != pred_scores.dtype:
-            raise RuntimeError(f"{name} has dtype {t.dtype} but pred_scores has dtype "
-                               f"{pred_scores.dtype}; they must have the same floating dtype")
-    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
-                    ("gt_labels", gt_labels), ("gt_boxes", gt_boxes), ("gt_mask", gt_mask)):
-        if t.device != pred_scores.device:
-            raise RuntimeError(f"{name} is on {t.device} but pred_scores is on "
-                               f"{pred_scores.device}; all inputs must be on the same device")
-    if gt_labels.numel():
-        bad = ((gt_labels < 0) | (gt_labels >= C)) & gt_mask
-        if bad.any():
-            value = int(gt_labels[bad][0])
-            raise IndexError(f"gt_labels holds class {value} for a valid GT (gt_mask True), "
-                             f"outside [0, {C}) = the classes of pred_scores")
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:

@@ -1,49 +1,18 @@
-"""TOOD's task-aligned head (T-head), its priors and its box decoding.
+"""TOOD's task-aligned head (T-head), a :class:`~tood_ext.models.dense_head.DenseHead`.
 
 Follows mmdetection 3.x ``TOODHead`` (see /work/shared/TOOD.md for the paper-vs-mmdetection
 details); written from those semantics, not copied.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._ops import get_ops
+from .dense_head import (DenseHead, at_least_float32, conv_tower, make_norm, normal_init,
+                         prior_bias)
 
-__all__ = ["TOODHead", "TaskDecomposition", "Scale", "grid_priors", "delta2bbox",
-           "sigmoid_geometric_mean"]
-
-OCTAVE_BASE_SCALE = 8  # one square prior of side 8 * stride per location (mmdetection config)
-DELTA_STDS = (0.1, 0.1, 0.2, 0.2)  # anchor-based coder: means 0, these stds
-WH_RATIO_CLIP = 16 / 1000
-
-
-def _normal_init(conv: nn.Conv2d, std: float, bias: float = 0.0) -> None:
-    nn.init.normal_(conv.weight, 0.0, std)
-    if conv.bias is not None:
-        nn.init.constant_(conv.bias, bias)
-
-
-def _prior_bias(prob: float) -> float:
-    """Bias b with sigmoid(b) = prob (mmdetection's ``bias_init_with_prob``)."""
-    return -math.log((1 - prob) / prob)
-
-
-def _norm(norm: str | None, channels: int, num_groups: int) -> nn.Module:
-    if norm is None:
-        return nn.Identity()
-    if norm != "GN":
-        raise ValueError(f"norm must be 'GN' or None, got {norm!r}")
-    if channels % num_groups:
-        raise ValueError(f"GroupNorm: num_groups={num_groups} must divide {channels} channels")
-    return nn.GroupNorm(num_groups, channels)
-
-
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+__all__ = ["TOODHead", "TaskDecomposition", "sigmoid_geometric_mean"]
 
 
 def sigmoid_geometric_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,17 +23,6 @@ def sigmoid_geometric_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     autograd Function (the naive form gave inf/NaN gradients).
     """
     return torch.exp(0.5 * (F.logsigmoid(x) + F.logsigmoid(y)))
-
-
-class Scale(nn.Module):
-    """A learnable scalar factor (one per FPN level), initialised to ``value``."""
-
-    def __init__(self, value: float = 1.0):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
 
 
 class TaskDecomposition(nn.Module):
@@ -87,12 +45,12 @@ class TaskDecomposition(nn.Module):
         self.attn1 = nn.Conv2d(in_ch, hidden, 1)
         self.attn2 = nn.Conv2d(hidden, stacked_convs, 1)
         self.reduction = nn.Conv2d(in_ch, feat_channels, 1, bias=norm is None)
-        self.norm = _norm(norm, feat_channels, num_groups)
+        self.norm = make_norm(norm, feat_channels, num_groups)
 
     def init_weights(self) -> None:
-        _normal_init(self.attn1, 0.001)
-        _normal_init(self.attn2, 0.001)
-        _normal_init(self.reduction, 0.01)
+        normal_init(self.attn1, 0.001)
+        normal_init(self.attn2, 0.001)
+        normal_init(self.reduction, 0.01)
 
     def forward(self, feat: torch.Tensor, avg_feat: torch.Tensor) -> torch.Tensor:
         b, _, h, w = feat.shape
@@ -106,42 +64,7 @@ class TaskDecomposition(nn.Module):
         return F.relu(self.norm(out))
 
 
-def grid_priors(featmap_sizes, strides, device=None, dtype=torch.float32):
-    """Per level, the (H_l * W_l, 4) xyxy priors, row-major over (i, j).
-
-    The prior of location (i, j) of a level of stride s is the square of side
-    ``8 * s`` centred at ``(j * s, i * s)`` (mmdetection's AnchorGenerator with
-    octave_base_scale=8, ratio 1, center_offset 0). Anchor-free TOOD uses only its centre
-    (and, in the ATSS epochs, the box as a virtual anchor).
-    """
-    out = []
-    for (h, w), s in zip(featmap_sizes, strides):
-        ys = torch.arange(h, device=device, dtype=dtype) * s
-        xs = torch.arange(w, device=device, dtype=dtype) * s
-        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-        half = OCTAVE_BASE_SCALE * s / 2
-        out.append(torch.stack([cx - half, cy - half, cx + half, cy + half], -1).reshape(-1, 4))
-    return out
-
-
-def delta2bbox(anchors: torch.Tensor, deltas: torch.Tensor,
-               stds=DELTA_STDS) -> torch.Tensor:
-    """mmdetection's ``DeltaXYWHBBoxCoder.decode`` (means 0, no clipping to the image).
-
-    ``(dx, dy, dw, dh) = deltas * stds``; ``dw, dh`` clamped to ``+-|log(16/1000)|``;
-    centre ``(px + pw dx, py + ph dy)``, size ``(pw exp(dw), ph exp(dh))``, with
-    ``(px, py, pw, ph)`` the anchor's centre and size. anchors, deltas: (..., 4).
-    """
-    d = deltas * deltas.new_tensor(stds)
-    max_ratio = abs(math.log(WH_RATIO_CLIP))
-    pxy = (anchors[..., :2] + anchors[..., 2:]) * 0.5
-    pwh = anchors[..., 2:] - anchors[..., :2]
-    gxy = pxy + pwh * d[..., :2]
-    gwh = pwh * d[..., 2:].clamp(-max_ratio, max_ratio).exp()
-    return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
-
-
-class TOODHead(nn.Module):
+class TOODHead(DenseHead):
     """TOOD's task-aligned head (T-head), shared across FPN levels.
 
     Per level (input X of ``in_channels``):
@@ -152,13 +75,13 @@ class TOODHead(nn.Module):
     * ``P = sigmoid(conv3x3(cls_feat))`` (num_classes channels) and the class-probability map
       ``M = sigmoid(conv3x3(relu(conv1x1(X_inter))))`` (1 channel);
       ``P_align = sqrt(P * M)`` (:func:`sigmoid_geometric_mean`);
-    * boxes B from ``conv3x3(reg_feat)`` times the level's learnable :class:`Scale`, decoded
-      in units of the level's stride:
+    * boxes B from ``conv3x3(reg_feat)`` times the level's learnable ``Scale``, decoded
+      in units of the level's stride (:meth:`DenseHead.regress`):
 
       - ``anchor_free``: ``(l, t, r, b) = scale * exp(conv)``, box
         ``(j - l, i - t, j + r, i + b)`` around the location's centre ``(j, i)`` (stride units,
         i.e. the prior centre ``(j s, i s)`` divided by s);
-      - ``anchor_based``: ``(dx, dy, dw, dh) = scale * conv`` decoded by :func:`delta2bbox`
+      - ``anchor_based``: ``(dx, dy, dw, dh) = scale * conv`` decoded by ``delta2bbox``
         against the location's prior (square of side 8 s centred at ``(j s, i s)``), divided
         by s;
 
@@ -189,32 +112,22 @@ class TOODHead(nn.Module):
     switchable later with :meth:`set_ops`.
     """
 
+    OUTPUTS = ("cls_scores", "bbox_preds")
+
     def __init__(self, num_classes: int, in_channels: int = 256, feat_channels: int = 256,
                  stacked_convs: int = 6, la_down_rate: int = 8,
                  strides=(8, 16, 32, 64, 128), anchor_type: str = "anchor_free",
                  norm: str | None = "GN", num_groups: int = 32, offset_init_std: float = 0.001,
                  ops: str = "kernel", cls_prior: float = 0.01, m_prior: float = 0.01):
-        super().__init__()
         for name, v in (("cls_prior", cls_prior), ("m_prior", m_prior)):
             if not 0.0 < v < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {v}")
+        super().__init__(num_classes, in_channels, feat_channels, stacked_convs, strides,
+                         anchor_type, ops)
         self.cls_prior, self.m_prior = float(cls_prior), float(m_prior)
-        if anchor_type not in ("anchor_free", "anchor_based"):
-            raise ValueError(f"anchor_type must be 'anchor_free' or 'anchor_based', "
-                             f"got {anchor_type!r}")
-        self.num_classes, self.in_channels, self.feat_channels = num_classes, in_channels, \
-            feat_channels
-        self.stacked_convs, self.strides = stacked_convs, tuple(strides)
-        self.anchor_type = anchor_type
         self.offset_init_std = offset_init_std
-        self.set_ops(ops)
 
-        self.inter_convs = nn.ModuleList()
-        for k in range(stacked_convs):
-            self.inter_convs.append(nn.Sequential(
-                nn.Conv2d(in_channels if k == 0 else feat_channels, feat_channels, 3, padding=1,
-                          bias=norm is None),
-                _norm(norm, feat_channels, num_groups), nn.ReLU(inplace=True)))
+        self.inter_convs = conv_tower(in_channels, feat_channels, stacked_convs, norm, num_groups)
         self.cls_decomp = TaskDecomposition(feat_channels, stacked_convs, la_down_rate, norm,
                                             num_groups)
         self.reg_decomp = TaskDecomposition(feat_channels, stacked_convs, la_down_rate, norm,
@@ -227,30 +140,27 @@ class TOODHead(nn.Module):
         self.reg_offset_module = nn.Sequential(nn.Conv2d(inter_ch, mid, 1),
                                                nn.ReLU(inplace=True),
                                                nn.Conv2d(mid, 4 * 2, 3, padding=1))
-        self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
+        self.scales = self.level_scales()
         self.init_weights()
-
-    def set_ops(self, ops: str) -> None:
-        self.ops = get_ops(ops)
 
     def init_weights(self) -> None:
         for block in self.inter_convs:
-            _normal_init(block[0], 0.01)
+            normal_init(block[0], 0.01)
         for m in self.cls_prob_module:
             if isinstance(m, nn.Conv2d):
-                _normal_init(m, 0.01)
-        _normal_init(self.cls_prob_module[-1], 0.01, _prior_bias(self.m_prior))
+                normal_init(m, 0.01)
+        normal_init(self.cls_prob_module[-1], 0.01, prior_bias(self.m_prior))
         for m in self.reg_offset_module:
             if isinstance(m, nn.Conv2d):
-                _normal_init(m, self.offset_init_std)
+                normal_init(m, self.offset_init_std)
         self.cls_decomp.init_weights()
         self.reg_decomp.init_weights()
-        _normal_init(self.tood_cls, 0.01, _prior_bias(self.cls_prior))
-        _normal_init(self.tood_reg, 0.01)
+        normal_init(self.tood_cls, 0.01, prior_bias(self.cls_prior))
+        normal_init(self.tood_reg, 0.01)
 
     def forward_single(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One level: ``(P_align (B, C, H, W), boxes (B, 4, H, W) xyxy in pixels)``."""
-        b, _, h, w = x.shape
+        """One level: ``(P_align (B, C, H, W), boxes (B, 4, H, W) xyxy in pixels)``;
+        ``forward(feats)`` gives ``{"cls_scores": [per level], "bbox_preds": [per level]}``."""
         stride = self.strides[level]
         inter = []
         for conv in self.inter_convs:
@@ -262,37 +172,14 @@ class TOODHead(nn.Module):
         reg_feat = self.reg_decomp(feat, avg_feat)
 
         # in float32 under autocast: scores near 0 or 1 matter to the focal losses
-        cls_score = sigmoid_geometric_mean(_at_least_float32(self.tood_cls(cls_feat)),
-                                           _at_least_float32(self.cls_prob_module(feat)))
+        cls_score = sigmoid_geometric_mean(at_least_float32(self.tood_cls(cls_feat)),
+                                           at_least_float32(self.cls_prob_module(feat)))
 
-        reg = _at_least_float32(self.tood_reg(reg_feat))  # boxes in float32 under autocast
-        raw = self.scales[level](reg.exp() if self.anchor_type == "anchor_free" else reg)
-        ys = torch.arange(h, device=x.device, dtype=raw.dtype).view(1, h, 1).expand(1, h, w)
-        xs = torch.arange(w, device=x.device, dtype=raw.dtype).view(1, 1, w).expand(1, h, w)
-        if self.anchor_type == "anchor_free":  # distances in stride units around (j, i)
-            reg_bbox = torch.stack([xs - raw[:, 0], ys - raw[:, 1], xs + raw[:, 2],
-                                    ys + raw[:, 3]], 1)
-        else:  # deltas against the prior (pixels), then to stride units
-            half = OCTAVE_BASE_SCALE * stride / 2
-            prior = torch.stack([xs * stride - half, ys * stride - half, xs * stride + half,
-                                 ys * stride + half], -1)  # (1, h, w, 4)
-            reg_bbox = delta2bbox(prior, raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) / stride
+        reg = at_least_float32(self.tood_reg(reg_feat))  # boxes in float32 under autocast
+        reg_bbox = self.regress(reg, level)  # stride units
 
         offset = self.reg_offset_module(feat).to(reg_bbox.dtype)
         bbox = self.ops.deform_sampling(reg_bbox.contiguous(), offset.contiguous())
         invalid = (bbox[:, 0:1] > bbox[:, 2:3]) | (bbox[:, 1:2] > bbox[:, 3:4])
         bbox = torch.where(invalid, reg_bbox, bbox)
         return cls_score, bbox * stride
-
-    def forward(self, feats: list[torch.Tensor]) -> dict:
-        """``feats``: one map per stride. Returns ``{"cls_scores": [(B, C, H_l, W_l)],
-        "bbox_preds": [(B, 4, H_l, W_l)]}``: P_align probabilities and decoded, aligned xyxy
-        boxes in input-image pixels."""
-        if len(feats) != len(self.strides):
-            raise ValueError(f"expected {len(self.strides)} feature levels, got {len(feats)}")
-        cls_scores, bbox_preds = [], []
-        for level, x in enumerate(feats):
-            s, b = self.forward_single(x, level)
-            cls_scores.append(s)
-            bbox_preds.append(b)
-        return {"cls_scores": cls_scores, "bbox_preds": bbox_preds}

@@ -1,0 +1,4 @@
+"""``python -m tood_ext.export --checkpoint ... --format onnx|pt2 --out ...``."""
+from .cli import main
+
+main()
