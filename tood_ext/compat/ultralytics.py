@@ -341,7 +341,7 @@ def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
     assigner of each loss object passed (created before the patch; ``E2ELoss``'s branches too).
 
     ``fused_loss=True`` also replaces ``v8DetectionLoss.get_assigned_targets_and_loss`` by
-    :func:`tood_ext.compat.ultralytics_fused.fused_assigned_targets_and_loss`: the loss of every
+    :func:`tood_ext.compat.ultralytics_fused.fused_method`: the loss of every
     ``v8DetectionLoss`` with the adapter as its assigner (and of ``E2ELoss``, segmentation and
     pose losses built on it) is computed from the assignment's sparse output, with no (B, A, C)
     ``target_scores`` (see that module for what is kept of ultralytics' code).
@@ -357,12 +357,12 @@ def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
         for name in _ORIGINAL:
             importlib.import_module(name).TaskAlignedAssigner = TaskAlignedAssigner
     if fused_loss and not _ORIGINAL_METHODS:
-        from .ultralytics_fused import fused_assigned_targets_and_loss
+        from .ultralytics_fused import fused_method
 
         cls = importlib.import_module("ultralytics.utils.loss").v8DetectionLoss
-        _ORIGINAL_METHODS["v8DetectionLoss.get_assigned_targets_and_loss"] = (
-            cls.get_assigned_targets_and_loss)
-        cls.get_assigned_targets_and_loss = fused_assigned_targets_and_loss
+        original = cls.get_assigned_targets_and_loss
+        _ORIGINAL_METHODS["v8DetectionLoss.get_assigned_targets_and_loss"] = original
+        cls.get_assigned_targets_and_loss = fused_method(original, TaskAlignedAssigner)
     for loss in losses:
         _swap(loss)
 

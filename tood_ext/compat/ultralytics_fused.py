@@ -4,8 +4,8 @@
 (B, A, C) one-hot ``target_scores`` (label x t_hat) only to feed three reductions: BCE-with-logits
 of the scores against it summed over (B, A, C), its sum (the normaliser), and per positive its
 row sum (the box / DFL weight). Each needs only the one non-zero per anchor that the assignment
-already has: ``target_labels`` and ``norm`` (t_hat, 0 off the positives). :func:`fused_assigned_
-targets_and_loss` replaces the method by the same steps on those:
+already has: ``target_labels`` and ``norm`` (t_hat, 0 off the positives). The method that
+:func:`fused_method` makes runs the same steps on those:
 
 * the assignment: the adapter's :meth:`TaskAlignedAssigner.forward_sparse` (no target_scores);
 * cls: :func:`tood_ext.sparse_target_cls_loss` (``kind="bce"``, ultralytics' ``class_weights``
@@ -26,26 +26,29 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fused_assigned_targets_and_loss"]
+__all__ = ["fused_method"]
 
 
-def _original():
-    from .ultralytics import _ORIGINAL_METHODS
+def fused_method(original, adapter: type):
+    """``v8DetectionLoss.get_assigned_targets_and_loss`` on the sparse targets (module docstring)
+    for a loss whose assigner is exactly ``adapter`` (tood-ext's ``TaskAlignedAssigner``), else
+    ``original`` (ultralytics' method); same return value, ``((fg_mask, target_gt_idx,
+    target_bboxes, anchor_points, stride_tensor), loss (box, cls, dfl) x gains, detached loss
+    dict)``."""
 
-    return _ORIGINAL_METHODS["v8DetectionLoss.get_assigned_targets_and_loss"]
+    def get_assigned_targets_and_loss(self, preds: dict, batch: dict, **assign_kwargs) -> tuple:
+        if assign_kwargs or type(self.assigner) is not adapter:
+            return original(self, preds, batch, **assign_kwargs)
+        return _sparse_targets_and_loss(self, preds, batch)
+
+    get_assigned_targets_and_loss.__doc__ = fused_method.__doc__
+    return get_assigned_targets_and_loss
 
 
-def fused_assigned_targets_and_loss(self, preds: dict, batch: dict, **assign_kwargs) -> tuple:
-    """``v8DetectionLoss.get_assigned_targets_and_loss`` on the sparse targets (module docstring):
-    the same return value, ``((fg_mask, target_gt_idx, target_bboxes, anchor_points,
-    stride_tensor), loss (box, cls, dfl) x gains, detached loss dict)``."""
+def _sparse_targets_and_loss(self, preds: dict, batch: dict) -> tuple:
     from ultralytics.utils.tal import make_anchors
 
     from ..ops.losses import sparse_target_cls_loss
-    from .ultralytics import TaskAlignedAssigner
-
-    if assign_kwargs or type(self.assigner) is not TaskAlignedAssigner:
-        return _original()(self, preds, batch, **assign_kwargs)
 
     loss = torch.zeros(3, device=self.device)  # box, cls, dfl
     pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()
