@@ -98,12 +98,14 @@ struct RowBox {
   acc_t box[4];
   acc_t angle;
   acc_t eps;
-  RowBox(const scalar_t* p, double eps_) : eps(acc_t(eps_)) {
+  TOOD_HOST_DEVICE_INLINE RowBox(const scalar_t* p, double eps_) : eps(acc_t(eps_)) {
     load_box(p, box);
     angle = angle_of<kMode>(box);
   }
+  // always inlined: the loops over j below vectorise only with the pair math in them
   template <bool kGrad>
-  acc_t pair(const Columns<scalar_t, kMode>& c, int64_t j, acc_t* ga, acc_t* gb) const {
+  TOOD_HOST_DEVICE_INLINE acc_t pair(const Columns<scalar_t, kMode>& c, int64_t j, acc_t* ga,
+                                     acc_t* gb) const {
     const acc_t bb[4] = {c.x1[j], c.y1[j], c.x2[j], c.y2[j]};
     return pair_iou_angles<acc_t, kMode, kGrad>(box, bb, angle, static_cast<acc_t>(c.th[j]), eps,
                                                 ga, gb);

@@ -89,20 +89,22 @@ template <typename scalar_t, IoUMode kMode>
 void topk_then_inside_row(const Passes<scalar_t, kMode>& p, int64_t bg,
                           CandidateScratch<scalar_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
+  const cpu::MetricInputs<scalar_t> in = p.in;  // a local copy: provably unchanged by stores
   const int64_t A = p.A, K = p.K;
+  const bool all_anchors = p.all_anchors;
   scalar_t* u_row = s.u_row.data();
   bool* in_row = s.in_row.get();
-  cpu::overlap_row<scalar_t, kMode>(p.in, bg, u_row, in_row);
+  cpu::overlap_row<scalar_t, kMode>(in, bg, u_row, in_row);
   if (p.min_size > acc_t(0)) {  // the centre test against the widened box
     acc_t gt[4], ib[4];
-    box_ops::load_box(p.in.gt_boxes + 4 * bg, gt);
+    box_ops::load_box(in.gt_boxes + 4 * bg, gt);
     inside_box(gt, p.min_size, ib);
-    cpu::inside_row(p.in, ib, in_row);
+    cpu::inside_row(in, ib, in_row);
   }
   int count = 0;
   for (int64_t a = 0; a < A; ++a) {
-    if (!(p.all_anchors || u_row[a] > 0)) continue;
-    const scalar_t t = static_cast<scalar_t>(cpu::metric_of(p.in, bg, a, u_row[a]));
+    if (!(all_anchors || u_row[a] > 0)) continue;
+    const scalar_t t = static_cast<scalar_t>(cpu::metric_of(in, bg, a, u_row[a]));
     topk_insert(s.vals.data(), s.idxs.data(), static_cast<int>(K), &count, t,
                 static_cast<int32_t>(a));
   }
@@ -123,7 +125,7 @@ template <typename scalar_t, IoUMode kMode>
 void inside_then_topk_row(const Passes<scalar_t, kMode>& p, int64_t bg,
                           CandidateScratch<scalar_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto& in = p.in;
+  const cpu::MetricInputs<scalar_t> in = p.in;  // a local copy: provably unchanged by stores
   const int64_t A = p.A, K = p.K;
   scalar_t* u_row = s.u_row.data();
   bool* in_row = s.in_row.get();
@@ -225,7 +227,7 @@ void claims_image(const Passes<scalar_t, kMode>& p, int64_t b, ImageScratch<scal
 template <typename scalar_t, IoUMode kMode>
 void resolve_image(const Passes<scalar_t, kMode>& p, int64_t b, ImageScratch<scalar_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto& in = p.in;
+  const cpu::MetricInputs<scalar_t> in = p.in;  // a local copy: provably unchanged by stores
   const int64_t A = p.A, G = p.G, K = p.K, R = p.R;
   for (int64_t a = 0; a < A; ++a) {
     s.fin_gt[a] = -1;

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
