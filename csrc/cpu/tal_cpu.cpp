@@ -73,27 +73,31 @@ struct Passes {
 
 // ---- 1. candidates -------------------------------------------------------------------
 
+// Per-thread rows of phase 1: u and the centre test of every anchor, the top-k list.
 template <typename scalar_t>
 struct CandidateScratch {
-  std::vector<scalar_t> u_row;
-  std::unique_ptr<bool[]> in_row;
+  std::vector<scalar_t> u_store;
+  std::unique_ptr<bool[]> in_store;
   std::vector<scalar_t> vals;
   std::vector<int32_t> idxs;
-  CandidateScratch(int64_t A, int64_t K) : u_row(A), in_row(new bool[A]), vals(K), idxs(K) {}
+  scalar_t* u_row;
+  bool* in_row;
+  CandidateScratch(int64_t A, int64_t K)
+      : u_store(A), in_store(new bool[A]), vals(K), idxs(K), u_row(u_store.data()),
+        in_row(in_store.get()) {}
 };
 
 // "topk_then_inside": the top-k of t over the anchors that can rank (with
 // beta > 0 an anchor whose box misses the GT has t = 0 or NaN, never a
 // positive, so only anchors with u > 0 are ranked); positive: t > 0 and inside.
 template <typename scalar_t, IoUMode kMode>
-void topk_then_inside_row(const Passes<scalar_t, kMode>& p, int64_t bg,
-                          CandidateScratch<scalar_t>& s) {
+void topk_then_inside_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInputs<scalar_t> in,
+                          int64_t bg, CandidateScratch<scalar_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
-  const cpu::MetricInputs<scalar_t> in = p.in;  // a local copy: provably unchanged by stores
   const int64_t A = p.A, K = p.K;
   const bool all_anchors = p.all_anchors;
-  scalar_t* u_row = s.u_row.data();
-  bool* in_row = s.in_row.get();
+  scalar_t* u_row = s.u_row;
+  bool* in_row = s.in_row;
   cpu::overlap_row<scalar_t, kMode>(in, bg, u_row, in_row);
   if (p.min_size > acc_t(0)) {  // the centre test against the widened box
     acc_t gt[4], ib[4];
@@ -122,13 +126,10 @@ void topk_then_inside_row(const Passes<scalar_t, kMode>& p, int64_t bg,
 // anchors, in runs along the grid rows); the top-k of the inside anchors of
 // t > 0, then the ranks of masked t = 0 in anchor order.
 template <typename scalar_t, IoUMode kMode>
-void inside_then_topk_row(const Passes<scalar_t, kMode>& p, int64_t bg,
-                          CandidateScratch<scalar_t>& s) {
+void inside_then_topk_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInputs<scalar_t> in,
+                          int64_t bg, CandidateScratch<scalar_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
-  const cpu::MetricInputs<scalar_t> in = p.in;  // a local copy: provably unchanged by stores
   const int64_t A = p.A, K = p.K;
-  scalar_t* u_row = s.u_row.data();
-  bool* in_row = s.in_row.get();
   acc_t gt[4], ib[4];
   box_ops::load_box(in.gt_boxes + 4 * bg, gt);
   if (p.min_size > acc_t(0)) {  // the centre test against the widened box
@@ -136,16 +137,16 @@ void inside_then_topk_row(const Passes<scalar_t, kMode>& p, int64_t bg,
   } else {
     std::copy(gt, gt + 4, ib);
   }
-  cpu::inside_row(in, ib, in_row);
+  cpu::inside_row(in, ib, s.in_row);
   const int64_t b = bg / p.G;
   const scalar_t* img_cols = in.box_cols + b * p.R * A;
   const scalar_t* class_scores = in.scores + b * A * in.num_classes + in.labels[bg];
   const acc_t theta_gt = cpu::angle_of<kMode>(gt);
   int count = 0;
-  cpu::for_each_true_span(in_row, A, [&](int64_t begin, int64_t end) {
-    cpu::overlap_span<scalar_t, kMode>(in, img_cols, gt, theta_gt, begin, end, u_row);
+  cpu::for_each_true_span(s.in_row, A, [&](int64_t begin, int64_t end) {
+    cpu::overlap_span<scalar_t, kMode>(in, img_cols, gt, theta_gt, begin, end, s.u_row);
     for (int64_t a = begin; a < end; ++a) {
-      const scalar_t t = static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, u_row[a]));
+      const scalar_t t = static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, s.u_row[a]));
       if (t > scalar_t(0)) {  // t = 0 anchors take their ranks below
         topk_insert(s.vals.data(), s.idxs.data(), static_cast<int>(K), &count, t,
                     static_cast<int32_t>(a));
@@ -155,7 +156,7 @@ void inside_then_topk_row(const Passes<scalar_t, kMode>& p, int64_t bg,
   for (int i = 0; i < count; ++i) {
     p.cand_idx[bg * K + i] = s.idxs[i];
     p.cand_t[bg * K + i] = s.vals[i];
-    p.cand_u[bg * K + i] = u_row[s.idxs[i]];
+    p.cand_u[bg * K + i] = s.u_row[s.idxs[i]];
     p.cand_pos[bg * K + i] = true;
   }
   // fewer than K inside anchors of t > 0: the masked t = 0 ranks
@@ -163,9 +164,9 @@ void inside_then_topk_row(const Passes<scalar_t, kMode>& p, int64_t bg,
       A, count, static_cast<int>(K),
       [&](int32_t a) { return in_list(s.idxs.data(), count, a); },
       [&](int32_t a, bool* inside, scalar_t* t, scalar_t* u) {
-        *inside = in_row[a];
-        *u = *inside ? u_row[a] : scalar_t(0);
-        *t = *inside ? static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, u_row[a]))
+        *inside = s.in_row[a];
+        *u = *inside ? s.u_row[a] : scalar_t(0);
+        *t = *inside ? static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, s.u_row[a]))
                      : scalar_t(0);
       },
       [&](int i, int32_t a, scalar_t u, bool inside) {
@@ -182,10 +183,11 @@ void candidates_pass(const Passes<scalar_t, kMode>& p) {
     CandidateScratch<scalar_t> scratch(p.A, p.K);
     for (int64_t bg = begin; bg < end; ++bg) {
       if (!p.in.gt_mask[bg]) continue;  // padding GT: its slots stay -1 / false
+      // in: a local copy of the metric inputs (by value), provably unchanged by stores
       if (p.inside_first) {
-        inside_then_topk_row(p, bg, scratch);
+        inside_then_topk_row(p, p.in, bg, scratch);
       } else {
-        topk_then_inside_row(p, bg, scratch);
+        topk_then_inside_row(p, p.in, bg, scratch);
       }
     }
   });
