@@ -582,10 +582,10 @@ def test_widened_inside_test_is_ultralytics_bit_for_bit(gen, device):
 def test_bad_conflict_string_from_the_dispatcher(gen):
     op = _dispatcher_op()
     args = _schema_args(metric_inputs(gen, 1, 20, 3, 2), dict(conflict="everyone"))
-    with pytest.raises(RuntimeError, match="conflict must be 'candidates' or 'all_gts'"):
+    with pytest.raises(ValueError, match="conflict must be 'candidates' or 'all_gts'"):
         op(*args)
     args = _schema_args(metric_inputs(gen, 1, 20, 3, 2), dict(min_inside_size=-2.0))
-    with pytest.raises(RuntimeError, match="min_inside_size must be finite"):
+    with pytest.raises(ValueError, match="min_inside_size must be finite"):
         op(*args)
 
 

@@ -1,14 +1,19 @@
-// Host-side declarations and argument checks of the box-metric op family,
-// shared by the CPU and CUDA implementations (csrc/cpu/box_ops_cpu.cpp,
-// csrc/cuda/box_ops_cuda.cu). Schemas live in csrc/ops.cpp.
+// Host contracts of the box-metric op family (box_iou, _box_iou_backward,
+// iou_loss, _iou_loss_backward, alignment_metric): every argument check, the
+// contiguous inputs, the outputs and the registered host function of each op,
+// written once for the CPU and CUDA implementations (csrc/cpu/box_ops_cpu.cpp,
+// csrc/cuda/box_ops_cuda.cu), which keep only their loops / launches.
+// Schemas live in csrc/schemas.h.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
+#include <torch/library.h>
 
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../host_utils.h"
@@ -22,8 +27,8 @@ inline IoUMode parse_iou_mode(c10::string_view mode, const char* arg = "mode") {
   if (mode == "giou") return IoUMode::kGIoU;
   if (mode == "diou") return IoUMode::kDIoU;
   if (mode == "ciou") return IoUMode::kCIoU;
-  TORCH_CHECK(false, arg, " must be one of 'iou', 'giou', 'diou', 'ciou', got '",
-              std::string(mode), "'");
+  TORCH_CHECK_VALUE(false, arg, " must be one of 'iou', 'giou', 'diou', 'ciou', got '",
+                    std::string(mode), "'");
 }
 
 inline void check_boxes(const at::Tensor& t, const char* name) {
@@ -45,21 +50,46 @@ inline std::pair<at::Tensor, int64_t> grad_with_stride(const at::Tensor& grad) {
   return {grad.contiguous(), 1};
 }
 
-// --- argument checking shared by both backends ---------------------------
+// --- host contracts: every check of an op, once for both backends ----------
+//
+// prepare_<op>(...) makes every argument check of <op> (mode strings and
+// scalar values: ValueError; tensor shapes, dtypes, devices, the backward's
+// gradient included: RuntimeError naming the argument; label values:
+// IndexError) before anything is allocated or written, then returns the op's
+// contract: the contiguous inputs, the parsed modes and scalars, the sizes and
+// the allocated outputs. <op>_op<Kernel> is the registered host function of
+// both backends: the contract, the empty-input early return, then Kernel (the
+// backend's loops or launches, csrc/cpu/box_ops_cpu.cpp and
+// csrc/cuda/box_ops_cuda.cu), which fills the outputs.
 
-struct PairwiseShape {
+// Two box tensors (..., 4) of one floating dtype and device; a is the
+// reference whose dtype and device b must share.
+inline void check_box_pair(const at::Tensor& a, const char* a_name, const at::Tensor& b,
+                           const char* b_name) {
+  check_boxes(a, a_name);
+  check_boxes(b, b_name);
+  check_float_dtype(a, a_name);
+  check_same_dtype(b, a, b_name, a_name);
+  check_same_device(b, a, b_name, a_name);
+}
+
+// box_iou's inputs. aligned: batch 1, n = the number of pairs, m 1.
+struct BoxIouArgs {
+  at::Tensor boxes1, boxes2;  // contiguous
+  IoUMode mode;
+  bool aligned;
+  double eps;
   int64_t batch, n, m;
-  std::vector<int64_t> out_sizes;
+  std::vector<int64_t> out_sizes;  // (..., N, M), aligned (..., N)
 };
 
-inline PairwiseShape check_box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxes2,
-                                        bool aligned) {
-  check_boxes(boxes1, "boxes1");
-  check_boxes(boxes2, "boxes2");
-  check_float_dtype(boxes1, "boxes1");
-  check_same_dtype(boxes2, boxes1, "boxes2", "boxes1");
-  check_same_device(boxes2, boxes1, "boxes2", "boxes1");
-  PairwiseShape s;
+inline BoxIouArgs box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxes2,
+                               c10::string_view mode, bool aligned, double eps) {
+  BoxIouArgs s;
+  s.mode = parse_iou_mode(mode);
+  s.aligned = aligned;
+  s.eps = eps;
+  check_box_pair(boxes1, "boxes1", boxes2, "boxes2");
   if (aligned) {
     TORCH_CHECK(boxes1.sizes() == boxes2.sizes(), "aligned box_iou needs boxes1 and boxes2 of "
                 "the same shape (..., N, 4), got ", boxes1.sizes(), " and ", boxes2.sizes());
@@ -67,40 +97,207 @@ inline PairwiseShape check_box_iou_args(const at::Tensor& boxes1, const at::Tens
     s.batch = 1;
     s.n = boxes1.numel() / 4;
     s.m = 1;
-    return s;
+  } else {
+    TORCH_CHECK(boxes1.dim() >= 2 && boxes2.dim() >= 2,
+                "pairwise box_iou needs boxes1 (..., N, 4) and boxes2 (..., M, 4), got shapes ",
+                boxes1.sizes(), " and ", boxes2.sizes());
+    auto lead1 = leading_dims(boxes1, 2), lead2 = leading_dims(boxes2, 2);
+    TORCH_CHECK(lead1 == lead2, "pairwise box_iou needs the same leading (batch) dims in "
+                "boxes1 ", boxes1.sizes(), " and boxes2 ", boxes2.sizes());
+    s.batch = 1;
+    for (int64_t d : lead1) s.batch *= d;
+    s.n = boxes1.size(-2);
+    s.m = boxes2.size(-2);
+    s.out_sizes = lead1;
+    s.out_sizes.push_back(s.n);
+    s.out_sizes.push_back(s.m);
   }
-  TORCH_CHECK(boxes1.dim() >= 2 && boxes2.dim() >= 2,
-              "pairwise box_iou needs boxes1 (..., N, 4) and boxes2 (..., M, 4), got shapes ",
-              boxes1.sizes(), " and ", boxes2.sizes());
-  auto lead1 = leading_dims(boxes1, 2), lead2 = leading_dims(boxes2, 2);
-  TORCH_CHECK(lead1 == lead2, "pairwise box_iou needs the same leading (batch) dims in boxes1 ",
-              boxes1.sizes(), " and boxes2 ", boxes2.sizes());
-  s.batch = 1;
-  for (int64_t d : lead1) s.batch *= d;
-  s.n = boxes1.size(-2);
-  s.m = boxes2.size(-2);
-  s.out_sizes = lead1;
-  s.out_sizes.push_back(s.n);
-  s.out_sizes.push_back(s.m);
+  s.boxes1 = boxes1.contiguous();
+  s.boxes2 = boxes2.contiguous();
   return s;
 }
 
-inline void check_iou_loss_args(const at::Tensor& pred, const at::Tensor& target,
-                                const c10::optional<at::Tensor>& weight) {
-  check_boxes(pred, "pred");
-  check_boxes(target, "target");
-  check_float_dtype(pred, "pred");
-  check_same_dtype(target, pred, "target", "pred");
-  check_same_device(target, pred, "target", "pred");
+// The upstream gradient of a backward op: shape, dtype and device checked
+// against the forward's output (ref: the input whose dtype and device it
+// must share); read with stride grad_stride (0: a broadcast scalar).
+struct GradInput {
+  at::Tensor grad;
+  int64_t grad_stride;
+};
+
+inline GradInput grad_input(const at::Tensor& grad, at::IntArrayRef out_sizes,
+                            const char* out_name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(grad.sizes() == out_sizes, "grad must have the shape of ", out_name, " ",
+              out_sizes, ", got ", grad.sizes());
+  check_same_dtype(grad, ref, "grad", ref_name);
+  check_same_device(grad, ref, "grad", ref_name);
+  GradInput g;
+  std::tie(g.grad, g.grad_stride) = grad_with_stride(grad);
+  return g;
+}
+
+// A forward op's contract: its checked inputs and its output (out_sizes,
+// uninitialised; every element is written by the kernel).
+template <typename Args>
+struct ForwardContract : Args {
+  at::Tensor out;
+};
+
+template <typename Args>
+ForwardContract<Args> with_output(Args args, const at::TensorOptions& options) {
+  ForwardContract<Args> c{std::move(args)};
+  c.out = at::empty(c.out_sizes, options);
+  return c;
+}
+
+using BoxIouContract = ForwardContract<BoxIouArgs>;
+
+struct BoxIouBackwardContract : BoxIouArgs, GradInput {
+  at::Tensor grad_boxes1, grad_boxes2;  // zero-filled, contiguous
+};
+
+inline BoxIouContract prepare_box_iou(const at::Tensor& boxes1, const at::Tensor& boxes2,
+                                      c10::string_view mode, bool aligned, double eps) {
+  return with_output(box_iou_args(boxes1, boxes2, mode, aligned, eps), boxes1.options());
+}
+
+inline BoxIouBackwardContract prepare_box_iou_backward(const at::Tensor& grad,
+                                                       const at::Tensor& boxes1,
+                                                       const at::Tensor& boxes2,
+                                                       c10::string_view mode, bool aligned,
+                                                       double eps) {
+  BoxIouArgs args = box_iou_args(boxes1, boxes2, mode, aligned, eps);
+  GradInput g = grad_input(grad, args.out_sizes, "box_iou's output", boxes1, "boxes1");
+  BoxIouBackwardContract c{std::move(args), std::move(g)};
+  c.grad_boxes1 = at::zeros_like(c.boxes1);
+  c.grad_boxes2 = at::zeros_like(c.boxes2);
+  return c;
+}
+
+// iou_loss's inputs: n = the number of box pairs.
+struct IouLossArgs {
+  at::Tensor pred, target;  // contiguous
+  at::Tensor weight;        // contiguous; undefined without a weight
+  IoUMode mode;
+  double eps;
+  std::vector<int64_t> out_sizes;  // the unreduced loss: pred's shape without its last dim
+  int64_t n;
+};
+
+inline IouLossArgs iou_loss_args(const at::Tensor& pred, const at::Tensor& target,
+                                 const c10::optional<at::Tensor>& weight, c10::string_view mode,
+                                 double eps) {
+  IouLossArgs s;
+  s.mode = parse_iou_mode(mode);
+  s.eps = eps;
+  check_box_pair(pred, "pred", target, "target");
   TORCH_CHECK(pred.sizes() == target.sizes(), "pred and target must have the same shape "
               "(..., 4), got ", pred.sizes(), " and ", target.sizes());
-  if (weight.has_value() && weight->defined()) {
+  s.out_sizes = leading_dims(pred, 1);
+  const bool has_w = weight.has_value() && weight->defined();
+  if (has_w) {
     check_same_dtype(*weight, pred, "weight", "pred");
     check_same_device(*weight, pred, "weight", "pred");
-    TORCH_CHECK(weight->sizes() == pred.sizes().slice(0, pred.dim() - 1),
+    TORCH_CHECK(weight->sizes() == at::IntArrayRef(s.out_sizes),
                 "weight must have the shape of pred without its last dim, ",
-                pred.sizes().slice(0, pred.dim() - 1), ", got ", weight->sizes());
+                at::IntArrayRef(s.out_sizes), ", got ", weight->sizes());
   }
+  s.pred = pred.contiguous();
+  s.target = target.contiguous();
+  if (has_w) s.weight = weight->contiguous();
+  s.n = pred.numel() / 4;
+  return s;
+}
+
+using IouLossContract = ForwardContract<IouLossArgs>;
+
+struct IouLossBackwardContract : IouLossArgs, GradInput {
+  at::Tensor grad_pred, grad_target, grad_weight;  // uninitialised; every element written
+};
+
+inline IouLossContract prepare_iou_loss(const at::Tensor& pred, const at::Tensor& target,
+                                        const c10::optional<at::Tensor>& weight,
+                                        c10::string_view mode, double eps) {
+  return with_output(iou_loss_args(pred, target, weight, mode, eps), pred.options());
+}
+
+inline IouLossBackwardContract prepare_iou_loss_backward(const at::Tensor& grad,
+                                                         const at::Tensor& pred,
+                                                         const at::Tensor& target,
+                                                         const c10::optional<at::Tensor>& weight,
+                                                         c10::string_view mode, double eps) {
+  IouLossArgs args = iou_loss_args(pred, target, weight, mode, eps);
+  GradInput g = grad_input(grad, args.out_sizes, "the unreduced loss", pred, "pred");
+  IouLossBackwardContract c{std::move(args), std::move(g)};
+  c.grad_pred = at::empty_like(c.pred);
+  c.grad_target = at::empty_like(c.target);
+  c.grad_weight = at::empty(c.out_sizes, c.pred.options());
+  return c;
+}
+
+// The raw pointers of the element-wise pair values (aligned box_iou and
+// iou_loss) that both backends' loops / kernels take:
+//   out[i] = v(a_i, b_i)                 (w == nullptr, is_loss == false)
+//   out[i] = w_i * (1 - v(a_i, b_i))     (is_loss; w_i = 1 without weight)
+template <typename scalar_t>
+struct PairValues {
+  const scalar_t *a, *b, *w;
+  bool is_loss;
+  scalar_t* out;
+  int64_t n;
+  double eps;
+};
+
+// Their backward: grad read with stride gstride (0 or 1); grad_w may be null.
+// pair_values<scalar_t>(contract) gives the view of each element-wise op.
+template <typename scalar_t>
+struct PairValueGrads {
+  const scalar_t* grad;
+  int64_t gstride;
+  const scalar_t *a, *b, *w;
+  bool is_loss;
+  scalar_t *grad_a, *grad_b, *grad_w;
+  int64_t n;
+  double eps;
+};
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+// aligned box_iou
+template <typename scalar_t>
+PairValues<scalar_t> pair_values(const BoxIouContract& c) {
+  return {c.boxes1.const_data_ptr<scalar_t>(), c.boxes2.const_data_ptr<scalar_t>(), nullptr,
+          false, c.out.mutable_data_ptr<scalar_t>(), c.n, c.eps};
+}
+
+template <typename scalar_t>
+PairValues<scalar_t> pair_values(const IouLossContract& c) {
+  return {c.pred.const_data_ptr<scalar_t>(), c.target.const_data_ptr<scalar_t>(),
+          ptr_or_null<scalar_t>(c.weight), true, c.out.mutable_data_ptr<scalar_t>(), c.n, c.eps};
+}
+
+// aligned box_iou's backward
+template <typename scalar_t>
+PairValueGrads<scalar_t> pair_values(const BoxIouBackwardContract& c) {
+  return {c.grad.const_data_ptr<scalar_t>(),  c.grad_stride,
+          c.boxes1.const_data_ptr<scalar_t>(), c.boxes2.const_data_ptr<scalar_t>(),
+          nullptr,                             false,
+          c.grad_boxes1.mutable_data_ptr<scalar_t>(), c.grad_boxes2.mutable_data_ptr<scalar_t>(),
+          nullptr,                             c.n,
+          c.eps};
+}
+
+template <typename scalar_t>
+PairValueGrads<scalar_t> pair_values(const IouLossBackwardContract& c) {
+  return {c.grad.const_data_ptr<scalar_t>(), c.grad_stride,
+          c.pred.const_data_ptr<scalar_t>(), c.target.const_data_ptr<scalar_t>(),
+          ptr_or_null<scalar_t>(c.weight),   true,
+          c.grad_pred.mutable_data_ptr<scalar_t>(), c.grad_target.mutable_data_ptr<scalar_t>(),
+          c.grad_weight.mutable_data_ptr<scalar_t>(), c.n,
+          c.eps};
 }
 
 struct MetricShape {
@@ -163,6 +360,128 @@ inline void check_label_values(const at::Tensor& gt_labels, const at::Tensor& gt
   const int64_t value = gt_labels.masked_select(bad).flatten()[0].item<int64_t>();
   TORCH_CHECK_INDEX(false, "gt_labels holds class ", value, " for a valid GT (gt_mask True), "
                     "outside [0, ", num_classes, ") = the classes of pred_scores");
+}
+
+// The inputs of alignment_metric (and of task_aligned_assign, which ranks the
+// same quantities): checked, contiguous; iou_mode parsed.
+struct MetricArgs {
+  at::Tensor pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask;
+  MetricShape shape;
+  IoUMode mode;
+  double alpha, beta, inside_eps, eps;
+};
+
+// Shapes, dtypes, devices; the label values only when check_labels (TAL
+// checks its own sizes first).
+inline MetricArgs metric_args(const at::Tensor& pred_scores, const at::Tensor& pred_boxes,
+                              const at::Tensor& anchor_points, const at::Tensor& gt_labels,
+                              const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
+                              double alpha, double beta, c10::string_view iou_mode,
+                              double inside_eps, double eps, bool check_labels = true) {
+  MetricArgs s;
+  s.mode = parse_iou_mode(iou_mode, "iou_mode");
+  s.shape = check_alignment_metric_args(pred_scores, pred_boxes, anchor_points, gt_labels,
+                                        gt_boxes, gt_mask);
+  if (check_labels) check_label_values(gt_labels, gt_mask, s.shape.num_classes);
+  s.alpha = alpha;
+  s.beta = beta;
+  s.inside_eps = inside_eps;
+  s.eps = eps;
+  s.pred_scores = pred_scores.contiguous();
+  s.pred_boxes = pred_boxes.contiguous();
+  s.anchor_points = anchor_points.contiguous();
+  s.gt_labels = gt_labels.contiguous();
+  s.gt_boxes = gt_boxes.contiguous();
+  s.gt_mask = gt_mask.contiguous();
+  return s;
+}
+
+struct AlignmentMetricContract : MetricArgs {
+  at::Tensor metric, overlaps, inside;  // (B, G, A), uninitialised
+};
+
+inline AlignmentMetricContract prepare_alignment_metric(
+    const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& anchor_points,
+    const at::Tensor& gt_labels, const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
+    double alpha, double beta, c10::string_view iou_mode, double inside_eps, double eps) {
+  AlignmentMetricContract c{metric_args(pred_scores, pred_boxes, anchor_points, gt_labels,
+                                        gt_boxes, gt_mask, alpha, beta, iou_mode, inside_eps,
+                                        eps)};
+  const auto opts = c.pred_scores.options();
+  const std::vector<int64_t> sizes{c.shape.batch, c.shape.num_gts, c.shape.num_anchors};
+  c.metric = at::empty(sizes, opts);
+  c.overlaps = at::empty(sizes, opts);
+  c.inside = at::empty(sizes, opts.dtype(at::kBool));
+  return c;
+}
+
+// ---- the registered host functions, one per op for both backends ------------
+// Kernel: the backend's loops / launches, called only for non-empty outputs.
+
+template <void (*Kernel)(const BoxIouContract&)>
+at::Tensor box_iou_op(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode,
+                      bool aligned, double eps) {
+  const BoxIouContract c = prepare_box_iou(boxes1, boxes2, mode, aligned, eps);
+  if (c.out.numel() > 0) Kernel(c);
+  return c.out;
+}
+
+template <void (*Kernel)(const BoxIouBackwardContract&)>
+std::tuple<at::Tensor, at::Tensor> box_iou_backward_op(const at::Tensor& grad,
+                                                       const at::Tensor& boxes1,
+                                                       const at::Tensor& boxes2,
+                                                       c10::string_view mode, bool aligned,
+                                                       double eps) {
+  const BoxIouBackwardContract c =
+      prepare_box_iou_backward(grad, boxes1, boxes2, mode, aligned, eps);
+  if (c.grad.numel() > 0) Kernel(c);
+  return {c.grad_boxes1, c.grad_boxes2};
+}
+
+template <void (*Kernel)(const IouLossContract&)>
+at::Tensor iou_loss_op(const at::Tensor& pred, const at::Tensor& target,
+                       const c10::optional<at::Tensor>& weight, c10::string_view mode,
+                       double eps) {
+  const IouLossContract c = prepare_iou_loss(pred, target, weight, mode, eps);
+  if (c.out.numel() > 0) Kernel(c);
+  return c.out;
+}
+
+template <void (*Kernel)(const IouLossBackwardContract&)>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_loss_backward_op(
+    const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
+    const c10::optional<at::Tensor>& weight, c10::string_view mode, double eps) {
+  const IouLossBackwardContract c =
+      prepare_iou_loss_backward(grad, pred, target, weight, mode, eps);
+  if (c.grad.numel() > 0) Kernel(c);
+  return {c.grad_pred, c.grad_target, c.grad_weight};
+}
+
+template <void (*Kernel)(const AlignmentMetricContract&)>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_op(
+    const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& anchor_points,
+    const at::Tensor& gt_labels, const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
+    double alpha, double beta, c10::string_view iou_mode, double inside_eps, double eps) {
+  const AlignmentMetricContract c =
+      prepare_alignment_metric(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
+                               gt_mask, alpha, beta, iou_mode, inside_eps, eps);
+  if (c.metric.numel() > 0) Kernel(c);
+  return {c.metric, c.overlaps, c.inside};
+}
+
+// Registers the family's ops with one backend's kernels (the TORCH_LIBRARY_IMPL
+// block of csrc/cpu/box_ops_cpu.cpp and of csrc/cuda/box_ops_cuda.cu).
+template <void (*BoxIou)(const BoxIouContract&),
+          void (*BoxIouBackward)(const BoxIouBackwardContract&),
+          void (*IouLoss)(const IouLossContract&),
+          void (*IouLossBackward)(const IouLossBackwardContract&),
+          void (*AlignmentMetric)(const AlignmentMetricContract&)>
+void register_box_ops(torch::Library& m) {
+  m.impl("box_iou", &box_iou_op<BoxIou>);
+  m.impl("_box_iou_backward", &box_iou_backward_op<BoxIouBackward>);
+  m.impl("iou_loss", &iou_loss_op<IouLoss>);
+  m.impl("_iou_loss_backward", &iou_loss_backward_op<IouLossBackward>);
+  m.impl("alignment_metric", &alignment_metric_op<AlignmentMetric>);
 }
 
 }  // namespace box_ops

@@ -1,7 +1,8 @@
 // CPU kernels of the box-metric ops: loops under at::parallel_for around the
 // per-element math of csrc/box_ops/box_iou_utils.h (the same functions the
 // CUDA kernels call). Every loop writes disjoint outputs: race-free and
-// deterministic for any thread count.
+// deterministic for any thread count. Argument checks, contiguous inputs and
+// outputs come from the ops' contracts (csrc/box_ops/box_ops.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -22,14 +23,24 @@ using cpu::angle_of;
 using cpu::box_columns;
 using cpu::grain_for;
 
-// ---- element-wise pair values: aligned box_iou and iou_loss ----------------
-// out[i] = v(a_i, b_i)                      (weight == nullptr, is_loss == false)
-// out[i] = w_i * (1 - v(a_i, b_i))           (is_loss; w_i = 1 without weight)
+// ---- element-wise pair values: aligned box_iou and iou_loss (PairValues) ----
+
+// The dtype and IoU-mode dispatch of a CPU kernel: fn(scalar_t{}, mode constant).
+template <typename Fn>
+void dispatch_cpu(const at::Tensor& t, IoUMode mode, Fn&& fn) {
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "box_ops_cpu", [&] {
+    dispatch_iou_mode(mode, [&](auto mode_c) { fn(scalar_t{}, mode_c); });
+  });
+}
+
 template <typename scalar_t, IoUMode kMode>
-void pair_values_cpu(const scalar_t* a, const scalar_t* b, const scalar_t* w, bool is_loss,
-                     scalar_t* out, int64_t n, double eps) {
+void pair_values_cpu(const PairValues<scalar_t>& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, n, grain_for(1), [&](int64_t begin, int64_t end) {
+  const scalar_t *a = p.a, *b = p.b, *w = p.w;
+  scalar_t* out = p.out;
+  const bool is_loss = p.is_loss;
+  const double eps = p.eps;
+  at::parallel_for(0, p.n, grain_for(1), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       acc_t ba[4], bb[4];
       load_box(a + 4 * i, ba);
@@ -41,14 +52,15 @@ void pair_values_cpu(const scalar_t* a, const scalar_t* b, const scalar_t* w, bo
   });
 }
 
-// Backward of pair_values_cpu; grad is read with stride gstride (0 or 1).
 template <typename scalar_t, IoUMode kMode>
-void pair_values_backward_cpu(const scalar_t* grad, int64_t gstride, const scalar_t* a,
-                              const scalar_t* b, const scalar_t* w, bool is_loss,
-                              scalar_t* grad_a, scalar_t* grad_b, scalar_t* grad_w, int64_t n,
-                              double eps) {
+void pair_values_cpu(const PairValueGrads<scalar_t>& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, n, grain_for(1), [&](int64_t begin, int64_t end) {
+  const scalar_t *grad = p.grad, *a = p.a, *b = p.b, *w = p.w;
+  scalar_t *grad_a = p.grad_a, *grad_b = p.grad_b, *grad_w = p.grad_w;
+  const int64_t gstride = p.gstride;
+  const bool is_loss = p.is_loss;
+  const double eps = p.eps;
+  at::parallel_for(0, p.n, grain_for(1), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       acc_t ba[4], bb[4], ga[4], gb[4];
       load_box(a + 4 * i, ba);
@@ -66,220 +78,149 @@ void pair_values_backward_cpu(const scalar_t* grad, int64_t gstride, const scala
   });
 }
 
-// ---- box_iou -------------------------------------------------------------------
+// ---- pairwise box_iou: a row box of boxes1 against columns of boxes2 -------------
 
-at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode,
-                       bool aligned, double eps) {
-  const auto shape = check_box_iou_args(boxes1, boxes2, aligned);
-  const IoUMode m = parse_iou_mode(mode);
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  at::Tensor out = at::empty(shape.out_sizes, b1.options());
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(b1.scalar_type(), "box_iou_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    dispatch_iou_mode(m, [&](auto mode_c) {
-      constexpr IoUMode kMode = decltype(mode_c)::value;
-      if (aligned) {
-        pair_values_cpu<scalar_t, kMode>(p1, p2, nullptr, false, po, shape.n, eps);
-        return;
+// The box_columns of one image's boxes2 from column j0 on.
+template <typename scalar_t, IoUMode kMode>
+struct Columns {
+  static constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
+  const scalar_t *x1, *y1, *x2, *y2, *th;  // th: the aspect angles, read in CIoU mode only
+  Columns(const scalar_t* soa, int64_t image, int64_t m, int64_t j0)
+      : x1(soa + image * R * m + j0), y1(x1 + m), x2(y1 + m), y2(x2 + m),
+        th(R == 5 ? y2 + m : x1) {}
+};
+
+// A box of boxes1 with its aspect angle (CIoU); pair(j) is its IoU-family
+// value with column j (and, for kGrad, both boxes' gradients into ga, gb).
+template <typename scalar_t, IoUMode kMode>
+struct RowBox {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t box[4];
+  acc_t angle;
+  acc_t eps;
+  TOOD_HOST_DEVICE_INLINE RowBox(const scalar_t* p, double eps_) : eps(acc_t(eps_)) {
+    load_box(p, box);
+    angle = angle_of<kMode>(box);
+  }
+  // always inlined: the loops over j below vectorise only with the pair math in them
+  template <bool kGrad>
+  TOOD_HOST_DEVICE_INLINE acc_t pair(const Columns<scalar_t, kMode>& c, int64_t j, acc_t* ga,
+                                     acc_t* gb) const {
+    const acc_t bb[4] = {c.x1[j], c.y1[j], c.x2[j], c.y2[j]};
+    return pair_iou_angles<acc_t, kMode, kGrad>(box, bb, angle, static_cast<acc_t>(c.th[j]), eps,
+                                                ga, gb);
+  }
+};
+
+template <typename scalar_t, IoUMode kMode>
+void box_iou_pairwise(const BoxIouContract& c) {
+  const int64_t n = c.n, mm = c.m;
+  const scalar_t* p1 = c.boxes1.const_data_ptr<scalar_t>();
+  scalar_t* po = c.out.mutable_data_ptr<scalar_t>();
+  const at::Tensor soa = box_columns<scalar_t, kMode>(c.boxes2, c.batch, mm);
+  const scalar_t* ps = soa.const_data_ptr<scalar_t>();
+  at::parallel_for(0, c.batch * n, grain_for(mm), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const RowBox<scalar_t, kMode> row(p1 + 4 * r, c.eps);
+      const Columns<scalar_t, kMode> cols(ps, r / n, mm, 0);
+      scalar_t* orow = po + r * mm;
+      for (int64_t j = 0; j < mm; ++j) {
+        orow[j] = static_cast<scalar_t>(row.template pair<false>(cols, j, nullptr, nullptr));
       }
-      const int64_t n = shape.n, mm = shape.m;
-      constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
-      const at::Tensor soa = box_columns<scalar_t, kMode>(b2, shape.batch, mm);
-      const scalar_t* ps = soa.const_data_ptr<scalar_t>();
-      at::parallel_for(0, shape.batch * n, grain_for(mm), [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          acc_t ba[4];
-          load_box(p1 + 4 * r, ba);
-          const acc_t ta = angle_of<kMode>(ba);
-          const scalar_t* x1 = ps + (r / n) * R * mm;
-          const scalar_t *y1 = x1 + mm, *x2 = y1 + mm, *y2 = x2 + mm;
-          const scalar_t* th = R == 5 ? y2 + mm : x1;  // read in CIoU mode only
-          scalar_t* orow = po + r * mm;
-          for (int64_t j = 0; j < mm; ++j) {
-            const acc_t bb[4] = {x1[j], y1[j], x2[j], y2[j]};
-            orow[j] = static_cast<scalar_t>(pair_iou_angles<acc_t, kMode, false>(
-                ba, bb, ta, static_cast<acc_t>(th[j]), acc_t(eps), nullptr, nullptr));
-          }
-        }
-      });
-    });
+    }
   });
-  return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> box_iou_backward_cpu(const at::Tensor& grad,
-                                                        const at::Tensor& boxes1,
-                                                        const at::Tensor& boxes2,
-                                                        c10::string_view mode, bool aligned,
-                                                        double eps) {
-  const auto shape = check_box_iou_args(boxes1, boxes2, aligned);
-  const IoUMode m = parse_iou_mode(mode);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(shape.out_sizes), "grad must have the shape of "
-              "box_iou's output ", at::IntArrayRef(shape.out_sizes), ", got ", grad.sizes());
-  check_same_dtype(grad, boxes1, "grad", "boxes1");
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  at::Tensor g1 = at::zeros_like(b1), g2 = at::zeros_like(b2);
-  if (grad.numel() == 0) return {g1, g2};
-  at::Tensor g;
-  int64_t gstride;
-  std::tie(g, gstride) = grad_with_stride(grad);
-  AT_DISPATCH_FLOATING_TYPES(b1.scalar_type(), "box_iou_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    const scalar_t* pg = g.const_data_ptr<scalar_t>();
-    scalar_t* pg1 = g1.mutable_data_ptr<scalar_t>();
-    scalar_t* pg2 = g2.mutable_data_ptr<scalar_t>();
-    dispatch_iou_mode(m, [&](auto mode_c) {
-      constexpr IoUMode kMode = decltype(mode_c)::value;
-      if (aligned) {
-        pair_values_backward_cpu<scalar_t, kMode>(pg, gstride, p1, p2, nullptr, false, pg1, pg2,
-                                                  nullptr, shape.n, eps);
-        return;
+template <typename scalar_t, IoUMode kMode>
+void box_iou_pairwise(const BoxIouBackwardContract& c) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = c.n, mm = c.m, gstride = c.grad_stride;
+  const scalar_t* p1 = c.boxes1.const_data_ptr<scalar_t>();
+  const scalar_t* pg = c.grad.const_data_ptr<scalar_t>();
+  scalar_t* pg1 = c.grad_boxes1.mutable_data_ptr<scalar_t>();
+  scalar_t* pg2 = c.grad_boxes2.mutable_data_ptr<scalar_t>();
+  const at::Tensor soa = box_columns<scalar_t, kMode>(c.boxes2, c.batch, mm);
+  const scalar_t* ps = soa.const_data_ptr<scalar_t>();
+  // Pass 1, grad of boxes1: per row, the products g * d iou / d a go to a
+  // scratch row (a vectorised loop over j), then are summed in order.
+  at::parallel_for(0, c.batch * n, grain_for(mm), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(4 * mm);
+    for (int64_t r = begin; r < end; ++r) {
+      const RowBox<scalar_t, kMode> row(p1 + 4 * r, c.eps);
+      const Columns<scalar_t, kMode> cols(ps, r / n, mm, 0);
+      const scalar_t* grow = pg + r * mm * gstride;
+      for (int64_t j = 0; j < mm; ++j) {
+        acc_t ga[4], gb[4];
+        row.template pair<true>(cols, j, ga, gb);
+        const acc_t g = static_cast<acc_t>(grow[j * gstride]);
+        for (int k = 0; k < 4; ++k) scratch[k * mm + j] = g * ga[k];
       }
-      const int64_t n = shape.n, mm = shape.m;
-      constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
-      const at::Tensor soa = box_columns<scalar_t, kMode>(b2, shape.batch, mm);
-      const scalar_t* ps = soa.const_data_ptr<scalar_t>();
-      // Pass 1, grad of boxes1: per row, the products g * d iou / d a go to a
-      // scratch row (a vectorised loop over j), then are summed in order.
-      at::parallel_for(0, shape.batch * n, grain_for(mm), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> scratch(4 * mm);
-        for (int64_t r = begin; r < end; ++r) {
-          acc_t ba[4];
-          load_box(p1 + 4 * r, ba);
-          const acc_t ta = angle_of<kMode>(ba);
-          const scalar_t* x1 = ps + (r / n) * R * mm;
-          const scalar_t *y1 = x1 + mm, *x2 = y1 + mm, *y2 = x2 + mm;
-          const scalar_t* th = R == 5 ? y2 + mm : x1;
-          const scalar_t* grow = pg + r * mm * gstride;
-          for (int64_t j = 0; j < mm; ++j) {
-            const acc_t bb[4] = {x1[j], y1[j], x2[j], y2[j]};
-            acc_t ga[4], gb[4];
-            pair_iou_angles<acc_t, kMode, true>(ba, bb, ta, static_cast<acc_t>(th[j]),
-                                                acc_t(eps), ga, gb);
-            const acc_t g = static_cast<acc_t>(grow[j * gstride]);
-            for (int c = 0; c < 4; ++c) scratch[c * mm + j] = g * ga[c];
-          }
-          for (int c = 0; c < 4; ++c) {
-            acc_t sum = 0;
-            for (int64_t j = 0; j < mm; ++j) sum += scratch[c * mm + j];
-            pg1[4 * r + c] = static_cast<scalar_t>(sum);
-          }
+      for (int k = 0; k < 4; ++k) {
+        acc_t sum = 0;
+        for (int64_t j = 0; j < mm; ++j) sum += scratch[k * mm + j];
+        pg1[4 * r + k] = static_cast<scalar_t>(sum);
+      }
+    }
+  });
+  // Pass 2, grad of boxes2: tiles of kTile columns; rows i in order, the
+  // columns of the tile in a vectorised inner loop, one accumulator each.
+  constexpr int64_t kTile = 64;
+  const int64_t tiles = (mm + kTile - 1) / kTile;
+  at::parallel_for(0, c.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bi = t / tiles, j0 = (t - bi * tiles) * kTile;
+      const int64_t jn = std::min(kTile, mm - j0);
+      acc_t acc[4][kTile] = {};
+      const Columns<scalar_t, kMode> cols(ps, bi, mm, j0);
+      for (int64_t i = 0; i < n; ++i) {
+        const RowBox<scalar_t, kMode> row(p1 + 4 * (bi * n + i), c.eps);
+        const scalar_t* grow = pg + ((bi * n + i) * mm + j0) * gstride;
+        for (int64_t jj = 0; jj < jn; ++jj) {
+          acc_t ga[4], gb[4];
+          row.template pair<true>(cols, jj, ga, gb);
+          const acc_t g = static_cast<acc_t>(grow[jj * gstride]);
+          for (int k = 0; k < 4; ++k) acc[k][jj] += g * gb[k];
         }
-      });
-      // Pass 2, grad of boxes2: tiles of kTile columns; rows i in order, the
-      // columns of the tile in a vectorised inner loop, one accumulator each.
-      constexpr int64_t kTile = 64;
-      const int64_t tiles = (mm + kTile - 1) / kTile;
-      at::parallel_for(0, shape.batch * tiles, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t bi = t / tiles, j0 = (t - bi * tiles) * kTile;
-          const int64_t jn = std::min(kTile, mm - j0);
-          acc_t acc[4][kTile] = {};
-          const scalar_t* x1 = ps + bi * R * mm + j0;
-          const scalar_t *y1 = x1 + mm, *x2 = y1 + mm, *y2 = x2 + mm;
-          const scalar_t* th = R == 5 ? y2 + mm : x1;
-          for (int64_t i = 0; i < n; ++i) {
-            acc_t ba[4];
-            load_box(p1 + 4 * (bi * n + i), ba);
-            const acc_t ta = angle_of<kMode>(ba);
-            const scalar_t* grow = pg + ((bi * n + i) * mm + j0) * gstride;
-            for (int64_t jj = 0; jj < jn; ++jj) {
-              const acc_t bb[4] = {x1[jj], y1[jj], x2[jj], y2[jj]};
-              acc_t ga[4], gb[4];
-              pair_iou_angles<acc_t, kMode, true>(ba, bb, ta, static_cast<acc_t>(th[jj]),
-                                                  acc_t(eps), ga, gb);
-              const acc_t g = static_cast<acc_t>(grow[jj * gstride]);
-              for (int c = 0; c < 4; ++c) acc[c][jj] += g * gb[c];
-            }
-          }
-          for (int64_t jj = 0; jj < jn; ++jj) {
-            for (int c = 0; c < 4; ++c) {
-              pg2[4 * (bi * mm + j0 + jj) + c] = static_cast<scalar_t>(acc[c][jj]);
-            }
-          }
+      }
+      for (int64_t jj = 0; jj < jn; ++jj) {
+        for (int k = 0; k < 4; ++k) {
+          pg2[4 * (bi * mm + j0 + jj) + k] = static_cast<scalar_t>(acc[k][jj]);
         }
-      });
-    });
+      }
+    }
   });
-  return {g1, g2};
 }
 
-// ---- iou_loss (element-wise, unreduced) ---------------------------------------
+// ---- the kernels of the contracts (csrc/box_ops/box_ops.h) -------------------------
+// Each: the dtype and mode dispatch, then the loops above.
 
-at::Tensor iou_loss_cpu(const at::Tensor& pred, const at::Tensor& target,
-                        const c10::optional<at::Tensor>& weight, c10::string_view mode,
-                        double eps) {
-  check_iou_loss_args(pred, target, weight);
-  const IoUMode m = parse_iou_mode(mode);
-  const at::Tensor p = pred.contiguous(), t = target.contiguous();
-  const bool has_w = weight.has_value() && weight->defined();
-  const at::Tensor w = has_w ? weight->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(pred.sizes().slice(0, pred.dim() - 1), p.options());
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "iou_loss_cpu", [&] {
-    dispatch_iou_mode(m, [&](auto mode_c) {
-      pair_values_cpu<scalar_t, decltype(mode_c)::value>(
-          p.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-          has_w ? w.const_data_ptr<scalar_t>() : nullptr, true, out.mutable_data_ptr<scalar_t>(),
-          out.numel(), eps);
-    });
+// box_iou and its backward: the element-wise loop when aligned, else the
+// pairwise passes.
+template <typename Contract>
+void box_iou_cpu(const Contract& c) {
+  dispatch_cpu(c.boxes1, c.mode, [&](auto s, auto m) {
+    using scalar_t = decltype(s);
+    if (c.aligned) {
+      pair_values_cpu<scalar_t, decltype(m)::value>(pair_values<scalar_t>(c));
+    } else {
+      box_iou_pairwise<scalar_t, decltype(m)::value>(c);
+    }
   });
-  return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_loss_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
-    const c10::optional<at::Tensor>& weight, c10::string_view mode, double eps) {
-  check_iou_loss_args(pred, target, weight);
-  const IoUMode m = parse_iou_mode(mode);
-  const auto loss_sizes = pred.sizes().slice(0, pred.dim() - 1);
-  TORCH_CHECK(grad.sizes() == loss_sizes, "grad must have the shape of the unreduced loss ",
-              loss_sizes, ", got ", grad.sizes());
-  const at::Tensor p = pred.contiguous(), t = target.contiguous();
-  const bool has_w = weight.has_value() && weight->defined();
-  const at::Tensor w = has_w ? weight->contiguous() : at::Tensor();
-  at::Tensor gp = at::empty_like(p), gt = at::empty_like(t), gw = at::empty(loss_sizes, p.options());
-  if (grad.numel() == 0) return {gp, gt, gw};
-  at::Tensor g;
-  int64_t gstride;
-  std::tie(g, gstride) = grad_with_stride(grad);
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "iou_loss_backward_cpu", [&] {
-    dispatch_iou_mode(m, [&](auto mode_c) {
-      pair_values_backward_cpu<scalar_t, decltype(mode_c)::value>(
-          g.const_data_ptr<scalar_t>(), gstride, p.const_data_ptr<scalar_t>(),
-          t.const_data_ptr<scalar_t>(), has_w ? w.const_data_ptr<scalar_t>() : nullptr, true,
-          gp.mutable_data_ptr<scalar_t>(), gt.mutable_data_ptr<scalar_t>(),
-          gw.mutable_data_ptr<scalar_t>(), gw.numel(), eps);
-    });
+// iou_loss (element-wise, unreduced) and its backward.
+template <typename Contract>
+void iou_loss_cpu(const Contract& c) {
+  dispatch_cpu(c.pred, c.mode, [&](auto s, auto m) {
+    pair_values_cpu<decltype(s), decltype(m)::value>(pair_values<decltype(s)>(c));
   });
-  return {gp, gt, gw};
 }
 
-// ---- alignment_metric (dense (B, G, A) form) ----------------------------------
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cpu(
-    const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& anchor_points,
-    const at::Tensor& gt_labels, const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
-    double alpha, double beta, c10::string_view iou_mode, double inside_eps, double eps) {
-  const auto s = check_alignment_metric_args(pred_scores, pred_boxes, anchor_points, gt_labels,
-                                             gt_boxes, gt_mask);
-  const IoUMode m = parse_iou_mode(iou_mode, "iou_mode");
-  check_label_values(gt_labels, gt_mask, s.num_classes);
-  const auto opts = pred_scores.options();
-  at::Tensor metric = at::empty({s.batch, s.num_gts, s.num_anchors}, opts);
-  at::Tensor overlaps = at::empty({s.batch, s.num_gts, s.num_anchors}, opts);
-  at::Tensor inside = at::empty({s.batch, s.num_gts, s.num_anchors}, opts.dtype(at::kBool));
-  if (metric.numel() == 0) return {metric, overlaps, inside};
-  const at::Tensor sc = pred_scores.contiguous(), pb = pred_boxes.contiguous(),
-                   ap = anchor_points.contiguous(), gl = gt_labels.contiguous(),
-                   gb = gt_boxes.contiguous(), gm = gt_mask.contiguous();
-  const int64_t A = s.num_anchors, C = s.num_classes, G = s.num_gts;
+void alignment_metric_cpu(const AlignmentMetricContract& c) {
+  const int64_t A = c.shape.num_anchors, C = c.shape.num_classes, G = c.shape.num_gts;
+  const at::Tensor &sc = c.pred_scores, &pb = c.pred_boxes, &ap = c.anchor_points,
+                   &gl = c.gt_labels, &gb = c.gt_boxes, &gm = c.gt_mask;
+  const double alpha = c.alpha, beta = c.beta, inside_eps = c.inside_eps, eps = c.eps;
   AT_DISPATCH_FLOATING_TYPES(sc.scalar_type(), "alignment_metric_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* psc = sc.const_data_ptr<scalar_t>();
@@ -287,16 +228,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cpu(
     const scalar_t* pgb = gb.const_data_ptr<scalar_t>();
     const int64_t* pgl = gl.const_data_ptr<int64_t>();
     const bool* pgm = gm.const_data_ptr<bool>();
-    scalar_t* pmet = metric.mutable_data_ptr<scalar_t>();
-    scalar_t* pov = overlaps.mutable_data_ptr<scalar_t>();
-    bool* pin = inside.mutable_data_ptr<bool>();
-    dispatch_iou_mode(m, [&](auto mode_c) {
+    scalar_t* pmet = c.metric.mutable_data_ptr<scalar_t>();
+    scalar_t* pov = c.overlaps.mutable_data_ptr<scalar_t>();
+    bool* pin = c.inside.mutable_data_ptr<bool>();
+    dispatch_iou_mode(c.mode, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
-      const at::Tensor cols = box_columns<scalar_t, kMode>(pb, s.batch, A);
+      const at::Tensor cols = box_columns<scalar_t, kMode>(pb, c.shape.batch, A);
       const cpu::MetricInputs<scalar_t> in{
           psc, cols.const_data_ptr<scalar_t>(), pap, pgl, pgb, pgm, G, A, C,
           make_metric_exponents<acc_t>(alpha, beta), acc_t(inside_eps), acc_t(eps)};
-      at::parallel_for(0, s.batch * G, grain_for(A), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, c.shape.batch * G, grain_for(A), [&](int64_t begin, int64_t end) {
         for (int64_t bg = begin; bg < end; ++bg) {
           scalar_t* met_row = pmet + bg * A;
           scalar_t* ov_row = pov + bg * A;
@@ -312,17 +253,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cpu(
       });
     });
   });
-  return {metric, overlaps, inside};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tood_ext, CPU, m) {
-  m.impl("box_iou", &box_iou_cpu);
-  m.impl("_box_iou_backward", &box_iou_backward_cpu);
-  m.impl("iou_loss", &iou_loss_cpu);
-  m.impl("_iou_loss_backward", &iou_loss_backward_cpu);
-  m.impl("alignment_metric", &alignment_metric_cpu);
+  register_box_ops<box_iou_cpu<BoxIouContract>, box_iou_cpu<BoxIouBackwardContract>,
+                   iou_loss_cpu<IouLossContract>, iou_loss_cpu<IouLossBackwardContract>,
+                   alignment_metric_cpu>(m);
 }
 
 }  // namespace box_ops

@@ -11,6 +11,8 @@
 //   results are bit-for-bit deterministic.
 // * half/bfloat16 are loaded, computed in float32 (at::opmath_type), stored.
 // * launches use the current stream under a device guard and are checked.
+// Argument checks, contiguous inputs and outputs come from the ops' contracts
+// (csrc/box_ops/box_ops.h); this file holds the kernels and their launches.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -72,26 +74,23 @@ __global__ void pair_values_backward_kernel(const scalar_t* __restrict__ grad, i
 }
 
 template <typename scalar_t, IoUMode kMode>
-void launch_pair_values(const scalar_t* a, const scalar_t* b, const scalar_t* w, bool is_loss,
-                        scalar_t* out, int64_t n, double eps, cudaStream_t stream) {
-  with_kernel_index_type(4 * n, [&](auto index_c) {
+void launch_pair_values(const PairValues<scalar_t>& p, cudaStream_t stream) {
+  with_kernel_index_type(4 * p.n, [&](auto index_c) {
     using index_t = decltype(index_c);
-    launch_kernel(pair_values_kernel<scalar_t, kMode, index_t>, num_blocks(n), kThreads, stream, a,
-                  b, w, is_loss, out, static_cast<index_t>(n),
-                  static_cast<at::opmath_type<scalar_t>>(eps));
+    launch_kernel(pair_values_kernel<scalar_t, kMode, index_t>, num_blocks(p.n), kThreads, stream,
+                  p.a, p.b, p.w, p.is_loss, p.out, static_cast<index_t>(p.n),
+                  static_cast<at::opmath_type<scalar_t>>(p.eps));
   });
 }
 
 template <typename scalar_t, IoUMode kMode>
-void launch_pair_values_backward(const scalar_t* grad, int64_t gstride, const scalar_t* a,
-                                 const scalar_t* b, const scalar_t* w, bool is_loss,
-                                 scalar_t* grad_a, scalar_t* grad_b, scalar_t* grad_w, int64_t n,
-                                 double eps, cudaStream_t stream) {
-  with_kernel_index_type(4 * n, [&](auto index_c) {
+void launch_pair_values(const PairValueGrads<scalar_t>& p, cudaStream_t stream) {
+  with_kernel_index_type(4 * p.n, [&](auto index_c) {
     using index_t = decltype(index_c);
-    launch_kernel(pair_values_backward_kernel<scalar_t, kMode, index_t>, num_blocks(n), kThreads,
-                  stream, grad, static_cast<index_t>(gstride), a, b, w, is_loss, grad_a, grad_b,
-                  grad_w, static_cast<index_t>(n), static_cast<at::opmath_type<scalar_t>>(eps));
+    launch_kernel(pair_values_backward_kernel<scalar_t, kMode, index_t>, num_blocks(p.n),
+                  kThreads, stream, p.grad, static_cast<index_t>(p.gstride), p.a, p.b, p.w,
+                  p.is_loss, p.grad_a, p.grad_b, p.grad_w, static_cast<index_t>(p.n),
+                  static_cast<at::opmath_type<scalar_t>>(p.eps));
   });
 }
 
@@ -113,14 +112,28 @@ __global__ void box_iou_pairwise_kernel(const scalar_t* __restrict__ b1,
   }
 }
 
+// The inputs of both pairwise backward kernels: grad (batch, n, m) read with
+// stride gstride, boxes1 (batch, n, 4), boxes2 (batch, m, 4).
+template <typename scalar_t, typename index_t>
+struct PairwiseGrad {
+  const scalar_t* grad;
+  index_t gstride;
+  const scalar_t* b1;
+  const scalar_t* b2;
+  index_t batch, n, m;
+  at::opmath_type<scalar_t> eps;
+};
+
 // grad(boxes1)[r] = sum_j grad[r, j] * d iou(r, j) / d boxes1[r]: a warp per row.
 template <typename scalar_t, IoUMode kMode, typename index_t>
-__global__ void box_iou_backward_rows_kernel(const scalar_t* __restrict__ grad, index_t gstride,
-                                             const scalar_t* __restrict__ b1,
-                                             const scalar_t* __restrict__ b2,
-                                             scalar_t* __restrict__ g1, index_t rows, index_t n,
-                                             index_t m, at::opmath_type<scalar_t> eps) {
+__global__ void box_iou_backward_rows_kernel(const PairwiseGrad<scalar_t, index_t> in,
+                                             scalar_t* __restrict__ g1) {
   using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* __restrict__ grad = in.grad;
+  const scalar_t* __restrict__ b1 = in.b1;
+  const scalar_t* __restrict__ b2 = in.b2;
+  const index_t gstride = in.gstride, n = in.n, m = in.m, rows = in.batch * in.n;
+  const acc_t eps = in.eps;
   const int lane = threadIdx.x & 31;
   const index_t warps_per_block = blockDim.x >> 5;
   const index_t warp = static_cast<index_t>(blockIdx.x) * warps_per_block + (threadIdx.x >> 5);
@@ -157,13 +170,15 @@ constexpr int kColRows = 16;  // row lanes per block (threadIdx.y)
 // grad(boxes2)[b, j] = sum_i grad[b, i, j] * d iou(i, j) / d boxes2[j]: a block
 // per 32 columns; coalesced reads of grad along j, fixed-order reduction over y.
 template <typename scalar_t, IoUMode kMode, typename index_t>
-__global__ void box_iou_backward_cols_kernel(const scalar_t* __restrict__ grad, index_t gstride,
-                                             const scalar_t* __restrict__ b1,
-                                             const scalar_t* __restrict__ b2,
-                                             scalar_t* __restrict__ g2, index_t batch, index_t n,
-                                             index_t m, at::opmath_type<scalar_t> eps) {
+__global__ void box_iou_backward_cols_kernel(const PairwiseGrad<scalar_t, index_t> in,
+                                             scalar_t* __restrict__ g2) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t partial[kColRows][kColTile][4];
+  const scalar_t* __restrict__ b1 = in.b1;
+  const scalar_t* __restrict__ b2 = in.b2;
+  const scalar_t* __restrict__ grad = in.grad;
+  const index_t batch = in.batch, n = in.n, m = in.m, gstride = in.gstride;
+  const acc_t eps = in.eps;
   const index_t tiles = (m + kColTile - 1) / kColTile;
   for (index_t t = blockIdx.x; t < batch * tiles; t += gridDim.x) {
     const index_t bi = t / tiles;
@@ -196,146 +211,77 @@ __global__ void box_iou_backward_cols_kernel(const scalar_t* __restrict__ grad, 
   }
 }
 
-at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode,
-                        bool aligned, double eps) {
-  const auto shape = check_box_iou_args(boxes1, boxes2, aligned);
-  const IoUMode md = parse_iou_mode(mode);
-  const DeviceGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  at::Tensor out = at::empty(shape.out_sizes, b1.options());
-  if (out.numel() == 0) return out;
-  const cudaStream_t stream = current_stream();
-  TOOD_DISPATCH_CUDA_FLOATING_TYPES(b1.scalar_type(), "box_iou_cuda", [&] {
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    dispatch_iou_mode(md, [&](auto mode_c) {
-      constexpr IoUMode kMode = decltype(mode_c)::value;
-      if (aligned) {
-        launch_pair_values<scalar_t, kMode>(p1, p2, nullptr, false, po, shape.n, eps, stream);
-        return;
-      }
-      const int64_t total = out.numel();
-      const int64_t max_index = std::max({total, 4 * b1.numel(), 4 * b2.numel()});
-      with_kernel_index_type(max_index, [&](auto index_c) {
-        using index_t = decltype(index_c);
-        launch_kernel(box_iou_pairwise_kernel<scalar_t, kMode, index_t>, num_blocks(total),
-                      kThreads, stream, p1, p2, po, static_cast<index_t>(shape.n),
-                      static_cast<index_t>(shape.m), static_cast<index_t>(total),
-                      static_cast<at::opmath_type<scalar_t>>(eps));
-      });
-    });
+// ---- the kernels of the contracts (csrc/box_ops/box_ops.h) -------------------------
+// Each: the device guard, the dtype and mode dispatch, then the launches.
+
+// The dtype (CUDA's set) and IoU-mode dispatch of a kernel: fn(scalar_t{}, mode constant).
+template <typename Fn>
+void dispatch_cuda(const at::Tensor& t, IoUMode mode, Fn&& fn) {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(t.scalar_type(), "box_ops_cuda", [&] {
+    dispatch_iou_mode(mode, [&](auto mode_c) { fn(scalar_t{}, mode_c); });
   });
-  return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> box_iou_backward_cuda(const at::Tensor& grad,
-                                                         const at::Tensor& boxes1,
-                                                         const at::Tensor& boxes2,
-                                                         c10::string_view mode, bool aligned,
-                                                         double eps) {
-  const auto shape = check_box_iou_args(boxes1, boxes2, aligned);
-  const IoUMode md = parse_iou_mode(mode);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(shape.out_sizes), "grad must have the shape of "
-              "box_iou's output ", at::IntArrayRef(shape.out_sizes), ", got ", grad.sizes());
-  check_same_dtype(grad, boxes1, "grad", "boxes1");
-  check_same_device(grad, boxes1, "grad", "boxes1");
-  const DeviceGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  at::Tensor g1 = at::zeros_like(b1), g2 = at::zeros_like(b2);
-  if (grad.numel() == 0) return {g1, g2};
-  at::Tensor g;
-  int64_t gstride;
-  std::tie(g, gstride) = grad_with_stride(grad);
-  const cudaStream_t stream = current_stream();
-  TOOD_DISPATCH_CUDA_FLOATING_TYPES(b1.scalar_type(), "box_iou_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    const scalar_t* pg = g.const_data_ptr<scalar_t>();
-    scalar_t* pg1 = g1.mutable_data_ptr<scalar_t>();
-    scalar_t* pg2 = g2.mutable_data_ptr<scalar_t>();
-    dispatch_iou_mode(md, [&](auto mode_c) {
-      constexpr IoUMode kMode = decltype(mode_c)::value;
-      if (aligned) {
-        launch_pair_values_backward<scalar_t, kMode>(pg, gstride, p1, p2, nullptr, false, pg1,
-                                                     pg2, nullptr, shape.n, eps, stream);
-        return;
-      }
-      const int64_t rows = shape.batch * shape.n;
-      const int64_t max_index = std::max({grad.numel(), 4 * b1.numel(), 4 * b2.numel()});
-      with_kernel_index_type(max_index, [&](auto index_c) {
-        using index_t = decltype(index_c);
-        const int warps_per_block = kThreads / 32;
-        launch_kernel(box_iou_backward_rows_kernel<scalar_t, kMode, index_t>,
-                      num_blocks(rows, warps_per_block), kThreads, stream, pg,
-                      static_cast<index_t>(gstride), p1, p2, pg1, static_cast<index_t>(rows),
-                      static_cast<index_t>(shape.n), static_cast<index_t>(shape.m), acc_t(eps));
-        const int64_t tiles = shape.batch * ((shape.m + kColTile - 1) / kColTile);
-        launch_kernel(box_iou_backward_cols_kernel<scalar_t, kMode, index_t>, num_blocks(tiles, 1),
-                      dim3(kColTile, kColRows), stream, pg, static_cast<index_t>(gstride), p1, p2,
-                      pg2, static_cast<index_t>(shape.batch), static_cast<index_t>(shape.n),
-                      static_cast<index_t>(shape.m), acc_t(eps));
-      });
-    });
+template <typename scalar_t, IoUMode kMode>
+void launch_box_iou_pairwise(const BoxIouContract& c, cudaStream_t stream) {
+  const int64_t total = c.out.numel();
+  const int64_t max_index = std::max({total, 4 * c.boxes1.numel(), 4 * c.boxes2.numel()});
+  with_kernel_index_type(max_index, [&](auto index_c) {
+    using index_t = decltype(index_c);
+    launch_kernel(box_iou_pairwise_kernel<scalar_t, kMode, index_t>, num_blocks(total), kThreads,
+                  stream, c.boxes1.const_data_ptr<scalar_t>(),
+                  c.boxes2.const_data_ptr<scalar_t>(), c.out.mutable_data_ptr<scalar_t>(),
+                  static_cast<index_t>(c.n), static_cast<index_t>(c.m),
+                  static_cast<index_t>(total), static_cast<at::opmath_type<scalar_t>>(c.eps));
   });
-  return {g1, g2};
 }
 
-// ---- iou_loss ---------------------------------------------------------------------
-
-at::Tensor iou_loss_cuda(const at::Tensor& pred, const at::Tensor& target,
-                         const c10::optional<at::Tensor>& weight, c10::string_view mode,
-                         double eps) {
-  check_iou_loss_args(pred, target, weight);
-  const IoUMode md = parse_iou_mode(mode);
-  const DeviceGuard guard(pred.device());
-  const at::Tensor p = pred.contiguous(), t = target.contiguous();
-  const bool has_w = weight.has_value() && weight->defined();
-  const at::Tensor w = has_w ? weight->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(pred.sizes().slice(0, pred.dim() - 1), p.options());
-  if (out.numel() == 0) return out;
-  const cudaStream_t stream = current_stream();
-  TOOD_DISPATCH_CUDA_FLOATING_TYPES(p.scalar_type(), "iou_loss_cuda", [&] {
-    dispatch_iou_mode(md, [&](auto mode_c) {
-      launch_pair_values<scalar_t, decltype(mode_c)::value>(
-          p.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-          has_w ? w.const_data_ptr<scalar_t>() : nullptr, true, out.mutable_data_ptr<scalar_t>(),
-          out.numel(), eps, stream);
-    });
+template <typename scalar_t, IoUMode kMode>
+void launch_box_iou_pairwise(const BoxIouBackwardContract& c, cudaStream_t stream) {
+  const int64_t rows = c.batch * c.n;
+  const int64_t max_index =
+      std::max({c.grad.numel(), 4 * c.boxes1.numel(), 4 * c.boxes2.numel()});
+  with_kernel_index_type(max_index, [&](auto index_c) {
+    using index_t = decltype(index_c);
+    const PairwiseGrad<scalar_t, index_t> in{
+        c.grad.const_data_ptr<scalar_t>(), static_cast<index_t>(c.grad_stride),
+        c.boxes1.const_data_ptr<scalar_t>(), c.boxes2.const_data_ptr<scalar_t>(),
+        static_cast<index_t>(c.batch), static_cast<index_t>(c.n), static_cast<index_t>(c.m),
+        static_cast<at::opmath_type<scalar_t>>(c.eps)};
+    const int warps_per_block = kThreads / 32;
+    launch_kernel(box_iou_backward_rows_kernel<scalar_t, kMode, index_t>,
+                  num_blocks(rows, warps_per_block), kThreads, stream, in,
+                  c.grad_boxes1.mutable_data_ptr<scalar_t>());
+    const int64_t tiles = c.batch * ((c.m + kColTile - 1) / kColTile);
+    launch_kernel(box_iou_backward_cols_kernel<scalar_t, kMode, index_t>, num_blocks(tiles, 1),
+                  dim3(kColTile, kColRows), stream, in,
+                  c.grad_boxes2.mutable_data_ptr<scalar_t>());
   });
-  return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_loss_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
-    const c10::optional<at::Tensor>& weight, c10::string_view mode, double eps) {
-  check_iou_loss_args(pred, target, weight);
-  const IoUMode md = parse_iou_mode(mode);
-  const auto loss_sizes = pred.sizes().slice(0, pred.dim() - 1);
-  TORCH_CHECK(grad.sizes() == loss_sizes, "grad must have the shape of the unreduced loss ",
-              loss_sizes, ", got ", grad.sizes());
-  check_same_device(grad, pred, "grad", "pred");
-  const DeviceGuard guard(pred.device());
-  const at::Tensor p = pred.contiguous(), t = target.contiguous();
-  const bool has_w = weight.has_value() && weight->defined();
-  const at::Tensor w = has_w ? weight->contiguous() : at::Tensor();
-  at::Tensor gp = at::empty_like(p), gt = at::empty_like(t), gw = at::empty(loss_sizes, p.options());
-  if (grad.numel() == 0) return {gp, gt, gw};
-  at::Tensor g;
-  int64_t gstride;
-  std::tie(g, gstride) = grad_with_stride(grad);
-  const cudaStream_t stream = current_stream();
-  TOOD_DISPATCH_CUDA_FLOATING_TYPES(p.scalar_type(), "iou_loss_backward_cuda", [&] {
-    dispatch_iou_mode(md, [&](auto mode_c) {
-      launch_pair_values_backward<scalar_t, decltype(mode_c)::value>(
-          g.const_data_ptr<scalar_t>(), gstride, p.const_data_ptr<scalar_t>(),
-          t.const_data_ptr<scalar_t>(), has_w ? w.const_data_ptr<scalar_t>() : nullptr, true,
-          gp.mutable_data_ptr<scalar_t>(), gt.mutable_data_ptr<scalar_t>(),
-          gw.mutable_data_ptr<scalar_t>(), gw.numel(), eps, stream);
-    });
+// box_iou and its backward: the element-wise kernel when aligned, else the
+// pairwise kernels.
+template <typename Contract>
+void box_iou_cuda(const Contract& c) {
+  const DeviceGuard guard(c.boxes1.device());
+  dispatch_cuda(c.boxes1, c.mode, [&](auto s, auto m) {
+    using scalar_t = decltype(s);
+    if (c.aligned) {
+      launch_pair_values<scalar_t, decltype(m)::value>(pair_values<scalar_t>(c), current_stream());
+    } else {
+      launch_box_iou_pairwise<scalar_t, decltype(m)::value>(c, current_stream());
+    }
   });
-  return {gp, gt, gw};
+}
+
+// iou_loss (element-wise, unreduced) and its backward.
+template <typename Contract>
+void iou_loss_cuda(const Contract& c) {
+  const DeviceGuard guard(c.pred.device());
+  dispatch_cuda(c.pred, c.mode, [&](auto s, auto m) {
+    launch_pair_values<decltype(s), decltype(m)::value>(pair_values<decltype(s)>(c),
+                                                        current_stream());
+  });
 }
 
 // ---- alignment_metric ----------------------------------------------------------------
@@ -382,29 +328,18 @@ __global__ void alignment_metric_kernel(
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
-    const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& anchor_points,
-    const at::Tensor& gt_labels, const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
-    double alpha, double beta, c10::string_view iou_mode, double inside_eps, double eps) {
-  const auto s = check_alignment_metric_args(pred_scores, pred_boxes, anchor_points, gt_labels,
-                                             gt_boxes, gt_mask);
-  const IoUMode md = parse_iou_mode(iou_mode, "iou_mode");
-  const DeviceGuard guard(pred_scores.device());
-  check_label_values(gt_labels, gt_mask, s.num_classes);
-  const auto opts = pred_scores.options();
-  at::Tensor metric = at::empty({s.batch, s.num_gts, s.num_anchors}, opts);
-  at::Tensor overlaps = at::empty({s.batch, s.num_gts, s.num_anchors}, opts);
-  at::Tensor inside = at::empty({s.batch, s.num_gts, s.num_anchors}, opts.dtype(at::kBool));
-  if (metric.numel() == 0) return {metric, overlaps, inside};
-  const at::Tensor sc = pred_scores.contiguous(), pb = pred_boxes.contiguous(),
-                   ap = anchor_points.contiguous(), gl = gt_labels.contiguous(),
-                   gb = gt_boxes.contiguous(), gm = gt_mask.contiguous();
+void alignment_metric_cuda(const AlignmentMetricContract& c) {
+  const DeviceGuard guard(c.metric.device());
+  const at::Tensor &sc = c.pred_scores, &pb = c.pred_boxes, &ap = c.anchor_points,
+                   &gl = c.gt_labels, &gb = c.gt_boxes, &gm = c.gt_mask;
+  const at::Tensor &metric = c.metric, &overlaps = c.overlaps, &inside = c.inside;
+  const MetricShape& s = c.shape;
   const int64_t rows = s.batch * s.num_gts;
   const cudaStream_t stream = current_stream();
   TOOD_DISPATCH_CUDA_FLOATING_TYPES(sc.scalar_type(), "alignment_metric_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto expo = make_metric_exponents<acc_t>(alpha, beta);
-    dispatch_iou_mode(md, [&](auto mode_c) {
+    const auto expo = make_metric_exponents<acc_t>(c.alpha, c.beta);
+    dispatch_iou_mode(c.mode, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
       const int64_t max_index = std::max({metric.numel(), sc.numel(), 4 * pb.numel()});
       with_kernel_index_type(max_index, [&](auto index_c) {
@@ -418,21 +353,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alignment_metric_cuda(
                       metric.mutable_data_ptr<scalar_t>(), overlaps.mutable_data_ptr<scalar_t>(),
                       inside.mutable_data_ptr<bool>(), static_cast<index_t>(rows),
                       static_cast<index_t>(s.num_gts), static_cast<index_t>(s.num_anchors),
-                      static_cast<index_t>(s.num_classes), expo, acc_t(inside_eps), acc_t(eps));
+                      static_cast<index_t>(s.num_classes), expo, acc_t(c.inside_eps),
+                      acc_t(c.eps));
       });
     });
   });
-  return {metric, overlaps, inside};
 }
 
 }  // namespace
 
 TOOD_EXT_CUDA_IMPL(m) {
-  m.impl("box_iou", &box_iou_cuda);
-  m.impl("_box_iou_backward", &box_iou_backward_cuda);
-  m.impl("iou_loss", &iou_loss_cuda);
-  m.impl("_iou_loss_backward", &iou_loss_backward_cuda);
-  m.impl("alignment_metric", &alignment_metric_cuda);
+  register_box_ops<box_iou_cuda<BoxIouContract>, box_iou_cuda<BoxIouBackwardContract>,
+                   iou_loss_cuda<IouLossContract>, iou_loss_cuda<IouLossBackwardContract>,
+                   alignment_metric_cuda>(m);
 }
 
 }  // namespace box_ops

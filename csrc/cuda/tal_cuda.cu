@@ -19,7 +19,9 @@
 //   4. outputs: a thread per (image, anchor).
 // Every atomic is a max (or a count), order-independent: deterministic.
 // Extra memory: candidates (B, G, k) x (index, t, u, flag), claims, counts
-// and final t, u (B, A), maxima (B, G) x 2. topk <= 64 on CUDA.
+// and final t, u (B, A), maxima (B, G) x 2. topk <= 64 on CUDA. The argument
+// checks, contiguous inputs and background outputs come from the contract
+// (csrc/tal/tal.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -284,27 +286,12 @@ __global__ void tal_outputs_kernel(const int64_t* __restrict__ assigned,
   }
 }
 
-TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Tensor& pred_boxes,
-                                    const at::Tensor& anchor_points, const at::Tensor& gt_labels,
-                                    const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
-                                    int64_t topk, double alpha, double beta,
-                                    c10::string_view candidates, c10::string_view iou_mode,
-                                    double inside_eps, double norm_eps,
-                                    c10::string_view conflict, double min_inside_size) {
-  TORCH_CHECK(topk <= kMaxTopkCuda, "task_aligned_assign on CUDA supports topk <= ",
-              kMaxTopkCuda, ", got ", topk);
-  const DeviceGuard guard(pred_scores.device());
-  const TALArgs args = check_tal_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
-                                      gt_mask, topk, candidates, iou_mode, conflict,
-                                      min_inside_size);
-  const int64_t B = args.shape.batch, A = args.shape.num_anchors, G = args.shape.num_gts,
-                C = args.shape.num_classes;
-  TALOutputs out = background_outputs(pred_scores, gt_boxes, B, A);
-  if (B == 0 || A == 0 || G == 0) return out;
-  const int64_t K = std::min<int64_t>(topk, A);
-  const at::Tensor sc = pred_scores.contiguous(), pb = pred_boxes.contiguous(),
-                   ap = anchor_points.contiguous(), gl = gt_labels.contiguous(),
-                   gb = gt_boxes.contiguous(), gm = gt_mask.contiguous();
+void task_aligned_assign_cuda(const TALContract& c) {
+  const DeviceGuard guard(c.pred_scores.device());
+  const int64_t B = c.shape.batch, A = c.shape.num_anchors, G = c.shape.num_gts,
+                C = c.shape.num_classes, K = c.K;
+  const at::Tensor &sc = c.pred_scores, &pb = c.pred_boxes, &ap = c.anchor_points,
+                   &gl = c.gt_labels, &gb = c.gt_boxes, &gm = c.gt_mask;
   const auto acc_opts = sc.options().dtype(at::toOpMathType(sc.scalar_type()));
   at::Tensor cand_idx = at::full({B, G, K}, -1, sc.options().dtype(at::kInt));
   at::Tensor cand_pos = at::zeros({B, G, K}, sc.options().dtype(at::kBool));
@@ -312,7 +299,7 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
   at::Tensor cand_u = at::empty({B, G, K}, acc_opts);
   at::Tensor claims = at::zeros({B, A}, sc.options().dtype(at::kLong));
   auto* p_claims = reinterpret_cast<unsigned long long*>(claims.mutable_data_ptr<int64_t>());
-  const bool all_gts = args.conflict == Conflict::kAllGts;
+  const bool all_gts = c.conflict == Conflict::kAllGts;
   at::Tensor counts;  // claims per anchor, conflict="all_gts" only
   if (all_gts) counts = at::zeros({B, A}, sc.options().dtype(at::kInt));
   int* p_counts = all_gts ? counts.mutable_data_ptr<int>() : nullptr;
@@ -323,7 +310,7 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
   at::Tensor max_u = at::zeros({B, G}, sc.options().dtype(ord_dtype));
   const int64_t rows = B * G;
   const cudaStream_t stream = current_stream();
-  auto& [assigned, fg, labels, boxes, ious, metrics, soft] = out;
+  const auto& [assigned, fg, labels, boxes, ious, metrics, soft] = c.out;
 
   TOOD_DISPATCH_CUDA_FLOATING_TYPES(sc.scalar_type(), "task_aligned_assign_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -335,11 +322,11 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
                               ap.const_data_ptr<scalar_t>(), gl.const_data_ptr<int64_t>(),
                               gb.const_data_ptr<scalar_t>(), gm.const_data_ptr<bool>(),
                               rows, G, A, C, static_cast<int>(K),
-                              args.candidates == Candidates::kInsideThenTopk,
-                              box_ops::make_metric_exponents<acc_t>(alpha, beta),
-                              acc_t(inside_eps), acc_t(kOverlapEps), acc_t(min_inside_size)};
+                              c.candidates == Candidates::kInsideThenTopk,
+                              box_ops::make_metric_exponents<acc_t>(c.alpha, c.beta),
+                              acc_t(c.inside_eps), acc_t(c.eps), acc_t(c.min_inside_size)};
     const int64_t total = rows * K, anchors = B * A;
-    box_ops::dispatch_iou_mode(args.mode, [&](auto mode_c) {
+    box_ops::dispatch_iou_mode(c.mode, [&](auto mode_c) {
       constexpr IoUMode kMode = decltype(mode_c)::value;
       const int64_t blocks = (rows * 32 + kThreads - 1) / kThreads;
       if (K <= 16) {
@@ -365,17 +352,18 @@ TALOutputs task_aligned_assign_cuda(const at::Tensor& pred_scores, const at::Ten
     launch_kernel(tal_outputs_kernel<scalar_t>, num_blocks(anchors), kThreads, stream,
                   assigned.const_data_ptr<int64_t>(), fin_t.const_data_ptr<acc_t>(),
                   fin_u.const_data_ptr<acc_t>(), p_max_t, p_max_u, gl.const_data_ptr<int64_t>(),
-                  gb.const_data_ptr<scalar_t>(), anchors, G, A, norm_eps,
+                  gb.const_data_ptr<scalar_t>(), anchors, G, A, c.norm_eps,
                   fg.mutable_data_ptr<bool>(), labels.mutable_data_ptr<int64_t>(),
                   boxes.mutable_data_ptr<scalar_t>(), ious.mutable_data_ptr<scalar_t>(),
                   metrics.mutable_data_ptr<scalar_t>(), soft.mutable_data_ptr<scalar_t>());
   });
-  return out;
 }
 
 }  // namespace
 
-TOOD_EXT_CUDA_IMPL(m) { m.impl("task_aligned_assign", &task_aligned_assign_cuda); }
+TOOD_EXT_CUDA_IMPL(m) {
+  m.impl("task_aligned_assign", &task_aligned_assign_op<task_aligned_assign_cuda, kMaxTopkCuda>);
+}
 
 }  // namespace tal
 }  // namespace tood_ext
