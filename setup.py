@@ -168,6 +168,13 @@ def _prebuilt():
     return os.path.abspath(path), stamp, values
 
 
+def correctness_flags() -> list:
+    """The C++ flags that the results' bits rest on (csrc/correctness_flags.txt, which CMake and
+    the CUDA emulator's build read too)."""
+    with open(os.path.join(ROOT, "csrc", "correctness_flags.txt")) as f:
+        return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def _extensions():
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if PREBUILT:
@@ -179,10 +186,9 @@ def _extensions():
     build_cuda, reason = _cuda_decision()
     if _env_flag("FORCE_CUDA") and not build_cuda:
         raise RuntimeError(f"FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
-    # -fno-trapping-math lets GCC if-convert, hence vectorise, the branch-free pair math;
-    # -ffp-contract=off: no FMA contraction, so the CPU kernels' ISA clones (csrc/cpu) give the
-    # same bits as their baseline code
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
+    # -fno-trapping-math lets GCC if-convert, hence vectorise, the branch-free pair math; the
+    # flags the bits rest on (-ffp-contract=off) come from csrc/correctness_flags.txt
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math"] + correctness_flags()
     link = ["-fopenmp"]
     if not _env_flag("TOOD_EXT_DEBUG"):
         # release build: Python's own CFLAGS often carry -g, and debug info is most of an

@@ -14,6 +14,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 
 
+def correctness_flags() -> list[str]:
+    """The C++ flags the bits rest on, as setup.py and CMake read them."""
+    with open(os.path.join(CSRC, "correctness_flags.txt")) as f:
+        return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def asan_runtime() -> str | None:
     """Path of the C++ compiler's AddressSanitizer runtime, or None."""
     cxx = os.environ.get("CXX", "c++")
@@ -32,7 +38,7 @@ def load_emulator(asan: bool = False):
     sources = [os.path.join(CSRC, "tools", "cuda_emu.cpp"),
                os.path.join(CSRC, "tools", "cuda_emu_ops.cpp")]
     sources += sorted(glob.glob(os.path.join(CSRC, "tools", "emu", "*.cpp")))
-    flags = ["-std=c++20", "-DTOOD_CUDA_EMU", "-ffp-contract=off", "-Wno-unknown-pragmas"]
+    flags = ["-std=c++20", "-DTOOD_CUDA_EMU", "-Wno-unknown-pragmas"] + correctness_flags()
     if asan:
         flags += ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
     else:

@@ -437,55 +437,8 @@ def test_cpu_backward_is_bitwise_deterministic(gen):
             assert torch.equal(g, e)
 
 
-# (B, C, H, W, G, offset scale in pixels or None for "wide")
-PATH_CASES = [
-    (2, 16, 12, 10, 1, 2.0),     # two full chunks, local offsets (shared scatter corners)
-    (1, 20, 6, 11, 2, None),     # a full and a partial chunk, many samples outside
-    (3, 24, 9, 13, 3, 1.0),      # B * G = 9 blocks: the fused schedule with 2 threads
-    (2, 8, 1, 5, 1, None),       # H = 1: edge pixels only
-    (1, 8, 7, 1, 1, 1.0),        # W = 1
-    (2, 8, 6, 9, 2, 1.0),        # Cg = 4: the smallest group taking pixel-major by default
-    (2, 6, 5, 7, 3, 0.5),        # Cg = 2: pixel-major forced on a small group
-    (1, 8, 131, 129, 1, 3.0),    # 16899 pixels: two planar tiles, one pixel-major plan
-]
-
-
-@pytest.mark.parametrize("case", PATH_CASES, ids=str)
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_cpu_paths_give_the_same_bits(gen, monkeypatch, case, with_mask):
-    # The CPU kernels have a planar path (gathers per channel plane) and a pixel-major one
-    # (groups of >= 4 channels, chunks of 8 transposed to pixel-major scratch); both do the
-    # same operations in the same order, so forward and every gradient match bit for bit, at
-    # every thread count (1 thread: fused backward; 2: two-pass where there are few blocks).
-    B, C, H, W, G, scale = case
-    for dtype in (torch.float32, torch.float64):
-        x, off, m = make_inputs(gen, B, C, H, W, G, dtype=dtype, mask=with_mask)
-        if scale is not None:
-            off = (torch.randn(off.shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-        if dtype == torch.float32 and H * W >= 20:  # non-finite positions (edge pixels)
-            flat = off.view(-1)
-            picks = torch.randperm(flat.numel(), generator=gen)[:3]
-            flat[picks] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
-        up = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
-        threads = torch.get_num_threads()
-        runs = {}
-        try:
-            for path in ("planar", "pixel_major"):
-                monkeypatch.setenv("TOOD_EXT_DEFORM_CPU_PATH", path)
-                for n in (1, 2):
-                    torch.set_num_threads(n)
-                    args = [t.clone().requires_grad_() for t in (x, off, m) if t is not None]
-                    out = tood_ext.deform_sampling(*args, *([None] if m is None else []))
-                    runs[path, n] = (out.detach(), *torch.autograd.grad(out, args, up))
-        finally:
-            torch.set_num_threads(threads)
-        want = runs["planar", 1]
-        if dtype == torch.float64:  # (float32 positions i + dy round by up to ~1e-5 px at i ~ 130)
-            assert_close(want[0], _ref64(x, off, m), msg=f"{case}")
-        for key, got in runs.items():
-            for name, g, e in zip(("output", "input", "offset", "mask"), got, want):
-                torch.testing.assert_close(g, e, rtol=0, atol=0, equal_nan=True,
-                                           msg=lambda s: f"{key} {name} {dtype}: {s}")
+# The CPU paths (planar, pixel-major) and ISA clones give the same bits: tests/test_deform_cpu_bits.py
+# (the switches are read once per process: a subprocess per variant).
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")

@@ -89,6 +89,27 @@ __device__ __forceinline__ void pixel_corners(const scalar_t* __restrict__ offse
   deform_corners(i, j, static_cast<acc_t>(dy[p]), static_cast<acc_t>(dy[d.HW + p]), d.H, d.W, c);
 }
 
+// The loop of the forward / grad_input threads: each unit u of this thread
+// (grid-stride), its pixel's corners and mask value (1 without a mask) computed
+// once, then fn(corners, mask value, plane, p) per channel plane of the chunk
+// (pixel p of plane (b, c) at plane + p).
+template <typename scalar_t, typename index_t, typename Fn>
+__device__ __forceinline__ void for_each_chunk_channel(index_t units,
+                                                       const scalar_t* __restrict__ offset,
+                                                       const scalar_t* __restrict__ mask,
+                                                       const Dims<index_t>& d, Fn&& fn) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t u = global_thread<index_t>(); u < units; u += grid_stride<index_t>()) {
+    const ChunkUnit<index_t> t = chunk_unit(u, d);
+    BilinearCorners<acc_t, index_t> cn;
+    pixel_corners<scalar_t>(offset, t.bg, t.p, d, cn);
+    const acc_t mv = mask ? static_cast<acc_t>(mask[t.bg * d.HW + t.p]) : acc_t(1);
+    // unrolled: the loads of several channels are issued before the first store
+#pragma unroll 4
+    for (index_t k = 0; k < t.n; ++k) fn(cn, mv, t.plane + k * d.HW, t.p);
+  }
+}
+
 // ---- forward ------------------------------------------------------------------------
 
 template <typename scalar_t, typename index_t>
@@ -98,22 +119,14 @@ __global__ void deform_sampling_forward_kernel(const scalar_t* __restrict__ inpu
                                                scalar_t* __restrict__ out, index_t units,
                                                Dims<index_t> d) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (index_t u = global_thread<index_t>(); u < units; u += grid_stride<index_t>()) {
-    const ChunkUnit<index_t> t = chunk_unit(u, d);
-    BilinearCorners<acc_t, index_t> cn;
-    pixel_corners<scalar_t>(offset, t.bg, t.p, d, cn);
-    const acc_t mv = mask ? static_cast<acc_t>(mask[t.bg * d.HW + t.p]) : acc_t(1);
-    // unrolled: the loads of several channels are issued before the first store
-#pragma unroll 4
-    for (index_t k = 0; k < t.n; ++k) {
-      const index_t plane = t.plane + k * d.HW;
-      acc_t v[4];
-      load_corners(input + plane, cn, v);
-      acc_t value = bilinear_value(cn, v);
-      if (mask) value *= mv;
-      out[plane + t.p] = static_cast<scalar_t>(value);
-    }
-  }
+  for_each_chunk_channel(units, offset, mask, d, [&](const BilinearCorners<acc_t, index_t>& cn,
+                                                     acc_t mv, index_t plane, index_t p) {
+    acc_t v[4];
+    load_corners(input + plane, cn, v);
+    acc_t value = bilinear_value(cn, v);
+    if (mask) value *= mv;
+    out[plane + p] = static_cast<scalar_t>(value);
+  });
 }
 
 // ---- backward -----------------------------------------------------------------------
@@ -127,21 +140,14 @@ __global__ void deform_sampling_grad_input_kernel(const scalar_t* __restrict__ g
                                                   at::opmath_type<scalar_t>* __restrict__ grad_input,
                                                   index_t units, Dims<index_t> d) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (index_t u = global_thread<index_t>(); u < units; u += grid_stride<index_t>()) {
-    const ChunkUnit<index_t> t = chunk_unit(u, d);
-    BilinearCorners<acc_t, index_t> cn;
-    pixel_corners<scalar_t>(offset, t.bg, t.p, d, cn);
-    const acc_t mv = mask ? static_cast<acc_t>(mask[t.bg * d.HW + t.p]) : acc_t(1);
-#pragma unroll 4
-    for (index_t k = 0; k < t.n; ++k) {
-      const index_t plane = t.plane + k * d.HW;
-      acc_t g = static_cast<acc_t>(grad[plane + t.p]);
-      if (mask) g *= mv;
-      if (g == acc_t(0)) continue;  // nothing to add (a NaN gradient still goes through)
-      acc_t* gin = grad_input + plane;
-      scatter_corners(cn, g, [gin](index_t off, acc_t add) { gpuAtomicAdd(gin + off, add); });
-    }
-  }
+  for_each_chunk_channel(units, offset, mask, d, [&](const BilinearCorners<acc_t, index_t>& cn,
+                                                     acc_t mv, index_t plane, index_t p) {
+    acc_t g = static_cast<acc_t>(grad[plane + p]);
+    if (mask) g *= mv;
+    if (g == acc_t(0)) return;  // nothing to add (a NaN gradient still goes through)
+    acc_t* gin = grad_input + plane;
+    scatter_corners(cn, g, [gin](index_t off, acc_t add) { gpuAtomicAdd(gin + off, add); });
+  });
 }
 
 // grad_offset and grad_mask of pixel (b, g, p), summed over the group's
@@ -179,26 +185,26 @@ __global__ void deform_sampling_grad_position_kernel(
 
 // ---- ops ----------------------------------------------------------------------------
 
-int64_t max_index_of(const at::Tensor& in, const at::Tensor& off, const at::Tensor& m) {
-  return std::max({in.numel(), off.numel(), m.defined() ? m.numel() : int64_t(0)});
-}
+struct CudaBackend {
+  static at::Tensor forward(const DeformSamplingCall& call);
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+      const DeformSamplingBackwardCall& call);
+};
 
-at::Tensor deform_sampling_cuda(const at::Tensor& input, const at::Tensor& offset,
-                                const c10::optional<at::Tensor>& mask) {
-  const DeformShape s = check_deform_sampling_args(input, offset, mask);
-  const DeviceGuard guard(input.device());
-  const at::Tensor in = input.contiguous(), off = offset.contiguous();
-  const at::Tensor m = has_mask(mask) ? mask->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(in.sizes(), in.options());
-  if (out.numel() == 0) return out;
+at::Tensor CudaBackend::forward(const DeformSamplingCall& call) {
+  const DeviceGuard guard(call.input.device());
+  at::Tensor out = call.empty_output();
+  if (call.empty()) return out;
+  const DeformShape& s = call.shape;
   const cudaStream_t stream = current_stream();
-  TOOD_DISPATCH_CUDA_FLOATING_TYPES(in.scalar_type(), "deform_sampling_cuda", [&] {
-    with_kernel_index_type(max_index_of(in, off, m), [&](auto index_c) {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(call.input.scalar_type(), "deform_sampling_cuda", [&] {
+    with_kernel_index_type(call.max_numel(), [&](auto index_c) {
       using index_t = decltype(index_c);
       const int64_t units = chunk_units(s);
       launch_kernel(deform_sampling_forward_kernel<scalar_t, index_t>, num_blocks(units), kThreads,
-                    stream, in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
-                    m.defined() ? m.const_data_ptr<scalar_t>() : nullptr,
+                    stream, call.input.const_data_ptr<scalar_t>(),
+                    call.offset.const_data_ptr<scalar_t>(),
+                    call.with_mask() ? call.mask.const_data_ptr<scalar_t>() : nullptr,
                     out.mutable_data_ptr<scalar_t>(), static_cast<index_t>(units),
                     make_dims<index_t>(s));
     });
@@ -206,43 +212,40 @@ at::Tensor deform_sampling_cuda(const at::Tensor& input, const at::Tensor& offse
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& offset,
-    const c10::optional<at::Tensor>& mask) {
-  const DeformShape s = check_deform_sampling_args(input, offset, mask);
-  check_grad(grad, input);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> CudaBackend::backward(
+    const DeformSamplingBackwardCall& call) {
   at::globalContext().alertNotDeterministic(
       "tood_ext::deform_sampling backward (grad of input) on CUDA");
-  const DeviceGuard guard(input.device());
-  const at::Tensor in = input.contiguous(), off = offset.contiguous();
-  const bool with_mask = has_mask(mask);
-  const at::Tensor m = with_mask ? mask->contiguous() : at::Tensor();
+  const DeviceGuard guard(call.input.device());
+  if (call.empty()) return call.zero_grads();
+  const DeformShape& s = call.shape;
+  const at::Tensor &in = call.input, &off = call.offset, &m = call.mask;
   // grad_input accumulates in the op-math type: float32 for half/bfloat16.
   const auto acc_type = at::toOpMathType(in.scalar_type());
   at::Tensor grad_input_acc = at::zeros(in.sizes(), in.options().dtype(acc_type));
   // Zeros: with C = 0 (or H * W = 0) no kernel writes them.
   at::Tensor grad_offset = at::zeros(off.sizes(), off.options());
-  at::Tensor grad_mask = with_mask ? at::zeros(m.sizes(), m.options())
-                                   : at::zeros({0}, in.options());
-  if (in.numel() == 0) return {grad_input_acc.to(in.scalar_type()), grad_offset, grad_mask};
-  const at::Tensor g = grad.contiguous();
+  at::Tensor grad_mask = call.with_mask() ? at::zeros(m.sizes(), m.options())
+                                          : call.no_grad_mask();
   const cudaStream_t stream = current_stream();
   TOOD_DISPATCH_CUDA_FLOATING_TYPES(in.scalar_type(), "deform_sampling_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_kernel_index_type(max_index_of(in, off, m), [&](auto index_c) {
+    with_kernel_index_type(call.max_numel(), [&](auto index_c) {
       using index_t = decltype(index_c);
       const Dims<index_t> d = make_dims<index_t>(s);
-      const scalar_t* pm = with_mask ? m.const_data_ptr<scalar_t>() : nullptr;
+      const scalar_t* pm = call.with_mask() ? m.const_data_ptr<scalar_t>() : nullptr;
       const int64_t units = chunk_units(s);
       launch_kernel(deform_sampling_grad_input_kernel<scalar_t, index_t>, num_blocks(units),
-                    kThreads, stream, g.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
-                    pm, grad_input_acc.mutable_data_ptr<acc_t>(), static_cast<index_t>(units), d);
+                    kThreads, stream, call.grad.const_data_ptr<scalar_t>(),
+                    off.const_data_ptr<scalar_t>(), pm, grad_input_acc.mutable_data_ptr<acc_t>(),
+                    static_cast<index_t>(units), d);
       const int64_t pixels = s.batch * s.groups * s.plane();
       if (pixels == 0) return;
       launch_kernel(deform_sampling_grad_position_kernel<scalar_t, index_t>, num_blocks(pixels),
-                    kThreads, stream, g.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
-                    off.const_data_ptr<scalar_t>(), pm, grad_offset.mutable_data_ptr<scalar_t>(),
-                    with_mask ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr,
+                    kThreads, stream, call.grad.const_data_ptr<scalar_t>(),
+                    in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(), pm,
+                    grad_offset.mutable_data_ptr<scalar_t>(),
+                    call.with_mask() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr,
                     static_cast<index_t>(pixels), d);
     });
   });
@@ -255,8 +258,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_sampling_backward_cuda(
 }  // namespace
 
 TOOD_EXT_CUDA_IMPL(m) {
-  m.impl("deform_sampling", &deform_sampling_cuda);
-  m.impl("_deform_sampling_backward", &deform_sampling_backward_cuda);
+  m.impl("deform_sampling", &deform_sampling_op<CudaBackend>);
+  m.impl("_deform_sampling_backward", &deform_sampling_backward_op<CudaBackend>);
 }
 
 }  // namespace deform
