@@ -13,71 +13,12 @@ import torch
 
 from .._types import TALResult
 from ..ops._checks import sanitize_gts
-from .box_ops import _check_mode, alignment_metric
-
-CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
-CONFLICT_MODES = ("candidates", "all_gts")
+from ..ops._tal_spec import CANDIDATE_MODES, CONFLICT_MODES, check_label_values, check_tal_args
+from ..ops._tal_spec import tal_shape
+from .box_ops import alignment_metric
 
 __all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "inside_boxes",
            "task_aligned_assign"]
-
-
-def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode, conflict="candidates", min_inside_size=0.0, alpha=1.0,
-                beta=6.0, inside_eps=0.01, norm_eps=1e-7) -> None:
-    """The op's argument errors (the op's Python checks, the kernels' messages)."""
-    from ..ops.tal import check_tal_args
-
-    check_tal_args("reference.task_aligned_assign", pred_scores, pred_boxes, anchor_points,
-                   gt_labels, gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode,
-                   inside_eps, norm_eps, conflict, min_inside_size)
-    _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask)
-
-
-def _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask) -> None:
-    """Shapes, dtypes, devices and label values (RuntimeError / IndexError, the kernels'
-    messages)."""
-    if pred_scores.dim() != 3:
-        raise RuntimeError(f"pred_scores must have shape (B, A, C), got {tuple(pred_scores.shape)}")
-    B, A, C = pred_scores.shape
-    if pred_boxes.shape != (B, A, 4):
-        raise RuntimeError(f"pred_boxes must have shape (B, A, 4) = ({B}, {A}, 4) to match "
-                           f"pred_scores {tuple(pred_scores.shape)}, got {tuple(pred_boxes.shape)}")
-    if anchor_points.shape != (A, 2):
-        raise RuntimeError(f"anchor_points must have shape (A, 2) = ({A}, 2), got "
-                           f"{tuple(anchor_points.shape)}")
-    if gt_labels.dim() != 2 or gt_labels.shape[0] != B:
-        raise RuntimeError(f"gt_labels must have shape (B, G) with B = {B}, got "
-                           f"{tuple(gt_labels.shape)}")
-    G = gt_labels.shape[1]
-    if gt_boxes.shape != (B, G, 4):
-        raise RuntimeError(f"gt_boxes must have shape (B, G, 4) = ({B}, {G}, 4), got "
-                           f"{tuple(gt_boxes.shape)}")
-    if gt_mask.shape != (B, G):
-        raise RuntimeError(f"gt_mask must have shape (B, G) = ({B}, {G}), got "
-                           f"{tuple(gt_mask.shape)}")
-    if gt_labels.dtype != torch.int64:
-        raise RuntimeError(f"gt_labels must be int64, got {gt_labels.dtype}")
-    if gt_mask.dtype != torch.bool:
-        raise RuntimeError(f"gt_mask must be bool, got {gt_mask.dtype}")
-    if not pred_scores.is_floating_point():
-        raise RuntimeError(f"pred_scores must be float32 or float64, got {pred_scores.dtype}")
-    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
-                    ("gt_boxes", gt_boxes)):
-        if t.dtype != pred_scores.dtype:
-            raise RuntimeError(f"{name} has dtype {t.dtype} but pred_scores has dtype "
-                               f"{pred_scores.dtype}; they must have the same floating dtype")
-    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
-                    ("gt_labels", gt_labels), ("gt_boxes", gt_boxes), ("gt_mask", gt_mask)):
-        if t.device != pred_scores.device:
-            raise RuntimeError(f"{name} is on {t.device} but pred_scores is on "
-                               f"{pred_scores.device}; all inputs must be on the same device")
-    if gt_labels.numel():
-        bad = ((gt_labels < 0) | (gt_labels >= C)) & gt_mask
-        if bad.any():
-            value = int(gt_labels[bad][0])
-            raise IndexError(f"gt_labels holds class {value} for a valid GT (gt_mask True), "
-                             f"outside [0, {C}) = the classes of pred_scores")
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
@@ -194,12 +135,13 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         background; ``boxes`` in the dtype of ``gt_boxes``, float fields in the dtype of
         ``pred_scores``. No output carries a gradient.
     """
-    _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode, conflict, min_inside_size, alpha, beta, inside_eps,
-                norm_eps)
+    check_tal_args("reference.task_aligned_assign", pred_scores, pred_boxes, anchor_points,
+                   gt_labels, gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode,
+                   inside_eps, norm_eps, conflict, min_inside_size)
+    B, A, C, G = tal_shape(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask,
+                           half_on_cpu=True)
     gt_boxes, gt_mask = sanitize_gts(gt_boxes.detach(), gt_mask)  # non-finite GT = padding
-    B, A, _ = pred_scores.shape
-    G = gt_labels.shape[1]
+    check_label_values(gt_labels, gt_mask, C)  # after: a non-finite GT's label is not read
     if B == 0 or A == 0 or G == 0:
         return _background(pred_scores, gt_boxes, B, A)
     with torch.no_grad():
