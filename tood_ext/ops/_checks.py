@@ -212,3 +212,14 @@ def check_batched_gts(op: str, scores_name: str, scores: torch.Tensor, gt_boxes_
                            f"batch of {scores_name} {tuple(scores.shape)}), got "
                            f"{tuple(gt_boxes.shape)}")
     return B, A, C, gt_boxes.shape[1]
+
+
+def check_num_classes(op: str, num_classes, scores_name: str, scores: torch.Tensor) -> int:
+    """An adapter's ``num_classes``: an int >= 1 (TypeError / ValueError) that is the class
+    dim C of its (B, A, C) scores (RuntimeError naming both; the one-hot targets have
+    ``num_classes`` columns, the label checks use C)."""
+    n = check_int(op, "num_classes", num_classes, minimum=1)
+    if scores.shape[-1] != n:
+        raise RuntimeError(f"{op}: {scores_name} has {scores.shape[-1]} classes (shape "
+                           f"{tuple(scores.shape)}) but num_classes is {n}")
+    return n
