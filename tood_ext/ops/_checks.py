@@ -6,13 +6,17 @@ The error policy of tood_ext (README, "Reliability"), followed alike by the C++ 
 * ``TypeError``: an argument of the wrong Python type (a list, a numpy array or None where a
   tensor is expected; a string where a number is; a float where an int is).
 * ``ValueError``: a non-tensor argument of the right type but a bad value (an unknown mode, a
-  ``topk`` below 1, ``groups`` that do not match the offset, a negative size).
+  ``topk`` below 1, ``groups`` that do not match the offset, a negative size, a NaN, infinite
+  or negative eps / exponent).
 * ``RuntimeError``: a tensor argument of the wrong shape, dtype or device (the kernels'
   ``TORCH_CHECK`` messages; the fake kernels and the references raise the same type).
 * ``IndexError``: a label value outside ``[0, C)`` for a valid GT.
 
 Every message names the argument, what was expected and what was given. The checks run
-before anything is computed or written.
+before anything is computed or written. These are the generic helpers; each op family's
+contract (its modes, defaults, argument and shape checks), used alike by the op wrapper, the
+reference and the fake kernel, is one module built on them: ``_box_spec`` (box_iou, iou_loss,
+alignment_metric), ``_tal_spec`` (task_aligned_assign), ``_deform_spec`` (deform_sampling).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["broadcast_leading", "check_batched_gts", "check_bool", "check_box_shape",
-           "check_choice", "check_float_dtype", "check_float_like", "check_int", "check_number",
+           "check_choice", "check_float_dtype", "check_int", "check_num_classes", "check_number",
            "check_same_device", "check_same_dtype", "check_tensor", "check_tensors",
            "finite_gt_rows", "sanitize_gts"]
 
@@ -154,22 +158,6 @@ def broadcast_leading(boxes1: torch.Tensor, boxes2: torch.Tensor):
                            f"{tuple(boxes1.shape)}, boxes2 {tuple(boxes2.shape)}; expected "
                            "(..., N, 4) and (..., M, 4) with broadcastable '...')") from None
     return boxes1.expand(*lead, *boxes1.shape[-2:]), boxes2.expand(*lead, *boxes2.shape[-2:])
-
-
-def check_float_like(ref_name: str, ref: torch.Tensor, **tensors) -> None:
-    """RuntimeError unless ``ref`` is floating and every tensor in ``tensors`` (None skipped)
-    has its dtype and device (the references' version of the kernels' dtype/device checks)."""
-    if not ref.is_floating_point():
-        raise RuntimeError(f"{ref_name} must be float32 or float64, got {ref.dtype}")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if t.dtype != ref.dtype:
-            raise RuntimeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype "
-                               f"{ref.dtype}; they must have the same floating dtype")
-        if t.device != ref.device:
-            raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
-                               "all inputs must be on the same device")
 
 
 # ---- non-finite GTs ---------------------------------------------------------------------------
