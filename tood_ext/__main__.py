@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -37,6 +38,50 @@ DEMO_THREADS = 2
 
 
 # ----------------------------------------------------------------------------- arguments
+# Option types that reject a bad value at parse time (exit status 2, argparse's message
+# naming the option: "argument --epochs: must be an integer >= 1, got 0"), before any file
+# is read or written.
+def _int(lo: int):
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError: argparse's "invalid int value"
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False):
+    def parse(text: str) -> float:
+        value = float(text)
+        bad = not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else
+                                                               value < lo)) \
+            or (hi is not None and (value >= hi if hi_open else value > hi))
+        if bad:
+            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            what = " and ".join(x for x in (lo_s, hi_s) if x)
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number{' ' + what if what else ''}, got {text}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+def _device(text: str) -> str:
+    if text == "auto":
+        return text
+    import torch
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def _add_data_args(p: argparse.ArgumentParser, split: str, required: bool = False) -> None:
     p.add_argument("--data", help="a folder written by `generate` (uses DATA/train, DATA/val)")
     p.add_argument(f"--{split}-ann", help=f"instances JSON of the {split} set")
@@ -59,56 +104,56 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (TOODConfig)")
     g.add_argument("--depth", type=int, default=50, choices=(18, 34, 50))
     g.add_argument("--weights", help="local backbone weights (torchvision ResNet state dict)")
-    g.add_argument("--fpn-channels", type=int, default=256)
-    g.add_argument("--feat-channels", type=int, default=256)
-    g.add_argument("--stacked-convs", type=int, default=6)
-    g.add_argument("--num-groups", type=int, default=32, help="GroupNorm groups of the head")
+    g.add_argument("--fpn-channels", type=_int(1), default=256)
+    g.add_argument("--feat-channels", type=_int(1), default=256)
+    g.add_argument("--stacked-convs", type=_int(1), default=6)
+    g.add_argument("--num-groups", type=_int(1), default=32, help="GroupNorm groups of the head")
     g.add_argument("--anchor-type", default="anchor_free", choices=("anchor_free", "anchor_based"))
     g.add_argument("--head", default="tood", choices=("tood", "atss"),
                    help="tood: the T-head; atss: ATSS's parallel head with centerness (baseline)")
-    g.add_argument("--initial-epoch", type=int, default=4, help="ATSS epochs before TAL")
-    g.add_argument("--cls-prior", type=float, default=0.01,
+    g.add_argument("--initial-epoch", type=_int(0), default=4, help="ATSS epochs before TAL")
+    g.add_argument("--cls-prior", type=_float(0, 1, True, True), default=0.01,
                    help="T-head: prior probability of P's bias (mmdetection 0.01)")
-    g.add_argument("--m-prior", type=float, default=0.01,
+    g.add_argument("--m-prior", type=_float(0, 1, True, True), default=0.01,
                    help="T-head: prior probability of the alignment map M's bias (mmdetection "
                         "0.01; 0.5 with --cls-prior 2e-4 trains better from scratch)")
-    g.add_argument("--topk", type=int, default=13)
-    g.add_argument("--alpha", type=float, default=1.0)
-    g.add_argument("--beta", type=float, default=6.0)
+    g.add_argument("--topk", type=_int(1), default=13)
+    g.add_argument("--alpha", type=_float(0), default=1.0)
+    g.add_argument("--beta", type=_float(0), default=6.0)
     g.add_argument("--ops", default="kernel", choices=("kernel", "reference"))
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (TrainConfig)")
-    g.add_argument("--epochs", type=int, default=12)
-    g.add_argument("--batch-size", type=int, default=2, help="per process")
+    g.add_argument("--epochs", type=_int(1), default=12)
+    g.add_argument("--batch-size", type=_int(1), default=2, help="per process")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup-iters", type=int, default=500)
-    g.add_argument("--warmup-ratio", type=float, default=0.001)
+    g.add_argument("--lr", type=_float(0, lo_open=True), default=0.01)
+    g.add_argument("--momentum", type=_float(0, 1, hi_open=True), default=0.9)
+    g.add_argument("--weight-decay", type=_float(0), default=1e-4)
+    g.add_argument("--warmup-iters", type=_int(0), default=500)
+    g.add_argument("--warmup-ratio", type=_float(0, 1), default=0.001)
     g.add_argument("--schedule", default="step", choices=("step", "cosine"))
-    g.add_argument("--milestones", type=int, nargs="*", default=[8, 11], help="epochs (step)")
-    g.add_argument("--gamma", type=float, default=0.1)
-    g.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine's final lr / lr")
-    g.add_argument("--clip-grad", type=float, default=35.0, help="max grad norm; 0: off")
+    g.add_argument("--milestones", type=_int(1), nargs="*", default=[8, 11], help="epochs (step)")
+    g.add_argument("--gamma", type=_float(0, lo_open=True), default=0.1)
+    g.add_argument("--min-lr-ratio", type=_float(0, 1), default=0.01, help="cosine's final lr / lr")
+    g.add_argument("--clip-grad", type=_float(0), default=35.0, help="max grad norm; 0: off")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
     g.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"))
-    g.add_argument("--workers", type=int, default=0, help="data loader processes")
+    g.add_argument("--workers", type=_int(0), default=0, help="data loader processes")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--ckpt-interval", type=int, default=1)
-    g.add_argument("--eval-interval", type=int, default=0, help="epochs; 0: at the end only")
-    g.add_argument("--max-iters-per-epoch", type=int, default=None)
+    g.add_argument("--ckpt-interval", type=_int(0), default=1)
+    g.add_argument("--eval-interval", type=_int(0), default=0, help="epochs; 0: at the end only")
+    g.add_argument("--max-iters-per-epoch", type=_int(1), default=None)
     g.add_argument("--resume", help="checkpoint path, or 'auto' for WORK_DIR/latest.pth")
     g.add_argument("--no-progress", action="store_true")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--scale", type=int, nargs=2, default=[1333, 800], metavar=("LONG", "SHORT"),
+    p.add_argument("--device", default="auto", type=_device, help="auto | cpu | cuda")
+    p.add_argument("--scale", type=_int(1), nargs=2, default=[1333, 800], metavar=("LONG", "SHORT"),
                    help="keep-ratio resize bounds")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_int(1), default=None, help="torch CPU threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,11 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     _add_data_args(p, "val")
     _add_common(p)
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=_int(1), default=2)
     p.add_argument("--out", help="metrics JSON (default: next to the checkpoint)")
     p.add_argument("--dets-out", help="also write the detections (COCO results JSON)")
-    p.add_argument("--score-thr", type=float, default=None, help="override the model's")
-    p.add_argument("--min-bbox-size", type=float, default=None,
+    p.add_argument("--score-thr", type=_float(0, 1), default=None, help="override the model's")
+    p.add_argument("--min-bbox-size", type=_float(), default=None,
                    help="override the model's (0: drop zero-size boxes; negative: keep all)")
     p.add_argument("--clip", default=None, choices=("on", "off"),
                    help="clip boxes to the image before NMS (default: the model's, on; "
@@ -156,22 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", default="runs/predict")
-    p.add_argument("--score-thr", type=float, default=0.3, help="drawn if score >= this")
-    p.add_argument("--limit", type=int, default=None, help="at most this many images")
+    p.add_argument("--score-thr", type=_float(0, 1), default=0.3, help="drawn if score >= this")
+    p.add_argument("--limit", type=_int(1), default=None, help="at most this many images")
     _add_common(p)
 
     p = sub.add_parser("demo", help="synthetic data -> train -> eval -> predictions")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=DEMO["epochs"])
+    p.add_argument("--epochs", type=_int(1), default=DEMO["epochs"])
     p.add_argument("--train-images", type=int, default=DEMO["train_images"])
     p.add_argument("--val-images", type=int, default=DEMO["val_images"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=DEMO_THREADS,
+    p.add_argument("--device", default="auto", type=_device)
+    p.add_argument("--threads", type=_int(1), default=DEMO_THREADS,
                    help="torch CPU threads (default %(default)s whatever the core count: the "
                         "result depends on it, see README)")
     p.add_argument("--ops", default="kernel", choices=("kernel", "reference"))
-    p.add_argument("--num-predictions", type=int, default=6)
+    p.add_argument("--num-predictions", type=_int(0), default=6)
     _add_plugin_commands(sub)
     return parser
 
@@ -275,10 +320,19 @@ def cmd_train(args) -> dict:
         sys.exit(f"train: no usable training image in {tr[0]}: "
                  f"{train_set.describe_filter()}")
     val_set = CocoDetection(va[0], va[1], scale=scale) if va else None
-    mcfg = _model_config(args, train_set.num_classes)
-    tcfg = _train_config(args)
-    torch.manual_seed(args.seed)  # the same initial weights in every process and every run
-    model = build_model(mcfg)
+    if not os.path.isdir(tr[1]):  # found before the work dir is made, not at the first batch
+        sys.exit(f"train: image folder not found: {tr[1]}")
+    if list(args.milestones) != sorted(set(args.milestones)):
+        sys.exit(f"train: --milestones must be increasing epochs, got {args.milestones}")
+    try:  # the model's options that only its constructors check (--num-groups, --weights)
+        mcfg = _model_config(args, train_set.num_classes)
+        tcfg = _train_config(args)
+        torch.manual_seed(args.seed)  # the same initial weights in every process and every run
+        model = build_model(mcfg)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        sys.exit(f"train: bad model/training options: {type(exc).__name__}: {exc}")
     if D.is_main():
         n = sum(p.numel() for p in model.parameters())
         print(f"TOOD-R{mcfg.depth}: {n / 1e6:.2f} M parameters; {len(train_set)} training images,"
@@ -463,16 +517,18 @@ def _option_names(message: str) -> str:
 def main(argv: list[str] | None = None):
     """Runs a command. Bad options exit with status 2 (argparse); unusable data (a malformed
     annotations file, an unreadable image, no usable training image, a checkpoint whose
-    classes do not fit the set) exits with status 1 and a message naming the file and the
-    problem, before anything is written."""
+    classes do not fit the set, a corrupt or foreign checkpoint, model options its
+    constructors reject) exits with status 1 and a message naming the file or option and
+    the problem, before anything is written."""
     from .data.coco import DataError
+    from .engine.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         return args.func(args)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, CheckpointError, OSError) as exc:  # OSError: not found, a directory...
         sys.exit(f"{args.command}: {exc}")
 
 

@@ -95,6 +95,9 @@ def _iou_mode(iou_calculator) -> str:
     """mmdet's iou_calculator config -> the op's iou_mode (only 2-D IoU is mmdet's TOOD)."""
     if iou_calculator is None:
         return "iou"
+    if not isinstance(iou_calculator, dict):
+        raise TypeError(f"iou_calculator must be an mmdet config dict such as "
+                        f"dict(type='BboxOverlaps2D') or None, got {iou_calculator!r}")
     cfg = dict(iou_calculator)
     kind = cfg.pop("type", "BboxOverlaps2D")
     mode = cfg.pop("mode", "iou")
@@ -249,8 +252,11 @@ class TaskAlignedAssigner:
         return result
 
     def _run(self, scores, bboxes, priors, gt_labels, gt_bboxes, gt_mask, alpha, beta):
+        from ..ops._checks import check_number
         from ..ops.tal import task_aligned_assign
 
+        for name, value in (("alpha", alpha), ("beta", beta)):  # float("1") would pass
+            check_number("compat.mmdet.TaskAlignedAssigner", name, value, tensor_ok=True)
         dt = _op_dtype(scores)
         return task_aligned_assign(
             scores.detach().to(dt), bboxes.detach().to(dt), _prior_points(priors).to(dt),
@@ -291,13 +297,15 @@ class BatchTaskAlignedAssigner(nn.Module):
         """pred_bboxes (B, A, 4) xyxy; pred_scores (B, A, C); priors (A, >= 2) whose [:, :2]
         are the points; gt_labels (B, G, 1); gt_bboxes (B, G, 4); pad_bbox_flag (B, G, 1)
         (1 = real GT). Returns mmyolo's dict."""
-        from ..ops._checks import check_batched_gts, check_tensors, finite_gt_rows
+        from ..ops._checks import check_batched_gts, check_num_classes, check_tensors
+        from ..ops._checks import finite_gt_rows
         from ..ops.tal import task_aligned_assign
 
         op = "compat.mmdet.BatchTaskAlignedAssigner"
         check_tensors(op, pred_bboxes=pred_bboxes, pred_scores=pred_scores, priors=priors,
                       gt_labels=gt_labels, gt_bboxes=gt_bboxes, pad_bbox_flag=pad_bbox_flag)
         B, A, C, G = check_batched_gts(op, "pred_scores", pred_scores, "gt_bboxes", gt_bboxes)
+        check_num_classes(op, self.num_classes, "pred_scores", pred_scores)
         _check_priors(op, priors)
         for name, t in (("gt_labels", gt_labels), ("pad_bbox_flag", pad_bbox_flag)):
             if tuple(t.shape) not in ((B, G, 1), (B, G)):

@@ -219,6 +219,10 @@ class TaskAlignedAssigner(nn.Module):
                 "ultralytics' own subclass for those")
         gt_bboxes, mask_gt = _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels,
                                                  gt_bboxes, mask_gt)
+        from ..ops._checks import check_num_classes
+
+        check_num_classes("compat.ultralytics.TaskAlignedAssigner", self.num_classes,
+                          "pd_scores", pd_scores)
         self.bs = pd_scores.shape[0]
         self.n_max_boxes = gt_bboxes.shape[1]
         if self.n_max_boxes == 0:

@@ -12,6 +12,28 @@ from dataclasses import asdict, is_dataclass
 import torch
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: not a torch file (truncated, another format), or
+    not a tood_ext checkpoint. The message names the file."""
+
+
+def _load_file(path: str, map_location="cpu") -> dict:
+    """``torch.load`` of a tood_ext checkpoint; CheckpointError naming the file for one that
+    does not load (a missing file stays FileNotFoundError) or is not a dict with 'model'."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # unpickling, EOF, zip errors: a corrupt or foreign file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: expected a dict with 'model' (state dict) and "
+                              "'model_config' (written by tood_ext.engine.train) or 'config' "
+                              "(TOODConfig as a dict)")
+    return state
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside DistributedDataParallel / the loss wrapper, if any."""
     while hasattr(model, "module") or hasattr(model, "detector"):
@@ -52,7 +74,7 @@ def save_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
 def load_checkpoint(path: str, model=None, optimizer=None, scheduler=None, scaler=None,
                     map_location="cpu") -> dict:
     """Load a checkpoint into whichever of the objects are given; returns the raw dict."""
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = _load_file(path, map_location)
     if model is not None:
         unwrap(model).load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
@@ -76,16 +98,20 @@ def model_from_checkpoint(path: str, device="cpu", **overrides):
     """
     from ..models import TOODConfig, build_model
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    cfg_dict = (state.get("model_config") or state.get("config")) if isinstance(state, dict) \
-        else None
-    if cfg_dict is None or "model" not in state:
-        raise ValueError(f"{path}: expected a dict with 'model' (state dict) and 'model_config' "
-                         "(written by tood_ext.engine.train) or 'config' (TOODConfig as a dict)")
+    state = _load_file(path)
+    cfg_dict = state.get("model_config") or state.get("config")
+    if cfg_dict is None:
+        raise CheckpointError(f"{path}: expected a dict with 'model' (state dict) and "
+                              "'model_config' (written by tood_ext.engine.train) or 'config' "
+                              "(TOODConfig as a dict)")
     cfg_dict = dict(cfg_dict)
     cfg_dict.update({k: v for k, v in overrides.items() if v is not None})
     cfg = TOODConfig.from_dict(cfg_dict)
     cfg.weights = None  # the checkpoint holds the backbone weights
     model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # missing / unexpected keys, shapes
+        raise CheckpointError(f"{path}: the weights do not fit the model of its config: "
+                              f"{str(exc).splitlines()[0]}") from exc
     return model.to(device).eval(), state

@@ -48,8 +48,13 @@ def predict_images(model, paths: list[str], out_dir: str, scale=(1333, 800), cla
     if missing:  # before anything is written
         raise DataError(f"no such image file: {missing[0]}"
                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for path in paths:  # the headers (cheap): a file that is no image fails before any write
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     model.eval()
-    os.makedirs(out_dir, exist_ok=True)
     written = []
     for path in paths:
         try:
@@ -57,6 +62,7 @@ def predict_images(model, paths: list[str], out_dir: str, scale=(1333, 800), cla
                 image = np.asarray(im.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as exc:  # truncated, not an image
             raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+        os.makedirs(out_dir, exist_ok=True)  # after the first image is read
         resized, _, factor, _ = resize(image, np.zeros((0, 4), np.float32), scale)
         chw = torch.from_numpy(pad(normalize(resized), size_divisor))[None].to(device)
         meta = {"scale_factor": float(factor), "orig_size": image.shape[:2],

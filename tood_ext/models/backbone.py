@@ -74,7 +74,11 @@ def _load_weights(net: nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"backbone weights file not found: {path!r} (nothing is "
                                 f"downloaded; pass a local torchvision ResNet state dict)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling, EOF, zip errors: a corrupt or foreign file
+        raise RuntimeError(f"backbone weights {path!r} are not a readable torch state dict "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

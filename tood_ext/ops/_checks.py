@@ -6,23 +6,29 @@ The error policy of tood_ext (README, "Reliability"), followed alike by the C++ 
 * ``TypeError``: an argument of the wrong Python type (a list, a numpy array or None where a
   tensor is expected; a string where a number is; a float where an int is).
 * ``ValueError``: a non-tensor argument of the right type but a bad value (an unknown mode, a
-  ``topk`` below 1, ``groups`` that do not match the offset, a negative size).
+  ``topk`` below 1, ``groups`` that do not match the offset, a negative size, a NaN, infinite
+  or negative eps / exponent).
 * ``RuntimeError``: a tensor argument of the wrong shape, dtype or device (the kernels'
   ``TORCH_CHECK`` messages; the fake kernels and the references raise the same type).
 * ``IndexError``: a label value outside ``[0, C)`` for a valid GT.
 
 Every message names the argument, what was expected and what was given. The checks run
-before anything is computed or written.
+before anything is computed or written. These are the generic helpers; each op family's
+contract (its modes, defaults, argument and shape checks), used alike by the op wrapper, the
+reference and the fake kernel, is one module built on them: ``_box_spec`` (box_iou, iou_loss,
+alignment_metric), ``_tal_spec`` (task_aligned_assign), ``_deform_spec`` (deform_sampling).
 """
 from __future__ import annotations
 
+import math
 import numbers
 
+import numpy as np
 import torch
 
-__all__ = ["broadcast_leading", "check_batched_gts", "check_box_shape", "check_choice",
-           "check_float_like",
-           "check_int", "check_number", "check_same_device", "check_tensor", "check_tensors",
+__all__ = ["broadcast_leading", "check_batched_gts", "check_bool", "check_box_shape",
+           "check_choice", "check_float_dtype", "check_int", "check_num_classes", "check_number",
+           "check_same_device", "check_same_dtype", "check_tensor", "check_tensors",
            "finite_gt_rows", "sanitize_gts"]
 
 
@@ -47,28 +53,50 @@ def check_tensors(op: str, optional: tuple[str, ...] = (), **tensors) -> None:
         check_tensor(op, name, value, optional=name in optional)
 
 
-def check_int(op: str, name: str, value, minimum: int | None = None) -> int:
-    """TypeError unless ``value`` is an integer (not a bool); ValueError below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+INT64_MAX = 2 ** 63 - 1
+
+
+def check_int(op: str, name: str, value, minimum: int | None = None,
+              maximum: int = INT64_MAX) -> int:
+    """TypeError unless ``value`` is an integer (not a bool); ValueError below ``minimum`` or
+    above ``maximum`` (by default the largest int64, what the op schemas' ``int`` holds)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"tood_ext.{op}: {name} must be an int, got {value!r} "
                         f"({_type_name(value)})")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
-def check_number(op: str, name: str, value, tensor_ok: bool = False) -> None:
+def check_bool(op: str, name: str, value) -> bool:
+    """TypeError unless ``value`` is a bool (Python or numpy): ``aligned=1`` or ``None`` would
+    otherwise be read as True / False without a word."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"tood_ext.{op}: {name} must be a bool, got {value!r} "
+                        f"({_type_name(value)})")
+    return bool(value)
+
+
+def check_number(op: str, name: str, value, tensor_ok: bool = False, finite: bool = False,
+                 minimum: float | None = None) -> None:
     """TypeError unless ``value`` is a real number (int or float, not a bool or a string), or,
-    with ``tensor_ok``, a one-element tensor."""
+    with ``tensor_ok``, a one-element tensor. ValueError for a number that is not finite
+    (with ``finite``) or below ``minimum`` (a tensor's value is not read: no device sync)."""
     if tensor_ok and isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise RuntimeError(f"tood_ext.{op}: {name} must be a number or a one-element "
                                f"tensor, got a tensor of shape {tuple(value.shape)}")
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         what = "a number or a one-element tensor" if tensor_ok else "a number (int or float)"
         raise TypeError(f"tood_ext.{op}: {name} must be {what}, got {value!r} "
                         f"({_type_name(value)})")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and not value >= minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 def check_choice(name: str, value, choices: tuple) -> None:
@@ -85,6 +113,30 @@ def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **tensors) -> N
         if t is not None and t.device != ref.device:
             raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
                                "all inputs must be on the same device")
+
+
+def check_same_dtype(ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """RuntimeError (the C++ ``check_same_dtype`` message) unless every tensor in ``tensors``
+    (None skipped) has ``ref``'s dtype."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype != ref.dtype:
+            raise RuntimeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype "
+                               f"{ref.dtype}; they must have the same floating dtype")
+
+
+def check_float_dtype(name: str, t: torch.Tensor, half_on_cpu: bool = False) -> None:
+    """RuntimeError (the C++ ``check_float_dtype`` message) unless ``t`` has a dtype the kernels
+    implement: float32/float64 on CPU, also float16/bfloat16 elsewhere (CUDA; meta, where
+    the fake kernels cannot know the backend). ``half_on_cpu``: the references, which compute
+    half inputs in float32 on any device."""
+    if t.dtype in (torch.float32, torch.float64):
+        return
+    if t.dtype in (torch.float16, torch.bfloat16) and (half_on_cpu or t.device.type != "cpu"):
+        return
+    what = ("float32 or float64 on CPU (float16/bfloat16 are CUDA-only)"
+            if t.device.type == "cpu" and not half_on_cpu else
+            "float32 or float64 (or float16/bfloat16)")
+    raise RuntimeError(f"{name} must be {what}, got {t.dtype}")
 
 
 def check_box_shape(name: str, t: torch.Tensor) -> None:
@@ -106,22 +158,6 @@ def broadcast_leading(boxes1: torch.Tensor, boxes2: torch.Tensor):
                            f"{tuple(boxes1.shape)}, boxes2 {tuple(boxes2.shape)}; expected "
                            "(..., N, 4) and (..., M, 4) with broadcastable '...')") from None
     return boxes1.expand(*lead, *boxes1.shape[-2:]), boxes2.expand(*lead, *boxes2.shape[-2:])
-
-
-def check_float_like(ref_name: str, ref: torch.Tensor, **tensors) -> None:
-    """RuntimeError unless ``ref`` is floating and every tensor in ``tensors`` (None skipped)
-    has its dtype and device (the references' version of the kernels' dtype/device checks)."""
-    if not ref.is_floating_point():
-        raise RuntimeError(f"{ref_name} must be float32 or float64, got {ref.dtype}")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if t.dtype != ref.dtype:
-            raise RuntimeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype "
-                               f"{ref.dtype}; they must have the same floating dtype")
-        if t.device != ref.device:
-            raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
-                               "all inputs must be on the same device")
 
 
 # ---- non-finite GTs ---------------------------------------------------------------------------
@@ -164,3 +200,14 @@ def check_batched_gts(op: str, scores_name: str, scores: torch.Tensor, gt_boxes_
                            f"batch of {scores_name} {tuple(scores.shape)}), got "
                            f"{tuple(gt_boxes.shape)}")
     return B, A, C, gt_boxes.shape[1]
+
+
+def check_num_classes(op: str, num_classes, scores_name: str, scores: torch.Tensor) -> int:
+    """An adapter's ``num_classes``: an int >= 1 (TypeError / ValueError) that is the class
+    dim C of its (B, A, C) scores (RuntimeError naming both; the one-hot targets have
+    ``num_classes`` columns, the label checks use C)."""
+    n = check_int(op, "num_classes", num_classes, minimum=1)
+    if scores.shape[-1] != n:
+        raise RuntimeError(f"{op}: {scores_name} has {scores.shape[-1]} classes (shape "
+                           f"{tuple(scores.shape)}) but num_classes is {n}")
+    return n

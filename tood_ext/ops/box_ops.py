@@ -29,18 +29,12 @@ from __future__ import annotations
 import torch
 
 from .. import _loader
-from .._reduction import check_reduction, reduce_loss
-from ._checks import broadcast_leading, check_choice, check_number, check_same_device
-from ._checks import check_tensors
-
-IOU_MODES = ("iou", "giou", "diou", "ciou")
+from .._reduction import reduce_loss
+from . import _box_spec as spec
+from ._box_spec import IOU_MODES
+from ._checks import broadcast_leading, check_tensors
 
 __all__ = ["IOU_MODES", "box_iou", "iou_loss", "giou_loss", "alignment_metric"]
-
-
-def _check_mode(mode: str, name: str = "mode") -> None:
-    check_choice(name, mode, IOU_MODES)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,13 +53,11 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, mode: str = "iou", align
     Extra memory: none beyond the output (forward); backward allocates only the two input
     gradients (the pairwise backward recomputes each pair instead of storing (N, M) partials).
     """
-    check_tensors("box_iou", boxes1=boxes1, boxes2=boxes2)
-    _check_mode(mode)
-    check_number("box_iou", "eps", eps)
+    spec.check_box_iou_args("box_iou", boxes1, boxes2, mode, aligned, eps)
     _loader.check_inputs("box_iou", boxes1=boxes1, boxes2=boxes2)
     if not aligned and boxes1.dim() >= 2 and boxes2.dim() >= 2 and boxes1.shape[:-2] != boxes2.shape[:-2]:
         boxes1, boxes2 = broadcast_leading(boxes1, boxes2)
-    return torch.ops.tood_ext.box_iou(boxes1, boxes2, mode, aligned, eps)
+    return torch.ops.tood_ext.box_iou(boxes1, boxes2, mode, bool(aligned), eps)
 
 
 def iou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -83,10 +75,7 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | No
     gradients in backward. A scalar upstream gradient (``loss.sum()``) is read with stride 0,
     never expanded.
     """
-    check_tensors("iou_loss", optional=("weight",), pred=pred, target=target, weight=weight)
-    _check_mode(mode)
-    check_reduction(reduction, avg_factor)
-    check_number("iou_loss", "eps", eps)
+    spec.check_iou_loss_args("iou_loss", pred, target, weight, mode, eps, reduction, avg_factor)
     _loader.check_inputs("iou_loss", pred=pred, target=target, weight=weight)
     loss = torch.ops.tood_ext.iou_loss(pred, target, weight, mode, eps)
     return reduce_loss(loss, reduction, avg_factor)
@@ -130,13 +119,9 @@ def alignment_metric(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
     without materialising (B, G, A). Extra memory: the three outputs, 9 bytes per (b, g, a)
     in float32 (plus one device sync on CUDA to validate labels).
     """
-    check_tensors("alignment_metric", pred_scores=pred_scores, pred_boxes=pred_boxes,
-                  anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
-                  gt_mask=gt_mask)
-    _check_mode(iou_mode, "iou_mode")
-    for name, value in (("alpha", alpha), ("beta", beta), ("inside_eps", inside_eps),
-                        ("eps", eps)):
-        check_number("alignment_metric", name, value)
+    spec.check_alignment_metric_args("alignment_metric", pred_scores, pred_boxes, anchor_points,
+                                     gt_labels, gt_boxes, gt_mask, alpha, beta, iou_mode,
+                                     inside_eps, eps)
     _loader.check_inputs("alignment_metric", pred_scores=pred_scores, pred_boxes=pred_boxes,
                          anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
                          gt_mask=gt_mask)
@@ -154,30 +139,29 @@ def _register():
     lib = "tood_ext::"
 
     @torch.library.register_fake(lib + "box_iou")
-    def _box_iou_fake(boxes1, boxes2, mode="iou", aligned=False, eps=1e-7):
-        check_same_device("box_iou", "boxes1", boxes1, boxes2=boxes2)
-        torch._check(boxes1.shape[-1] == 4, lambda: "boxes1 must have shape (..., 4)")
-        torch._check(boxes2.shape[-1] == 4, lambda: "boxes2 must have shape (..., 4)")
-        if aligned:
-            return boxes1.new_empty(boxes1.shape[:-1])
-        return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))
+    def _box_iou_fake(boxes1, boxes2, mode="iou", aligned=False, eps=spec.EPS):
+        spec.check_box_iou_args("box_iou", boxes1, boxes2, mode, aligned, eps)
+        shape, _, _ = spec.box_iou_shape(boxes1, boxes2, aligned)
+        return boxes1.new_empty(shape)
 
     @torch.library.register_fake(lib + "_box_iou_backward")
     def _box_iou_backward_fake(grad, boxes1, boxes2, mode, aligned, eps):
-        check_same_device("_box_iou_backward", "boxes1", boxes1, grad=grad, boxes2=boxes2)
+        spec.check_box_iou_args("_box_iou_backward", boxes1, boxes2, mode, aligned, eps)
+        check_tensors("_box_iou_backward", grad=grad)
+        spec.box_iou_grad_shape(grad, boxes1, boxes2, aligned)
         return torch.empty_like(boxes1, memory_format=torch.contiguous_format), \
             torch.empty_like(boxes2, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(lib + "iou_loss")
-    def _iou_loss_fake(pred, target, weight=None, mode="giou", eps=1e-7):
-        check_same_device("iou_loss", "pred", pred, target=target, weight=weight)
-        torch._check(pred.shape[-1] == 4, lambda: "pred must have shape (..., 4)")
-        return pred.new_empty(pred.shape[:-1])
+    def _iou_loss_fake(pred, target, weight=None, mode="giou", eps=spec.EPS):
+        spec.check_iou_loss_args("iou_loss", pred, target, weight, mode, eps)
+        return pred.new_empty(spec.iou_loss_shape(pred, target, weight))
 
     @torch.library.register_fake(lib + "_iou_loss_backward")
     def _iou_loss_backward_fake(grad, pred, target, weight, mode, eps):
-        check_same_device("_iou_loss_backward", "pred", pred, grad=grad, target=target,
-                          weight=weight)
+        spec.check_iou_loss_args("_iou_loss_backward", pred, target, weight, mode, eps)
+        check_tensors("_iou_loss_backward", grad=grad)
+        spec.iou_loss_grad_shape(grad, pred, target, weight)
         return (torch.empty_like(pred, memory_format=torch.contiguous_format),
                 torch.empty_like(target, memory_format=torch.contiguous_format),
                 pred.new_empty(pred.shape[:-1]))
@@ -185,11 +169,13 @@ def _register():
     @torch.library.register_fake(lib + "alignment_metric")
     def _alignment_metric_fake(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
                                gt_mask, alpha=1.0, beta=6.0, iou_mode="iou", inside_eps=0.01,
-                               eps=1e-7):
-        check_same_device("alignment_metric", "pred_scores", pred_scores, pred_boxes=pred_boxes,
-                          anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
-                          gt_mask=gt_mask)
-        shape = (pred_scores.shape[0], gt_labels.shape[1], pred_scores.shape[1])
+                               eps=spec.EPS):
+        spec.check_alignment_metric_args("alignment_metric", pred_scores, pred_boxes,
+                                         anchor_points, gt_labels, gt_boxes, gt_mask, alpha,
+                                         beta, iou_mode, inside_eps, eps)
+        B, A, _, G = spec.alignment_metric_shape(pred_scores, pred_boxes, anchor_points,
+                                                 gt_labels, gt_boxes, gt_mask)
+        shape = (B, G, A)
         return (pred_scores.new_empty(shape), pred_scores.new_empty(shape),
                 pred_scores.new_empty(shape, dtype=torch.bool))
 

@@ -11,20 +11,10 @@ from __future__ import annotations
 import torch
 
 from .. import _loader
-from ._checks import check_int, check_same_device, check_tensors
+from ._checks import check_tensors
+from ._deform_spec import check_deform_args, deform_grad_shape, deform_shape
 
 __all__ = ["deform_sampling"]
-
-
-def _check_groups(offset: torch.Tensor, groups: int | None, op: str = "deform_sampling") -> None:
-    if groups is None:
-        return
-    check_int(op, "groups", groups, minimum=0)
-    if offset.dim() != 4:
-        return  # the op reports malformed offsets itself
-    if groups != offset.shape[1] // 2 or offset.shape[1] % 2:
-        raise ValueError(f"groups={groups} but offset has {offset.shape[1]} channels; offset "
-                         f"must have 2*groups = {2 * groups} channels (dy, dx per group)")
 
 
 def deform_sampling(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None,
@@ -88,8 +78,7 @@ def deform_sampling(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
     pixel-major path's plan and scratch planes, about 190 bytes per pixel of the plane (2.8 MiB
     per thread at 100 x 152, at most 12 MiB). Nearly twice that for float64.
     """
-    check_tensors("deform_sampling", optional=("mask",), input=input, offset=offset, mask=mask)
-    _check_groups(offset, groups)
+    check_deform_args("deform_sampling", input, offset, mask, groups)
     _loader.check_inputs("deform_sampling", input=input, offset=offset, mask=mask)
     return torch.ops.tood_ext.deform_sampling(input, offset, mask)
 
@@ -104,15 +93,15 @@ def _register():
 
     @torch.library.register_fake(lib + "deform_sampling")
     def _deform_sampling_fake(input, offset, mask=None):
-        check_same_device("deform_sampling", "input", input, offset=offset, mask=mask)
-        torch._check(input.dim() == 4, lambda: "input must be 4-D (B, C, H, W)")
-        torch._check(offset.dim() == 4, lambda: "offset must be 4-D (B, 2*G, H, W)")
+        check_deform_args("deform_sampling", input, offset, mask, None)
+        deform_shape(input, offset, mask)
         return input.new_empty(input.shape)
 
     @torch.library.register_fake(lib + "_deform_sampling_backward")
     def _deform_sampling_backward_fake(grad, input, offset, mask):
-        check_same_device("_deform_sampling_backward", "input", input, grad=grad, offset=offset,
-                          mask=mask)
+        check_deform_args("_deform_sampling_backward", input, offset, mask, None)
+        check_tensors("_deform_sampling_backward", grad=grad)
+        deform_grad_shape(grad, input, offset, mask)
         grad_mask = mask.new_empty(mask.shape) if mask is not None else input.new_empty((0,))
         return input.new_empty(input.shape), offset.new_empty(offset.shape), grad_mask
 

@@ -12,12 +12,8 @@ import torch
 
 from .. import _loader
 from .._types import TALResult
-from ._checks import check_choice, check_int, check_number, check_same_device, check_tensors
 from ._checks import sanitize_gts
-from .box_ops import _check_mode
-
-CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
-CONFLICT_MODES = ("candidates", "all_gts")
+from ._tal_spec import CANDIDATE_MODES, CONFLICT_MODES, check_tal_args, tal_shape
 
 __all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "task_aligned_assign"]
 
@@ -115,38 +111,16 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
     return TALResult(*out)
 
 
-def check_tal_args(op, pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask,
-                   topk, alpha, beta, candidates, iou_mode, inside_eps, norm_eps, conflict,
-                   min_inside_size) -> None:
-    """The Python-side checks of task_aligned_assign (op and reference alike): argument
-    types (TypeError) and the values of the non-tensor arguments (ValueError)."""
-    check_tensors(op, pred_scores=pred_scores, pred_boxes=pred_boxes,
-                  anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
-                  gt_mask=gt_mask)
-    check_int(op, "topk", topk, minimum=1)
-    for name, value in (("alpha", alpha), ("beta", beta), ("inside_eps", inside_eps),
-                        ("norm_eps", norm_eps), ("min_inside_size", min_inside_size)):
-        check_number(op, name, value)
-    check_choice("candidates", candidates, CANDIDATE_MODES)
-    check_choice("conflict", conflict, CONFLICT_MODES)
-    if not (0.0 <= min_inside_size < float("inf")):
-        raise ValueError(f"min_inside_size must be finite and >= 0 (0 = off), got "
-                         f"{min_inside_size!r}")
-    _check_mode(iou_mode, "iou_mode")
-
-
 def _register():
     @torch.library.register_fake("tood_ext::task_aligned_assign")
     def _fake(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk=13,
               alpha=1.0, beta=6.0, candidates="topk_then_inside", iou_mode="iou",
               inside_eps=0.01, norm_eps=1e-7, conflict="candidates", min_inside_size=0.0):
-        check_same_device("task_aligned_assign", "pred_scores", pred_scores,
-                          pred_boxes=pred_boxes, anchor_points=anchor_points,
-                          gt_labels=gt_labels, gt_boxes=gt_boxes, gt_mask=gt_mask)
-        torch._check(topk >= 1, lambda: f"topk must be >= 1, got {topk}")
-        torch._check(conflict in CONFLICT_MODES,
-                     lambda: f"conflict must be one of {CONFLICT_MODES}, got {conflict!r}")
-        B, A = pred_scores.shape[0], pred_scores.shape[1]
+        check_tal_args("task_aligned_assign", pred_scores, pred_boxes, anchor_points, gt_labels,
+                       gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode, inside_eps,
+                       norm_eps, conflict, min_inside_size)
+        B, A, _, _ = tal_shape(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes,
+                               gt_mask)
         idx = pred_scores.new_empty((B, A), dtype=torch.int64)
         return (idx, pred_scores.new_empty((B, A), dtype=torch.bool), torch.empty_like(idx),
                 gt_boxes.new_empty((B, A, 4)), pred_scores.new_empty((B, A)),

@@ -11,17 +11,10 @@ import math
 
 import torch
 
-from .._reduction import check_reduction, reduce_loss
-from ..ops._checks import broadcast_leading, check_box_shape, check_choice, check_number
-from ..ops._checks import check_float_like, check_tensors
-
-IOU_MODES = ("iou", "giou", "diou", "ciou")
+from .._reduction import reduce_loss
+from ..ops import _box_spec as spec
 
 __all__ = ["box_iou", "iou_loss", "giou_loss", "alignment_metric"]
-
-
-def _check_mode(mode: str, name: str = "mode") -> None:
-    check_choice(name, mode, IOU_MODES)
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
@@ -62,22 +55,12 @@ def _pair_value(a: torch.Tensor, b: torch.Tensor, mode: str, eps: float) -> torc
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, mode: str = "iou", aligned: bool = False,
             eps: float = 1e-7) -> torch.Tensor:
     """Reference of :func:`tood_ext.ops.box_iou` (materialises (..., N, M) intermediates)."""
-    check_tensors("reference.box_iou", boxes1=boxes1, boxes2=boxes2)
-    _check_mode(mode)
-    check_number("reference.box_iou", "eps", eps)
-    check_box_shape("boxes1", boxes1)
-    check_box_shape("boxes2", boxes2)
-    check_float_like("boxes1", boxes1, boxes2=boxes2)
+    spec.check_box_iou_args("reference.box_iou", boxes1, boxes2, mode, aligned, eps)
+    _, boxes1, boxes2 = spec.box_iou_shape(boxes1, boxes2, aligned, broadcast=True,
+                                           half_on_cpu=True)
     if aligned:
-        if boxes1.shape != boxes2.shape:
-            raise ValueError(f"aligned box_iou needs boxes1 and boxes2 of the same shape, got "
-                             f"{tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
         out = _pair_value(boxes1, boxes2, mode, eps)
     else:
-        if boxes1.dim() < 2 or boxes2.dim() < 2:
-            raise RuntimeError(f"pairwise box_iou needs boxes1 (..., N, 4) and boxes2 (..., M, 4),"
-                               f" got shapes {list(boxes1.shape)} and {list(boxes2.shape)}")
-        boxes1, boxes2 = broadcast_leading(boxes1, boxes2)
         out = _pair_value(boxes1[..., :, None, :], boxes2[..., None, :, :], mode, eps)
     return out.to(boxes1.dtype)
 
@@ -86,20 +69,9 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | No
              mode: str = "giou", reduction: str = "mean",
              avg_factor: float | torch.Tensor | None = None, eps: float = 1e-7) -> torch.Tensor:
     """Reference of :func:`tood_ext.ops.iou_loss`."""
-    check_tensors("reference.iou_loss", optional=("weight",), pred=pred, target=target,
-                  weight=weight)
-    _check_mode(mode)
-    check_reduction(reduction, avg_factor, op="reference.iou_loss")
-    check_number("reference.iou_loss", "eps", eps)
-    check_box_shape("pred", pred)
-    check_box_shape("target", target)
-    check_float_like("pred", pred, target=target, weight=weight)
-    if pred.shape != target.shape:
-        raise RuntimeError(f"pred and target must have the same shape (..., 4), got "
-                           f"{list(pred.shape)} and {list(target.shape)}")
-    if weight is not None and weight.shape != pred.shape[:-1]:
-        raise RuntimeError(f"weight must have the shape of pred without its last dim, "
-                           f"{list(pred.shape[:-1])}, got {list(weight.shape)}")
+    spec.check_iou_loss_args("reference.iou_loss", pred, target, weight, mode, eps, reduction,
+                             avg_factor)
+    spec.iou_loss_shape(pred, target, weight, half_on_cpu=True)
     loss = 1 - _pair_value(pred, target, mode, eps)
     if weight is not None:
         loss = loss * weight
@@ -114,72 +86,18 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
                     avg_factor=avg_factor, eps=eps)
 
 
-def _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask) -> None:
-    """Shapes, dtypes, devices and label values (RuntimeError / IndexError, the kernels'
-    messages)."""
-    if pred_scores.dim() != 3:
-        raise RuntimeError(f"pred_scores must have shape (B, A, C), got {tuple(pred_scores.shape)}")
-    B, A, C = pred_scores.shape
-    if pred_boxes.shape != (B, A, 4):
-        raise RuntimeError(f"pred_boxes must have shape (B, A, 4) = ({B}, {A}, 4) to match "
-                           f"pred_scores {tuple(pred_scores.shape)}, got {tuple(pred_boxes.shape)}")
-    if anchor_points.shape != (A, 2):
-        raise RuntimeError(f"anchor_points must have shape (A, 2) = ({A}, 2), got "
-                           f"{tuple(anchor_points.shape)}")
-    if gt_labels.dim() != 2 or gt_labels.shape[0] != B:
-        raise RuntimeError(f"gt_labels must have shape (B, G) with B = {B}, got "
-                           f"{tuple(gt_labels.shape)}")
-    G = gt_labels.shape[1]
-    if gt_boxes.shape != (B, G, 4):
-        raise RuntimeError(f"gt_boxes must have shape (B, G, 4) = ({B}, {G}, 4), got "
-                           f"{tuple(gt_boxes.shape)}")
-    if gt_mask.shape != (B, G):
-        raise RuntimeError(f"gt_mask must have shape (B, G) = ({B}, {G}), got "
-                           f"{tuple(gt_mask.shape)}")
-    if gt_labels.dtype != torch.int64:
-        raise RuntimeError(f"gt_labels must be int64, got {gt_labels.dtype}")
-    if gt_mask.dtype != torch.bool:
-        raise RuntimeError(f"gt_mask must be bool, got {gt_mask.dtype}")
-    if not pred_scores.is_floating_point():
-        raise RuntimeError(f"pred_scores must be float32 or float64, got {pred_scores.dtype}")
-    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
-                    ("gt_boxes", gt_boxes)):
-        if t.dtype != pred_scores.dtype:
-            raise RuntimeError(f"{name} has dtype {t.dtype} but pred_scores has dtype "
-                               f"{pred_scores.dtype}; they must have the same floating dtype")
-    for name, t in (("pred_boxes", pred_boxes), ("anchor_points", anchor_points),
-                    ("gt_labels", gt_labels), ("gt_boxes", gt_boxes), ("gt_mask", gt_mask)):
-        if t.device != pred_scores.device:
-            raise RuntimeError(f"{name} is on {t.device} but pred_scores is on "
-                               f"{pred_scores.device}; all inputs must be on the same device")
-    if gt_labels.numel():
-        bad = ((gt_labels < 0) | (gt_labels >= C)) & gt_mask
-        if bad.any():
-            value = int(gt_labels[bad][0])
-            raise IndexError(f"gt_labels holds class {value} for a valid GT (gt_mask True), "
-                             f"outside [0, {C}) = the classes of pred_scores")
-
-
 def alignment_metric(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
                      anchor_points: torch.Tensor, gt_labels: torch.Tensor,
                      gt_boxes: torch.Tensor, gt_mask: torch.Tensor, alpha: float = 1.0,
                      beta: float = 6.0, iou_mode: str = "iou", inside_eps: float = 0.01,
                      eps: float = 1e-7):
     """Reference of :func:`tood_ext.ops.alignment_metric`: dense (B, G, A) tensors throughout."""
-    op = "reference.alignment_metric"
-    check_tensors(op, pred_scores=pred_scores, pred_boxes=pred_boxes,
-                  anchor_points=anchor_points, gt_labels=gt_labels, gt_boxes=gt_boxes,
-                  gt_mask=gt_mask)
-    _check_mode(iou_mode, "iou_mode")
-    for name, value in (("alpha", alpha), ("beta", beta), ("inside_eps", inside_eps),
-                        ("eps", eps)):
-        check_number(op, name, value)
-    _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask)
-    B, A, C = pred_scores.shape
-    G = gt_labels.shape[1]
-    valid_labels = gt_labels[gt_mask]
-    if valid_labels.numel() and (valid_labels.min() < 0 or valid_labels.max() >= C):
-        raise IndexError(f"gt_labels holds a class outside [0, {C}) for a valid GT")
+    spec.check_alignment_metric_args("reference.alignment_metric", pred_scores, pred_boxes,
+                                     anchor_points, gt_labels, gt_boxes, gt_mask, alpha, beta,
+                                     iou_mode, inside_eps, eps)
+    B, A, C, G = spec.alignment_metric_shape(pred_scores, pred_boxes, anchor_points, gt_labels,
+                                             gt_boxes, gt_mask, half_on_cpu=True)
+    spec.check_label_values(gt_labels, gt_mask, C)
     with torch.no_grad():
         mask = gt_mask[:, :, None]  # (B, G, 1)
         overlaps = _pair_value(pred_boxes[:, None, :, :], gt_boxes[:, :, None, :], iou_mode, eps)

@@ -13,25 +13,12 @@ import torch
 
 from .._types import TALResult
 from ..ops._checks import sanitize_gts
-from .box_ops import _check_mode, _check_shapes, alignment_metric
-
-CANDIDATE_MODES = ("topk_then_inside", "inside_then_topk")
-CONFLICT_MODES = ("candidates", "all_gts")
+from ..ops._tal_spec import CANDIDATE_MODES, CONFLICT_MODES, check_label_values, check_tal_args
+from ..ops._tal_spec import tal_shape
+from .box_ops import alignment_metric
 
 __all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "inside_boxes",
            "task_aligned_assign"]
-
-
-def _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode, conflict="candidates", min_inside_size=0.0, alpha=1.0,
-                beta=6.0, inside_eps=0.01, norm_eps=1e-7) -> None:
-    """The op's argument errors (the op's Python checks, the kernels' messages)."""
-    from ..ops.tal import check_tal_args
-
-    check_tal_args("reference.task_aligned_assign", pred_scores, pred_boxes, anchor_points,
-                   gt_labels, gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode,
-                   inside_eps, norm_eps, conflict, min_inside_size)
-    _check_shapes(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask)
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
@@ -148,12 +135,13 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
         background; ``boxes`` in the dtype of ``gt_boxes``, float fields in the dtype of
         ``pred_scores``. No output carries a gradient.
     """
-    _check_args(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk,
-                candidates, iou_mode, conflict, min_inside_size, alpha, beta, inside_eps,
-                norm_eps)
+    check_tal_args("reference.task_aligned_assign", pred_scores, pred_boxes, anchor_points,
+                   gt_labels, gt_boxes, gt_mask, topk, alpha, beta, candidates, iou_mode,
+                   inside_eps, norm_eps, conflict, min_inside_size)
+    B, A, C, G = tal_shape(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask,
+                           half_on_cpu=True)
     gt_boxes, gt_mask = sanitize_gts(gt_boxes.detach(), gt_mask)  # non-finite GT = padding
-    B, A, _ = pred_scores.shape
-    G = gt_labels.shape[1]
+    check_label_values(gt_labels, gt_mask, C)  # after: a non-finite GT's label is not read
     if B == 0 or A == 0 or G == 0:
         return _background(pred_scores, gt_boxes, B, A)
     with torch.no_grad():
