@@ -66,7 +66,8 @@ def _cls_case(device, B, A, C, kind="bce", activated=False):
                 return (loss.detach(), *torch.autograd.grad(loss, x))
             return run
 
-        impls = {"kernel": fused(sparse_target_cls_loss), "reference": fused(ref.sparse_target_cls_loss)}
+        impls = {"kernel": fused(sparse_target_cls_loss),
+                 "reference": fused(ref.sparse_target_cls_loss)}
         if kind == "bce":
             def dense():
                 loss = ultralytics_dense_cls_loss(x, labels, scores)

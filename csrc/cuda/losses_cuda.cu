@@ -41,7 +41,7 @@ __device__ __forceinline__ double block_sum(double v, double* buf) {
   return buf[0];
 }
 
-template <ClsLossKind K, typename scalar_t, typename index_t>
+template <ClsLossKind K, bool kSquare, typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kLossThreads)
     cls_loss_partial_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ labels,
                             const scalar_t* __restrict__ scores,
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kLossThreads)
     const index_t r = i / classes, c = i - r * classes;
     const int64_t label = labels[r];
     const acc_t t = label == static_cast<int64_t>(c) ? static_cast<acc_t>(scores[r]) : acc_t(0);
-    const acc_t l = element_loss<K>(static_cast<acc_t>(x[i]), t, p);
+    const acc_t l = element_loss<K, kSquare>(static_cast<acc_t>(x[i]), t, p);
     acc += class_weight ? static_cast<acc_t>(class_weight[c]) * l : l;
   }
   const double total = block_sum(static_cast<double>(acc), buf);
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kLossThreads)
   if (threadIdx.x == 0) out[0] = static_cast<out_t>(total);
 }
 
-template <ClsLossKind K, typename scalar_t, typename index_t>
+template <ClsLossKind K, bool kSquare, typename scalar_t, typename index_t>
 __global__ void cls_loss_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad,
                                          const scalar_t* __restrict__ x,
                                          const int64_t* __restrict__ labels,
@@ -89,7 +89,7 @@ __global__ void cls_loss_backward_kernel(const at::opmath_type<scalar_t>* __rest
     const index_t r = i / classes, c = i - r * classes;
     const int64_t label = labels[r];
     const acc_t t = label == static_cast<int64_t>(c) ? static_cast<acc_t>(scores[r]) : acc_t(0);
-    const acc_t d = element_grad<K>(static_cast<acc_t>(x[i]), t, p);
+    const acc_t d = element_grad<K, kSquare>(static_cast<acc_t>(x[i]), t, p);
     const acc_t gw = class_weight ? g * static_cast<acc_t>(class_weight[c]) : g;
     grad_pred[i] = static_cast<scalar_t>(gw * d);
   }
@@ -112,11 +112,12 @@ at::Tensor sparse_target_cls_loss_cuda(const at::Tensor& pred, const at::Tensor&
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* cw =
         plan.class_weight.defined() ? plan.class_weight.const_data_ptr<scalar_t>() : nullptr;
-    dispatch_cls_loss_kind(plan.kind, [&](auto kind_c) {
+    dispatch_cls_loss(plan.kind, plan.gamma, [&](auto kind_c, auto square_c) {
       constexpr ClsLossKind K = decltype(kind_c)::value;
+      constexpr bool kSquare = decltype(square_c)::value;
       with_kernel_index_type(n, [&](auto index_v) {
         using index_t = decltype(index_v);
-        launch_kernel(cls_loss_partial_kernel<K, scalar_t, index_t>, dim3(blocks),
+        launch_kernel(cls_loss_partial_kernel<K, kSquare, scalar_t, index_t>, dim3(blocks),
                       dim3(kLossThreads), stream, plan.pred.const_data_ptr<scalar_t>(),
                       plan.labels.const_data_ptr<int64_t>(), plan.scores.const_data_ptr<scalar_t>(),
                       cw, static_cast<index_t>(plan.classes), static_cast<index_t>(n),
@@ -146,11 +147,12 @@ at::Tensor sparse_target_cls_loss_backward_cuda(const at::Tensor& grad, const at
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* cw =
             plan.class_weight.defined() ? plan.class_weight.const_data_ptr<scalar_t>() : nullptr;
-        dispatch_cls_loss_kind(plan.kind, [&](auto kind_c) {
+        dispatch_cls_loss(plan.kind, plan.gamma, [&](auto kind_c, auto square_c) {
           constexpr ClsLossKind K = decltype(kind_c)::value;
+          constexpr bool kSquare = decltype(square_c)::value;
           with_kernel_index_type(n, [&](auto index_v) {
             using index_t = decltype(index_v);
-            launch_kernel(cls_loss_backward_kernel<K, scalar_t, index_t>, dim3(num_blocks(n)),
+            launch_kernel(cls_loss_backward_kernel<K, kSquare, scalar_t, index_t>, dim3(num_blocks(n)),
                           dim3(kThreads), stream, plan.grad.const_data_ptr<acc_t>(),
                           plan.pred.const_data_ptr<scalar_t>(),
                           plan.labels.const_data_ptr<int64_t>(),

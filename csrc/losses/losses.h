@@ -64,7 +64,7 @@ struct SparseClsLossPlan {
   int64_t numel() const { return rows * classes; }
   template <typename T>
   ClsLossParams<T> params() const {
-    return ClsLossParams<T>{static_cast<T>(gamma), static_cast<T>(alpha), gamma == 2.0};
+    return ClsLossParams<T>{static_cast<T>(gamma), static_cast<T>(alpha)};
   }
 };
 
