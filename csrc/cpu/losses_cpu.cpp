@@ -8,9 +8,10 @@
 // target t = 0 (no reduction, no library call for float and gamma == 2: the
 // compiler vectorises them); the one element of the label is then recomputed
 // with its score and overwrites its slot. The forward sums a row's losses from
-// a small buffer in a fixed order. (Baseline x86-64 code: 4-wide SSE. GCC
-// 12 does not if-convert these loops when targeting AVX2, so an AVX2 clone,
-// as deform_sampling_cpu.cpp has, would be scalar: not done.)
+// a small buffer in a fixed order. Baseline x86-64 code: 4-wide SSE. (An AVX2
+// clone as in deform_sampling_cpu.cpp stays scalar: GCC 12's jump threading
+// splits exp_neg's clamp into two paths that the AVX2 vectoriser does not
+// if-convert; only -fno-thread-jumps for the whole file fixed it in a test.)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
