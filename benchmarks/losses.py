@@ -12,6 +12,10 @@
   dense twin. The peak-memory column holds each path's extra memory (the gradient included).
 * ``losses.qfl``: the same sizes at C=80 with ``kind="qfl", activated=True`` (TOOD's loss on
   P_align) against the reference.
+* ``losses.dfl``: the DFL of v8DetectionLoss (reg_max 16) on the foreground anchors of the same
+  batch (5% of B * A = 6720 anchors, 4 sides each) and on all 134400 anchors, fwd+bwd:
+  ``kernel`` = ``dfl_loss(pred_dist (n, 4, 16), target (n, 4), weight / 4)``, ``ultralytics`` =
+  ``DFLoss(16)(pred_dist.view(-1, 16), target) * weight`` summed, ``reference`` = our twin.
 
 ``--quick``: one tiny case (B=2, A=336, C=80).
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from tood_ext import reference as ref
-from tood_ext.ops.losses import sparse_target_cls_loss
+from tood_ext.ops.losses import dfl_loss, sparse_target_cls_loss
 
 from .harness import Case, register_family
 
@@ -86,9 +90,43 @@ def _cls_case(device, B, A, C, kind="bce", activated=False):
                 impl_repeats={"reference": 3, "ultralytics": 3} if big else {})
 
 
+def _dfl_case(device, n, R=16):
+    def setup():
+        g = torch.Generator().manual_seed(SEED + n)
+        pd = (torch.randn(n, 4, R, generator=g) * 2).to(device).requires_grad_()
+        t = (torch.rand(n, 4, generator=g) * (R - 1)).to(device)
+        w = torch.rand(n, generator=g).to(device)
+        w4 = (w / 4)[:, None].expand(n, 4)
+
+        def ours(fn):
+            def run():
+                loss = fn(pd, t, w4)
+                return (loss.detach(), *torch.autograd.grad(loss, pd))
+            return run
+
+        impls = {"kernel": ours(dfl_loss), "reference": ours(ref.dfl_loss)}
+        try:
+            from ultralytics.utils.loss import DFLoss
+        except Exception:  # noqa: BLE001 - optional peer
+            DFLoss = None
+        if DFLoss is not None:
+            dfl = DFLoss(R)
+
+            def peer():
+                loss = (dfl(pd.view(-1, R), t.clone()) * w[:, None]).sum()
+                return (loss.detach(), *torch.autograd.grad(loss, pd))
+            impls["ultralytics"] = peer
+        return impls
+
+    return Case(name=f"losses.dfl n={n} R={R}", family="losses", op="dfl_loss",
+                passes="fwd+bwd", sizes={"n": n, "R": R}, dtype="float32", setup=setup,
+                note="dfl_loss (fused fwd+bwd) vs ultralytics' DFLoss and the reference")
+
+
 @register_family("losses")
 def cases(device: str, quick: bool = False) -> list:
     if quick:
-        return [_cls_case(device, 2, 336, 80)]
+        return [_cls_case(device, 2, 336, 80), _dfl_case(device, 64)]
     return [_cls_case(device, 16, 8400, C) for C in (80, 365, 1203)] + \
-        [_cls_case(device, 16, 8400, 80, kind="qfl", activated=True)]
+        [_cls_case(device, 16, 8400, 80, kind="qfl", activated=True),
+         _dfl_case(device, 6720), _dfl_case(device, 134400)]

@@ -40,6 +40,9 @@ inline void define_op_schemas(torch::Library& m) {
   m.def("_sparse_target_cls_loss_backward(Tensor grad, Tensor pred, Tensor labels, "
         "Tensor scores, str kind, float gamma, float alpha, bool activated, "
         "Tensor? class_weight) -> Tensor");
+  m.def("dfl_loss(Tensor pred_dist, Tensor target, Tensor? weight=None) -> Tensor");
+  m.def("_dfl_loss_backward(Tensor grad, Tensor pred_dist, Tensor target, Tensor? weight) "
+        "-> Tensor");
 }
 
 }  // namespace tood_ext

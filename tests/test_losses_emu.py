@@ -107,3 +107,45 @@ def test_emulated_contract_errors(gen, emu):
     with pytest.raises(RuntimeError, match="grad"):
         emu._sparse_target_cls_loss_backward(torch.tensor(1.0, dtype=F64), x, lab, sc, "bce",
                                              2.0, 0.75, False, None)
+
+
+# ---- dfl_loss ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_emulated_dfl_matches_cpu(gen, ops, dtype):
+    rows, R = 3000, 16  # 12 blocks of 256 rows; the grid-cap-2 case loops
+    pd = (torch.randn(rows, R, generator=gen, dtype=F64) * 2).to(dtype)
+    t = (torch.rand(rows, generator=gen, dtype=F64) * 17 - 0.5).to(dtype)
+    w = torch.rand(rows, generator=gen, dtype=F64).to(dtype)
+    t[7] = float("nan")
+    for weight in (None, w):
+        got = ops.dfl_loss(pd, t, weight)
+        want = torch.ops.tood_ext.dfl_loss(pd, t, weight)
+        assert torch.isnan(got) and torch.isnan(want)
+        keep = torch.ones(rows, dtype=torch.bool)
+        keep[7] = False
+        sub = (pd[keep], t[keep], None if weight is None else weight[keep])
+        torch.testing.assert_close(ops.dfl_loss(*sub), torch.ops.tood_ext.dfl_loss(*sub),
+                                   rtol=1e-12 if dtype == F64 else 1e-5, atol=0)
+        grad = torch.tensor(1.7, dtype=dtype)
+        g = ops._dfl_loss_backward(grad, pd, t, weight)
+        gc = torch.ops.tood_ext._dfl_loss_backward(grad, pd, t, weight)
+        torch.testing.assert_close(g, gc, rtol=1e-12 if dtype == F64 else 1e-6, atol=0,
+                                   equal_nan=True)
+
+
+def test_emulated_dfl_empty_and_errors(emu):
+    pd = torch.zeros(0, 4, 16)
+    t = torch.zeros(0, 4)
+    assert float(emu.dfl_loss(pd, t, None)) == 0.0
+    assert emu._dfl_loss_backward(torch.tensor(1.0), pd, t, None).shape == pd.shape
+    pd, t = torch.zeros(5, 16), torch.zeros(5)
+    with pytest.raises(RuntimeError, match="pred_dist"):
+        emu.dfl_loss(pd[:, :1], t, None)
+    with pytest.raises(RuntimeError, match="target"):
+        emu.dfl_loss(pd, t[:3], None)
+    with pytest.raises(RuntimeError, match="weight"):
+        emu.dfl_loss(pd, t, t.double())
+    with pytest.raises(RuntimeError, match="grad"):
+        emu._dfl_loss_backward(torch.ones(2), pd, t, None)

@@ -179,11 +179,72 @@ at::Tensor sparse_target_cls_loss_backward_cpu(const at::Tensor& grad, const at:
   return grad_pred.view(pred.sizes());
 }
 
+// ---- dfl_loss -------------------------------------------------------------------
+
+at::Tensor dfl_loss_cpu(const at::Tensor& pred_dist, const at::Tensor& target,
+                        const c10::optional<at::Tensor>& weight) {
+  const DflLossPlan plan = prepare_dfl_loss(pred_dist, target, weight);
+  at::Tensor out = at::zeros({}, plan.loss_options);
+  if (plan.rows == 0) return out;
+  const int64_t per = rows_per_chunk(plan.bins);
+  const int64_t chunks = (plan.rows + per - 1) / per;
+  at::Tensor partial = at::empty({chunks}, plan.pred.options().dtype(at::kDouble));
+  double* part = partial.mutable_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(plan.pred.scalar_type(), "dfl_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x = plan.pred.const_data_ptr<scalar_t>();
+    const scalar_t* y = plan.target.const_data_ptr<scalar_t>();
+    const scalar_t* w = plan.weight.defined() ? plan.weight.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t R = plan.bins;
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch) {
+        const int64_t r1 = std::min(plan.rows, (ch + 1) * per);
+        double sum = 0;
+        for (int64_t r = ch * per; r < r1; ++r) {
+          const acc_t l = dfl_row_loss<acc_t>(x + r * R, R, static_cast<acc_t>(y[r]));
+          sum += static_cast<double>(w ? static_cast<acc_t>(w[r]) * l : l);
+        }
+        part[ch] = sum;
+      }
+    });
+  });
+  double total = 0;
+  for (int64_t ch = 0; ch < chunks; ++ch) total += part[ch];  // fixed order
+  out.fill_(total);
+  return out;
+}
+
+at::Tensor dfl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred_dist,
+                                 const at::Tensor& target,
+                                 const c10::optional<at::Tensor>& weight) {
+  const DflLossPlan plan = prepare_dfl_loss(pred_dist, target, weight, &grad);
+  at::Tensor grad_pred = at::empty(plan.pred.sizes(), plan.pred.options());
+  if (plan.numel() == 0) return grad_pred.view(pred_dist.sizes());
+  AT_DISPATCH_FLOATING_TYPES(plan.pred.scalar_type(), "dfl_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x = plan.pred.const_data_ptr<scalar_t>();
+    const scalar_t* y = plan.target.const_data_ptr<scalar_t>();
+    const scalar_t* w = plan.weight.defined() ? plan.weight.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gx = grad_pred.mutable_data_ptr<scalar_t>();
+    const acc_t g = static_cast<acc_t>(plan.grad.item<double>());
+    const int64_t R = plan.bins;
+    at::parallel_for(0, plan.rows, rows_per_chunk(R), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const acc_t scale = w ? g * static_cast<acc_t>(w[r]) : g;
+        dfl_row_grad<acc_t>(x + r * R, R, static_cast<acc_t>(y[r]), scale, gx + r * R);
+      }
+    });
+  });
+  return grad_pred.view(pred_dist.sizes());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tood_ext, CPU, m) {
   m.impl("sparse_target_cls_loss", &sparse_target_cls_loss_cpu);
   m.impl("_sparse_target_cls_loss_backward", &sparse_target_cls_loss_backward_cpu);
+  m.impl("dfl_loss", &dfl_loss_cpu);
+  m.impl("_dfl_loss_backward", &dfl_loss_backward_cpu);
 }
 
 }  // namespace losses

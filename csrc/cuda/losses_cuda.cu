@@ -165,11 +165,95 @@ at::Tensor sparse_target_cls_loss_backward_cuda(const at::Tensor& grad, const at
   return grad_pred.view(pred.sizes());
 }
 
+// ---- dfl_loss: one thread per row (R = reg_max bins, 16 in YOLOv8) ----------
+
+template <typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kLossThreads)
+    dfl_partial_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+                       const scalar_t* __restrict__ w, index_t bins, index_t rows,
+                       double* __restrict__ partial) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ double buf[kLossThreads];
+  acc_t acc = 0;
+  for (index_t r = global_thread<index_t>(); r < rows; r += grid_stride<index_t>()) {
+    const acc_t l = dfl_row_loss<acc_t>(x + r * bins, bins, static_cast<acc_t>(y[r]));
+    acc += w ? static_cast<acc_t>(w[r]) * l : l;
+  }
+  const double total = block_sum(static_cast<double>(acc), buf);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void dfl_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad,
+                                    const scalar_t* __restrict__ x,
+                                    const scalar_t* __restrict__ y,
+                                    const scalar_t* __restrict__ w, index_t bins, index_t rows,
+                                    scalar_t* __restrict__ grad_pred) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t g = grad[0];
+  for (index_t r = global_thread<index_t>(); r < rows; r += grid_stride<index_t>()) {
+    const acc_t scale = w ? g * static_cast<acc_t>(w[r]) : g;
+    dfl_row_grad<acc_t>(x + r * bins, bins, static_cast<acc_t>(y[r]), scale,
+                        grad_pred + r * bins);
+  }
+}
+
+at::Tensor dfl_loss_cuda(const at::Tensor& pred_dist, const at::Tensor& target,
+                         const c10::optional<at::Tensor>& weight) {
+  const DeviceGuard guard(pred_dist.device());
+  const DflLossPlan plan = prepare_dfl_loss(pred_dist, target, weight);
+  at::Tensor out = at::zeros({}, plan.loss_options);
+  if (plan.rows == 0) return out;
+  const int64_t blocks =
+      std::min(num_blocks(plan.rows, kLossThreads), max_blocks(kLossMaxBlocks));
+  at::Tensor partial = at::empty({blocks}, plan.pred.options().dtype(at::kDouble));
+  const cudaStream_t stream = current_stream();
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(plan.pred.scalar_type(), "dfl_loss_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = plan.weight.defined() ? plan.weight.const_data_ptr<scalar_t>() : nullptr;
+    with_kernel_index_type(plan.numel(), [&](auto index_v) {
+      using index_t = decltype(index_v);
+      launch_kernel(dfl_partial_kernel<scalar_t, index_t>, dim3(blocks), dim3(kLossThreads),
+                    stream, plan.pred.const_data_ptr<scalar_t>(),
+                    plan.target.const_data_ptr<scalar_t>(), w, static_cast<index_t>(plan.bins),
+                    static_cast<index_t>(plan.rows), partial.mutable_data_ptr<double>());
+    });
+    launch_kernel(sum_partials_kernel<acc_t>, dim3(1), dim3(kLossThreads), stream,
+                  partial.const_data_ptr<double>(), blocks, out.mutable_data_ptr<acc_t>());
+  });
+  return out;
+}
+
+at::Tensor dfl_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred_dist,
+                                  const at::Tensor& target,
+                                  const c10::optional<at::Tensor>& weight) {
+  const DeviceGuard guard(pred_dist.device());
+  const DflLossPlan plan = prepare_dfl_loss(pred_dist, target, weight, &grad);
+  at::Tensor grad_pred = at::empty(plan.pred.sizes(), plan.pred.options());
+  if (plan.numel() == 0) return grad_pred.view(pred_dist.sizes());
+  const cudaStream_t stream = current_stream();
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(plan.pred.scalar_type(), "dfl_loss_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = plan.weight.defined() ? plan.weight.const_data_ptr<scalar_t>() : nullptr;
+    with_kernel_index_type(plan.numel(), [&](auto index_v) {
+      using index_t = decltype(index_v);
+      launch_kernel(dfl_backward_kernel<scalar_t, index_t>, dim3(num_blocks(plan.rows)),
+                    dim3(kThreads), stream, plan.grad.const_data_ptr<acc_t>(),
+                    plan.pred.const_data_ptr<scalar_t>(), plan.target.const_data_ptr<scalar_t>(),
+                    w, static_cast<index_t>(plan.bins), static_cast<index_t>(plan.rows),
+                    grad_pred.mutable_data_ptr<scalar_t>());
+    });
+  });
+  return grad_pred.view(pred_dist.sizes());
+}
+
 }  // namespace
 
 TOOD_EXT_CUDA_IMPL(m) {
   m.impl("sparse_target_cls_loss", &sparse_target_cls_loss_cuda);
   m.impl("_sparse_target_cls_loss_backward", &sparse_target_cls_loss_backward_cuda);
+  m.impl("dfl_loss", &dfl_loss_cuda);
+  m.impl("_dfl_loss_backward", &dfl_loss_backward_cuda);
 }
 
 }  // namespace losses

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../host_utils.h"
+#include "dfl_loss_utils.h"
 #include "sparse_cls_loss_utils.h"
 
 namespace tood_ext {
@@ -145,6 +146,60 @@ inline SparseClsLossPlan prepare_sparse_target_cls_loss(
                                                  : labels.to(at::kLong).contiguous();
   plan.scores = scores.contiguous();
   if (has_weight) plan.class_weight = class_weight->contiguous();
+  return plan;
+}
+
+// ---- dfl_loss ---------------------------------------------------------------
+
+struct DflLossPlan {
+  int64_t rows = 0;  // pred_dist.numel() / R
+  int64_t bins = 0;  // R = reg_max = pred_dist.size(-1)
+  at::Tensor pred;    // (rows, R) contiguous
+  at::Tensor target;  // (rows,) contiguous
+  at::Tensor weight;  // (rows,) contiguous, or undefined
+  at::TensorOptions loss_options;
+  at::Tensor grad;  // backward: the 0-d incoming gradient
+
+  int64_t numel() const { return rows * bins; }
+};
+
+// Every check of dfl_loss (grad == nullptr) and of its backward.
+inline DflLossPlan prepare_dfl_loss(const at::Tensor& pred_dist, const at::Tensor& target,
+                                    const c10::optional<at::Tensor>& weight,
+                                    const at::Tensor* grad = nullptr) {
+  TORCH_CHECK(pred_dist.dim() >= 1 && pred_dist.size(-1) >= 2,
+              "pred_dist must have shape (..., reg_max) with reg_max >= 2 bins, got ",
+              pred_dist.sizes());
+  check_float_dtype(pred_dist, "pred_dist");
+  const auto lead = pred_dist.sizes().slice(0, pred_dist.dim() - 1);
+  TORCH_CHECK(target.sizes() == lead, "target must have shape pred_dist.shape[:-1] = ", lead,
+              " (one distance per row of bins), got ", target.sizes());
+  check_same_dtype(target, pred_dist, "target", "pred_dist");
+  check_same_device(target, pred_dist, "target", "pred_dist");
+  const bool has_weight = weight.has_value() && weight->defined();
+  if (has_weight) {
+    TORCH_CHECK(weight->sizes() == lead, "weight must have shape pred_dist.shape[:-1] = ", lead,
+                ", got ", weight->sizes());
+    check_same_dtype(*weight, pred_dist, "weight", "pred_dist");
+    check_same_device(*weight, pred_dist, "weight", "pred_dist");
+  }
+  DflLossPlan plan;
+  plan.bins = pred_dist.size(-1);
+  plan.rows = 1;
+  for (int64_t d : lead) plan.rows *= d;
+  plan.loss_options = pred_dist.options().dtype(loss_dtype(pred_dist.scalar_type()));
+  if (grad != nullptr) {
+    TORCH_CHECK(grad->dim() == 0, "grad (of the 0-d loss) must be 0-d, got shape ",
+                grad->sizes());
+    TORCH_CHECK(grad->scalar_type() == loss_dtype(pred_dist.scalar_type()), "grad has dtype ",
+                grad->scalar_type(), " but the loss of pred_dist (", pred_dist.scalar_type(),
+                ") has dtype ", loss_dtype(pred_dist.scalar_type()));
+    check_same_device(*grad, pred_dist, "grad", "pred_dist");
+    plan.grad = grad->contiguous();
+  }
+  plan.pred = pred_dist.contiguous();
+  plan.target = target.contiguous();
+  if (has_weight) plan.weight = weight->contiguous();
   return plan;
 }
 

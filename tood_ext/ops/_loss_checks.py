@@ -22,7 +22,8 @@ UNIT_SCORE_KINDS = ("qfl", "vfl")  # the target is a quality in [0, 1]
 OP = "sparse_target_cls_loss"
 
 __all__ = ["CLS_LOSS_KINDS", "CLS_LOSS_REDUCTIONS", "UNIT_SCORE_KINDS", "check_cls_loss_args",
-           "check_cls_loss_tensors", "loss_dtype", "reduce_sum"]
+           "check_cls_loss_tensors", "check_dfl_args", "check_dfl_tensors", "loss_dtype",
+           "reduce_sum"]
 
 
 def check_cls_loss_args(pred, labels, scores, kind, gamma, alpha, activated, class_weight,
@@ -110,3 +111,38 @@ def reduce_sum(total: torch.Tensor, numel: int, reduction: str, avg_factor):
     if avg_factor is not None:
         return total / avg_factor
     return total / max(numel, 1)
+
+
+# ---- dfl_loss -----------------------------------------------------------------------------------
+
+
+def check_dfl_args(pred_dist, target, weight, reduction, avg_factor) -> None:
+    """dfl_loss's non-tensor arguments and the Python types of its tensors."""
+    check_tensors("dfl_loss", optional=("weight",), pred_dist=pred_dist, target=target,
+                  weight=weight)
+    check_choice("reduction", reduction, CLS_LOSS_REDUCTIONS)
+    if avg_factor is not None:
+        check_number("dfl_loss", "avg_factor", avg_factor, tensor_ok=True)
+
+
+def check_dfl_tensors(pred_dist, target, weight) -> None:
+    """The kernels' tensor checks of dfl_loss (csrc/losses/losses.h, prepare_dfl_loss)."""
+    if pred_dist.dim() < 1 or pred_dist.shape[-1] < 2:
+        raise RuntimeError("pred_dist must have shape (..., reg_max) with reg_max >= 2 bins, "
+                           f"got {list(pred_dist.shape)}")
+    if not pred_dist.is_floating_point():
+        raise RuntimeError(f"pred_dist must be float32 or float64, got {pred_dist.dtype}")
+    lead = tuple(pred_dist.shape[:-1])
+    for name, t in (("target", target), ("weight", weight)):
+        if t is None:
+            continue
+        if tuple(t.shape) != lead:
+            extra = " (one distance per row of bins)" if name == "target" else ""
+            raise RuntimeError(f"{name} must have shape pred_dist.shape[:-1] = {list(lead)}"
+                               f"{extra}, got {list(t.shape)}")
+        if t.dtype != pred_dist.dtype:
+            raise RuntimeError(f"{name} has dtype {t.dtype} but pred_dist has dtype "
+                               f"{pred_dist.dtype}; they must have the same floating dtype")
+        if t.device != pred_dist.device:
+            raise RuntimeError(f"{name} is on {t.device} but pred_dist is on "
+                               f"{pred_dist.device}; all inputs must be on the same device")

@@ -41,9 +41,9 @@ import torch
 
 from .. import _loader
 from ._loss_checks import (CLS_LOSS_KINDS, check_cls_loss_args, check_cls_loss_tensors,
-                           loss_dtype, reduce_sum)
+                           check_dfl_args, check_dfl_tensors, loss_dtype, reduce_sum)
 
-__all__ = ["CLS_LOSS_KINDS", "sparse_target_cls_loss"]
+__all__ = ["CLS_LOSS_KINDS", "dfl_loss", "sparse_target_cls_loss"]
 
 
 def sparse_target_cls_loss(pred: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
@@ -72,6 +72,37 @@ def sparse_target_cls_loss(pred: torch.Tensor, labels: torch.Tensor, scores: tor
     total = torch.ops.tood_ext.sparse_target_cls_loss(pred, labels, scores, kind, float(gamma),
                                                       float(alpha), activated, class_weight)
     return reduce_sum(total, pred.numel(), reduction, avg_factor)
+
+
+def dfl_loss(pred_dist: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+             *, reduction: str = "sum",
+             avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Distribution focal loss (ultralytics' ``DFLoss``, GFL's DFL), fused fwd + bwd.
+
+    Args:
+        pred_dist: (..., reg_max) logits over the distance bins 0 .. reg_max - 1.
+        target: (...) distances (in bins), clamped to [0, reg_max - 1 - 0.01] as ultralytics
+            does (never modified in place).
+        weight: (...) per-row weight, or None.
+        reduction: ``"sum"`` | ``"mean"`` (sum / avg_factor, else / the number of rows).
+
+    Per row: ``l = floor(y)``, ``w_l = l + 1 - y``, ``w_r = 1 - w_l``;
+    ``L = -(w_l log_softmax(x)_l + w_r log_softmax(x)_{l+1})``, times the weight; the op
+    returns the sum over rows (0-d; float32 for float16/bfloat16 inputs, CUDA only). A NaN in a
+    row (logit or target) makes the loss NaN and only that row's gradient NaN. No gradient
+    flows to target or weight. ultralytics' per-anchor DFL (the mean over the 4 sides, times
+    the anchor's weight) is ``dfl_loss(pred_dist.view(n, 4, reg_max), target (n, 4),
+    (weight / 4)[:, None].expand(n, 4))``.
+
+    Deterministic (fixed-order partial sums, as :func:`sparse_target_cls_loss`). Extra memory:
+    O(rows) forward; the gradient backward (no (..., reg_max) log-softmax is kept).
+    """
+    check_dfl_args(pred_dist, target, weight, reduction, avg_factor)
+    _loader.check_inputs("dfl_loss", pred_dist=pred_dist, target=target, weight=weight)
+    total = torch.ops.tood_ext.dfl_loss(pred_dist, target, weight)
+    rows = pred_dist.numel() // pred_dist.shape[-1] if pred_dist.dim() and pred_dist.shape[-1] \
+        else 0
+    return reduce_sum(total, rows, reduction, avg_factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +152,40 @@ def _register():
                            "supported")
 
     torch.library.register_autograd(lib + "_sparse_target_cls_loss_backward", _no_double,
+                                    setup_context=_no_double_setup)
+
+    # ---- dfl_loss ----
+
+    @torch.library.register_fake(lib + "dfl_loss")
+    def _dfl_fake(pred_dist, target, weight=None):
+        check_dfl_tensors(pred_dist, target, weight)
+        return pred_dist.new_empty((), dtype=loss_dtype(pred_dist.dtype))
+
+    @torch.library.register_fake(lib + "_dfl_loss_backward")
+    def _dfl_backward_fake(grad, pred_dist, target, weight):
+        check_dfl_tensors(pred_dist, target, weight)
+        torch._check(grad.dim() == 0, lambda: "grad (of the 0-d loss) must be 0-d")
+        if grad.device != pred_dist.device:
+            raise RuntimeError(f"grad is on {grad.device} but pred_dist is on "
+                               f"{pred_dist.device}; all inputs must be on the same device")
+        return torch.empty_like(pred_dist, memory_format=torch.contiguous_format)
+
+    def _dfl_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _dfl_backward(ctx, grad):
+        pred_dist, target, weight = ctx.saved_tensors
+        grad_pred = None
+        if ctx.needs_input_grad[0]:
+            grad_pred = torch.ops.tood_ext._dfl_loss_backward(grad, pred_dist, target, weight)
+        return grad_pred, None, None
+
+    torch.library.register_autograd(lib + "dfl_loss", _dfl_backward, setup_context=_dfl_setup)
+
+    def _dfl_no_double(ctx, grad):
+        raise RuntimeError("tood_ext: double backward through dfl_loss is not supported")
+
+    torch.library.register_autograd(lib + "_dfl_loss_backward", _dfl_no_double,
                                     setup_context=_no_double_setup)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops._loss_checks import (check_cls_loss_args, check_cls_loss_tensors, loss_dtype,
-                                reduce_sum)
+from ..ops._loss_checks import (check_cls_loss_args, check_cls_loss_tensors, check_dfl_args,
+                                check_dfl_tensors, loss_dtype, reduce_sum)
 
-__all__ = ["sparse_target_cls_loss", "dense_cls_target"]
+__all__ = ["dense_cls_target", "dfl_loss", "sparse_target_cls_loss"]
 
 
 def dense_cls_target(labels: torch.Tensor, scores: torch.Tensor, num_classes: int,
@@ -58,3 +58,28 @@ def sparse_target_cls_loss(pred: torch.Tensor, labels: torch.Tensor, scores: tor
     if class_weight is not None:
         loss = loss * class_weight.to(work)
     return reduce_sum(loss.sum(), pred.numel(), reduction, avg_factor)
+
+
+def dfl_loss(pred_dist: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+             *, reduction: str = "sum",
+             avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Reference of :func:`tood_ext.ops.dfl_loss`: log_softmax over the bins and two gathers
+    (ultralytics' DFLoss), the target clamped out of place."""
+    check_dfl_args(pred_dist, target, weight, reduction, avg_factor)
+    check_dfl_tensors(pred_dist, target, weight)
+    work = loss_dtype(pred_dist.dtype)
+    R = pred_dist.shape[-1]
+    x = pred_dist.to(work)
+    y = target.to(work).clamp(0, R - 1 - 0.01)
+    finite = ~torch.isnan(y)
+    y = torch.where(finite, y, torch.zeros((), dtype=work, device=y.device))
+    left = y.long()
+    wl = (left + 1).to(work) - y
+    wl = torch.where(finite, wl, torch.full_like(wl, float("nan")))
+    logp = F.log_softmax(x, dim=-1)
+    lp = logp.gather(-1, left.unsqueeze(-1)).squeeze(-1)
+    rp = logp.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
+    loss = -(lp * wl + rp * (1 - wl))
+    if weight is not None:
+        loss = loss * weight.to(work)
+    return reduce_sum(loss.sum(), loss.numel(), reduction, avg_factor)
