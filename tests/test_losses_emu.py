@@ -13,7 +13,7 @@ from tood_ext import reference as ref
 
 from conftest import HAS_CUDA, assert_close
 from emu_build import load_emulator
-from test_losses import KIND_IDS, KINDS, _bad_cases, draw
+from loss_cases import KIND_IDS, KINDS, bad_cases, draw
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="a GPU is present: the real CUDA kernels are tested (test_losses.py)")
@@ -82,7 +82,7 @@ def test_emulated_empty(emu, shape):
 def test_emulated_contract_errors(gen, emu):
     """The tensor-level rows of the bad-input table raise the same on the emulated kernel (the
     Python-level rows never reach a kernel)."""
-    cases, ok = _bad_cases(gen)
+    cases, ok = bad_cases(gen)
     n = 0
     for what, over, exc, text in cases:
         if any(not isinstance(v, torch.Tensor) for k, v in over.items() if k not in ("kind",)):
