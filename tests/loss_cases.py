@@ -1,0 +1,67 @@
+"""Input generators and the bad-input table of the loss ops, shared by test_losses.py (the CPU
+kernels and the reference) and test_losses_emu.py (the emulated CUDA kernels)."""
+from __future__ import annotations
+
+import torch
+
+F64 = torch.float64
+# (kind, activated)
+KINDS = [("bce", False), ("qfl", False), ("qfl", True), ("vfl", False)]
+KIND_IDS = ["bce", "qfl", "qfl-activated", "vfl"]
+
+
+def draw(gen, shape, C, dtype=torch.float32, device="cpu", fg=0.3, activated=False,
+         scale=3.0):
+    """pred (*shape, C) (logits, or probabilities when activated), labels (*shape) in [-1, C)
+    with about ``fg`` foreground, scores (*shape) in [0, 1]."""
+    x = torch.randn(*shape, C, generator=gen, dtype=F64) * scale
+    if activated:
+        x = x.sigmoid()
+    lab = torch.randint(0, max(C, 1), shape, generator=gen)
+    lab = torch.where(torch.rand(shape, generator=gen) < fg, lab, torch.full_like(lab, -1))
+    sc = torch.rand(shape, generator=gen, dtype=F64)
+    cast = dict(dtype=dtype, device=device)
+    return x.to(**cast), lab.to(device), sc.to(**cast)
+
+
+def bad_cases(gen):
+    x, lab, sc = draw(gen, (2, 8), 5, torch.float32)
+    lab[0, 0] = 2
+    ok = dict(pred=x, labels=lab, scores=sc)
+    bad_label = lab.clone()
+    bad_label[1, 3] = 5
+    low_label = lab.clone()
+    low_label[0, 1] = -2
+    bad_score = sc.clone()
+    bad_score[0, 0] = 1.5
+    return [
+        # (what, kwargs override, exception, text in the message)
+        ("pred list", dict(pred=[1.0]), TypeError, "pred"),
+        ("labels None", dict(labels=None), TypeError, "labels"),
+        ("kind", dict(kind="focal"), ValueError, "kind"),
+        ("reduction", dict(reduction="none"), ValueError, "reduction"),
+        ("avg_factor str", dict(avg_factor="3"), TypeError, "avg_factor"),
+        ("gamma negative", dict(gamma=-1.0), ValueError, "gamma"),
+        ("alpha nan", dict(alpha=float("nan")), ValueError, "alpha"),
+        ("gamma str", dict(gamma="2"), TypeError, "gamma"),
+        ("activated bce", dict(kind="bce", activated=True), ValueError, "activated"),
+        ("activated int", dict(activated=1), TypeError, "activated"),
+        ("label 5 >= C", dict(labels=bad_label), IndexError, "labels"),
+        ("label -2", dict(labels=low_label), IndexError, "labels"),
+        ("label float", dict(labels=lab.float()), RuntimeError, "labels"),
+        ("label bool", dict(labels=lab >= 0), RuntimeError, "labels"),
+        ("label shape", dict(labels=lab[:, :4]), RuntimeError, "labels"),
+        ("scores shape", dict(scores=sc[None]), RuntimeError, "scores"),
+        ("scores dtype", dict(scores=sc.double()), RuntimeError, "scores"),
+        ("score > 1 qfl", dict(scores=bad_score, kind="qfl"), ValueError, "scores"),
+        ("score > 1 vfl", dict(scores=bad_score, kind="vfl"), ValueError, "scores"),
+        ("class_weight length", dict(class_weight=torch.ones(4)), RuntimeError, "class_weight"),
+        ("class_weight dtype", dict(class_weight=torch.ones(5, dtype=F64)), RuntimeError,
+         "class_weight"),
+        ("pred int", dict(pred=x.long(), scores=sc), RuntimeError, "pred"),
+        ("pred 0-d", dict(pred=torch.tensor(1.0), labels=torch.tensor(0), scores=torch.tensor(1.)),
+         RuntimeError, "pred"),
+        ("pred half on CPU", dict(pred=x.half(), scores=sc.half()), RuntimeError, "pred"),
+        ("labels on meta", dict(labels=lab.to("meta")), RuntimeError, "labels"),
+    ], ok
+

@@ -1,0 +1,366 @@
+"""tood_ext.sparse_target_cls_loss (csrc/losses): against its pure-PyTorch reference and against
+each peer's own formula on the dense target (ultralytics' v8DetectionLoss BCE with
+class_weights; mmdetection's quality_focal_loss / varifocal_loss, transcribed here from their
+semantics), values and gradients, random and edge inputs, opcheck, gradcheck, thread-count
+determinism, the bad-input table and the memory bound."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tood_ext
+from tood_ext import reference as ref
+from tood_ext._memory import peak_extra_memory
+from tood_ext.reference.losses import dense_cls_target
+
+from conftest import DEVICES, assert_close, dtypes_for
+from loss_cases import KIND_IDS, KINDS, bad_cases, draw
+
+F64 = torch.float64
+
+
+def loss_and_grad(fn, x, lab, sc, kind, **kw):
+    x = x.detach().clone().requires_grad_()
+    loss = fn(x, lab, sc, kind, **kw)
+    (g,) = torch.autograd.grad(loss, x)
+    return loss.detach(), g
+
+
+# ---- peers, on the dense target -----------------------------------------------------------------
+
+
+def ultralytics_bce(pred, labels, scores, class_weights=None):
+    """v8DetectionLoss's classification term: BCEWithLogits(reduction="none") on target_scores
+    (one-hot label x normalised alignment metric, zero on background), times class_weights
+    viewed (1, 1, C), summed, divided by max(target_scores.sum(), 1)."""
+    fg = labels >= 0
+    target_labels = labels.clamp(min=0)
+    target_scores = torch.zeros(*labels.shape, pred.shape[-1], dtype=torch.int8,
+                                device=pred.device)
+    target_scores.scatter_(-1, target_labels.unsqueeze(-1), 1)
+    target_scores = target_scores * fg[..., None] * scores[..., None]
+    target_scores_sum = target_scores.sum().clamp(min=1)
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")(pred, target_scores.to(pred.dtype))
+    if class_weights is not None:
+        bce = bce * class_weights.view(1, 1, -1)
+    return bce.sum() / target_scores_sum, target_scores_sum
+
+
+def mmdet_qfl(pred, labels, scores, beta=2.0, activated=False):
+    """mmdetection's quality_focal_loss (use_sigmoid) / quality_focal_loss_with_prob on
+    pred (N, C), target (label (N,), score (N,)) with background label C; summed."""
+    C = pred.shape[1]
+    label = torch.where(labels >= 0, labels, torch.full_like(labels, C))
+    prob = pred if activated else pred.sigmoid()
+    zero = prob.new_zeros(pred.shape)
+    if activated:
+        loss = F.binary_cross_entropy(pred, zero, reduction="none") * prob.pow(beta)
+    else:
+        loss = F.binary_cross_entropy_with_logits(pred, zero, reduction="none") * prob.pow(beta)
+    pos = ((label >= 0) & (label < C)).nonzero().squeeze(1)
+    pos_label = label[pos].long()
+    factor = scores[pos] - prob[pos, pos_label]
+    if activated:
+        pos_loss = F.binary_cross_entropy(pred[pos, pos_label], scores[pos], reduction="none")
+    else:
+        pos_loss = F.binary_cross_entropy_with_logits(pred[pos, pos_label], scores[pos],
+                                                      reduction="none")
+    loss[pos, pos_label] = pos_loss * factor.abs().pow(beta)
+    return loss.sum(dim=1).sum()
+
+
+def mmdet_vfl(pred, target, alpha=0.75, gamma=2.0):
+    """mmdetection's varifocal_loss (iou_weighted=True) on the dense target; summed."""
+    pred_sigmoid = pred.sigmoid()
+    focal_weight = target * (target > 0.0).float() + \
+        alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
+    return (F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+            * focal_weight).sum()
+
+
+# ---- against the reference ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("shape", [(3, 50), (70,), (2, 3, 7)])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference(gen, kind, activated, shape, weighted, device):
+    for dtype in dtypes_for(device):
+        C = int(torch.randint(1, 40, (1,), generator=gen))
+        x, lab, sc = draw(gen, shape, C, dtype, device, activated=activated)
+        cw = (torch.rand(C, generator=gen, dtype=F64) * 2).to(dtype=dtype, device=device) \
+            if weighted else None
+        kw = dict(activated=activated, class_weight=cw, gamma=1.5 if kind == "vfl" else 2.0)
+        got, g = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, kind, **kw)
+        cw64 = cw.double() if cw is not None else None
+        want, gw = loss_and_grad(ref.sparse_target_cls_loss, x.double(), lab, sc.double(), kind,
+                                 **{**kw, "class_weight": cw64})
+        assert got.dtype == (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+        assert g.dtype == dtype and g.shape == x.shape
+        rtol = 1e-10 if dtype == F64 else 1e-4
+        torch.testing.assert_close(got.double(), want, rtol=rtol, atol=rtol * want.numel())
+        assert_close(g, gw, msg=f"{kind} {dtype}")
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+def test_reductions(gen, kind, activated):
+    x, lab, sc = draw(gen, (4, 30), 9, F64, activated=activated)
+    total = tood_ext.sparse_target_cls_loss(x, lab, sc, kind, activated=activated)
+    mean = tood_ext.sparse_target_cls_loss(x, lab, sc, kind, activated=activated,
+                                           reduction="mean")
+    torch.testing.assert_close(mean, total / x.numel())
+    for avg in (3.5, torch.tensor(7.25, dtype=F64)):
+        got = tood_ext.sparse_target_cls_loss(x, lab, sc, kind, activated=activated,
+                                              reduction="mean", avg_factor=avg)
+        torch.testing.assert_close(got, total / avg)
+        want = ref.sparse_target_cls_loss(x, lab, sc, kind, activated=activated,
+                                          reduction="mean", avg_factor=avg)
+        torch.testing.assert_close(got, want)
+
+
+# ---- against the peers' own formulas ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_bce_matches_ultralytics(gen, weighted, dtype):
+    B, A, C = 3, 200, 11
+    x, lab, sc = draw(gen, (B, A), C, dtype)
+    cw = torch.rand(C, generator=gen, dtype=F64).to(dtype) * 2 if weighted else None
+    xu = x.clone().requires_grad_()
+    want, ts_sum = ultralytics_bce(xu, lab, sc, cw)
+    (gw,) = torch.autograd.grad(want, xu)
+    xo = x.clone().requires_grad_()
+    got = tood_ext.sparse_target_cls_loss(xo, lab, sc, "bce", class_weight=cw, reduction="mean",
+                                          avg_factor=ts_sum)
+    (g,) = torch.autograd.grad(got, xo)
+    assert_close(got, want.detach())
+    assert_close(g, gw)
+
+
+@pytest.mark.parametrize("activated", [False, True])
+@pytest.mark.parametrize("beta", [2.0, 1.5])
+def test_qfl_matches_mmdetection(gen, activated, beta):
+    x, lab, sc = draw(gen, (300,), 13, F64, activated=activated)
+    xm = x.clone().requires_grad_()
+    want = mmdet_qfl(xm, lab, sc, beta, activated)
+    (gw,) = torch.autograd.grad(want, xm)
+    xo = x.clone().requires_grad_()
+    got = tood_ext.sparse_target_cls_loss(xo, lab, sc, "qfl", gamma=beta, activated=activated)
+    (g,) = torch.autograd.grad(got, xo)
+    assert_close(got, want.detach())
+    assert_close(g, gw)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.75, 2.0), (0.25, 1.5)])
+def test_vfl_matches_mmdetection(gen, alpha, gamma):
+    x, lab, sc = draw(gen, (5, 60), 8, F64)
+    sc[0, :5] = 0.0  # a foreground anchor with score 0: a negative of the dense target
+    lab[0, :5] = 3
+    target = dense_cls_target(lab, sc, 8, F64)
+    xm = x.clone().requires_grad_()
+    want = mmdet_vfl(xm, target, alpha, gamma)
+    (gw,) = torch.autograd.grad(want, xm)
+    xo = x.clone().requires_grad_()
+    got = tood_ext.sparse_target_cls_loss(xo, lab, sc, "vfl", alpha=alpha, gamma=gamma)
+    (g,) = torch.autograd.grad(got, xo)
+    assert_close(got, want.detach())
+    assert_close(g, gw)
+
+
+# ---- edge inputs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_edge_inputs(gen, kind, activated, dtype):
+    B, A, C = 2, 40, 6
+    x, lab, sc = draw(gen, (B, A), C, dtype, activated=activated)
+    cases = {
+        "all background": (x, torch.full_like(lab, -1), sc),
+        "every anchor positive": (x, torch.randint(0, C, (B, A), generator=gen), sc),
+        "scores 0 and 1": (x, lab, (torch.rand(B, A, generator=gen) < 0.5).to(dtype)),
+    }
+    extreme = x.clone()
+    flat = extreme.view(-1)
+    if activated:  # probabilities exactly 0 and 1: the log clamp at -100
+        flat[::3], flat[1::3] = 0.0, 1.0
+    else:
+        flat[::3], flat[1::3] = 100.0, -100.0
+    cases["extreme"] = (extreme, lab, sc)
+    for name, (xi, li, si) in cases.items():
+        got, g = loss_and_grad(tood_ext.sparse_target_cls_loss, xi, li, si, kind,
+                               activated=activated)
+        want, gw = loss_and_grad(ref.sparse_target_cls_loss, xi.double(), li, si.double(), kind,
+                                 activated=activated)
+        assert torch.isfinite(got) and torch.isfinite(g).all(), name
+        torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype != F64 else 1e-10,
+                                   atol=1e-6, msg=name)
+        assert_close(g, gw, msg=name)
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+def test_nan_stays_in_its_element(gen, kind, activated):
+    x, lab, sc = draw(gen, (3, 20), 5, F64, activated=activated)
+    x[1, 7, 2] = float("nan")
+    loss, g = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, kind,
+                            activated=activated)
+    assert torch.isnan(loss)
+    nan = torch.isnan(g)
+    assert nan[1, 7, 2] and int(nan.sum()) == 1
+    _, gw = loss_and_grad(ref.sparse_target_cls_loss, x, lab, sc, kind, activated=activated)
+    mask = ~nan
+    assert_close(g[mask], gw[mask])
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("shape", [(0, 50, 7), (4, 0, 7), (0,), (3, 5, 0)])
+def test_empty(kind, activated, shape):
+    x = torch.zeros(*shape, requires_grad=True) if shape != (0,) else \
+        torch.zeros(0, 7, requires_grad=True)
+    lead = x.shape[:-1]
+    lab = torch.full(lead, -1, dtype=torch.long)
+    loss = tood_ext.sparse_target_cls_loss(x, lab, torch.zeros(lead), kind, activated=activated)
+    assert loss.shape == () and float(loss) == 0.0
+    (g,) = torch.autograd.grad(loss, x)
+    assert g.shape == x.shape
+    mean = tood_ext.sparse_target_cls_loss(x, lab, torch.zeros(lead), kind, activated=activated,
+                                           reduction="mean")
+    assert float(mean) == 0.0
+
+
+def test_labels_of_any_integer_dtype_and_strides(gen):
+    x, lab, sc = draw(gen, (6, 40), 9, F64)
+    want = tood_ext.sparse_target_cls_loss(x, lab, sc, "qfl")
+    for dt in (torch.int32, torch.int16, torch.int8):
+        torch.testing.assert_close(tood_ext.sparse_target_cls_loss(x, lab.to(dt), sc, "qfl"), want)
+    # non-contiguous views: the same loss and gradient
+    xt, lt, st = x.transpose(0, 1).contiguous(), lab.t().contiguous(), sc.t().contiguous()
+    got, g = loss_and_grad(tood_ext.sparse_target_cls_loss, xt.transpose(0, 1), lt.t(), st.t(),
+                           "qfl")
+    _, gw = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, "qfl")
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(g, gw, rtol=0, atol=0)
+
+
+# ---- registration: opcheck, gradcheck, determinism ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+def test_opcheck(gen, kind, activated):
+    ops = torch.ops.tood_ext
+    x, lab, sc = draw(gen, (2, 9), 5, F64, activated=activated)
+    cw = torch.rand(5, generator=gen, dtype=F64)
+    torch.library.opcheck(ops.sparse_target_cls_loss.default,
+                          (x.requires_grad_(), lab, sc, kind, 2.0, 0.75, activated, cw))
+    torch.library.opcheck(ops.sparse_target_cls_loss.default,
+                          (x.detach().float(), lab, sc.float(), kind, 1.5, 0.5, activated, None))
+    torch.library.opcheck(ops._sparse_target_cls_loss_backward.default,
+                          (torch.tensor(0.5, dtype=F64), x.detach(), lab, sc, kind, 2.0, 0.75,
+                           activated, cw))
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("gamma", [2.0, 1.5])
+def test_gradcheck(gen, kind, activated, gamma):
+    x, lab, sc = draw(gen, (3, 4), 5, F64, activated=activated, fg=0.6)
+    if activated:
+        x = x.clamp(0.05, 0.95)  # finite differences stay inside [0, 1]
+    cw = torch.rand(5, generator=gen, dtype=F64) + 0.5
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda p: tood_ext.sparse_target_cls_loss(p, lab, sc, kind, gamma=gamma,
+                                                  activated=activated, class_weight=cw,
+                                                  reduction="mean", avg_factor=2.0), (x,))
+
+
+def test_double_backward_refused(gen):
+    x, lab, sc = draw(gen, (2, 9), 5, F64)
+    x.requires_grad_()
+    loss = tood_ext.sparse_target_cls_loss(x, lab, sc, "qfl")
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+def test_thread_count_does_not_change_bits(gen, kind, activated):
+    x, lab, sc = draw(gen, (4, 3000), 37, torch.float32, activated=activated)
+    cw = torch.rand(37, generator=gen)
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            out.append(loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, kind,
+                                     activated=activated, class_weight=cw))
+    finally:
+        torch.set_num_threads(before)
+    for loss, g in out[1:]:
+        assert torch.equal(loss, out[0][0]) and torch.equal(g, out[0][1])
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+
+@pytest.mark.parametrize("impl", ["op", "reference"])
+def test_bad_input(gen, impl):
+    fn = tood_ext.sparse_target_cls_loss if impl == "op" else ref.sparse_target_cls_loss
+    cases, ok = bad_cases(gen)
+    for what, over, exc, text in cases:
+        kw = {**ok, "kind": "bce", **over}
+        args = [kw.pop("pred"), kw.pop("labels"), kw.pop("scores"), kw.pop("kind")]
+        snapshot = [a.clone() if isinstance(a, torch.Tensor) and a.device.type != "meta" else a
+                    for a in args]
+        with pytest.raises(exc, match=text) as info:
+            fn(*args, **kw)
+        assert "Traceback" not in str(info.value), what
+        for a, s in zip(args, snapshot):  # nothing written
+            if isinstance(a, torch.Tensor) and a.device.type != "meta":
+                assert torch.equal(a, s), what
+    # bce takes any real score
+    sc = ok["scores"].clone()
+    sc[0, 0] = 1.5
+    assert torch.isfinite(fn(ok["pred"], ok["labels"], sc, "bce"))
+
+
+def test_backward_op_checks_the_gradient(gen):
+    ops = torch.ops.tood_ext
+    x, lab, sc = draw(gen, (2, 8), 5, torch.float32)
+    with pytest.raises(RuntimeError, match="grad"):
+        ops._sparse_target_cls_loss_backward(torch.ones(2), x, lab, sc, "bce", 2.0, 0.75, False,
+                                             None)
+    with pytest.raises(RuntimeError, match="grad"):
+        ops._sparse_target_cls_loss_backward(torch.tensor(1.0, dtype=F64), x, lab, sc, "bce",
+                                             2.0, 0.75, False, None)
+    with pytest.raises(RuntimeError, match="grad"):
+        ops._sparse_target_cls_loss_backward(torch.tensor(1.0, device="meta"), x, lab, sc, "bce",
+                                             2.0, 0.75, False, None)
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_is_the_gradient_plus_o_of_rows(gen, device):
+    B, A, C = 4, 2000, 80
+    x, lab, sc = draw(gen, (B, A), C, torch.float32, device)
+    x.requires_grad_()
+    grad_bytes = x.numel() * 4
+    rows_bytes = B * A * 8 * 3  # label copies / checks, partial sums: O(B * A)
+
+    def fused():
+        loss = tood_ext.sparse_target_cls_loss(x, lab, sc, "bce", reduction="mean",
+                                               avg_factor=7.0)
+        return torch.autograd.grad(loss, x)
+
+    def dense():
+        loss, _ = ultralytics_bce(x, lab, sc)
+        return torch.autograd.grad(loss, x)
+
+    peak = peak_extra_memory(fused, device)
+    assert grad_bytes <= peak <= grad_bytes + rows_bytes + 64 * 1024, peak
+    assert peak_extra_memory(dense, device) > 3 * peak
