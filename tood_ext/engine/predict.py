@@ -52,7 +52,7 @@ def predict_images(model, paths: list[str], out_dir: str, scale=(1333, 800), cla
         try:
             with Image.open(path):
                 pass
-        except (OSError, SyntaxError, ValueError) as exc:
+        except Exception as exc:  # also what a patched Image.open raises (ultralytics: HEIF)
             raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     model.eval()
     written = []
