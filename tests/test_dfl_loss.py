@@ -7,7 +7,7 @@ import torch
 
 import tood_ext
 from tood_ext import reference as ref
-from tood_ext._memory import peak_extra_memory
+from tood_ext.testing.memory import peak_extra_memory
 
 from conftest import DEVICES, assert_close, dtypes_for
 

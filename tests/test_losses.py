@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import tood_ext
 from tood_ext import reference as ref
-from tood_ext._memory import peak_extra_memory
+from tood_ext.testing.memory import peak_extra_memory
 from tood_ext.reference.losses import dense_cls_target
 
 from conftest import DEVICES, assert_close, dtypes_for
