@@ -28,10 +28,12 @@ _WORKER = r"""
 import gc, json, sys, time
 import torch
 from benchmarks import harness
-device, filt, repeats, warmup = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), int(sys.argv[4])
+device, filters, repeats, warmup = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 quick = sys.argv[5] == "1"
 out = {}
-for case in harness.collect_cases(device, quick, filt):
+cases = [c for c in harness.collect_cases(device, quick, None)
+         if not filters or any(f in c.name for f in filters)]
+for case in cases:
     gc.collect()
     try:
         fn = case.setup()["kernel"]
@@ -55,7 +57,7 @@ print("AB-RESULT " + json.dumps(out))
 def _run(tree: str, args) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     proc = subprocess.run(
-        [sys.executable, "-c", _WORKER, args.device, args.filter or "", str(args.repeats),
+        [sys.executable, "-c", _WORKER, args.device, json.dumps(args.filter or []), str(args.repeats),
          str(args.warmup), "1" if args.quick else "0"],
         cwd=tree, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
@@ -77,7 +79,8 @@ def main(argv: list | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("old", help="checkout of the baseline (with its extension built)")
     p.add_argument("new", help="checkout of the change (with its extension built)")
-    p.add_argument("--filter", default=None, metavar="SUBSTRING", help="cases whose name holds it")
+    p.add_argument("--filter", action="append", default=None, metavar="SUBSTRING",
+                   help="cases whose name holds it (repeatable: any of them)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--rounds", type=int, default=4, help="subprocesses per checkout (default 4)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case and round")

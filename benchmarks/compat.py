@@ -107,23 +107,24 @@ def _loss_case(device, B, A, C, max_gt, reg_max=16):
                                         ("topk", "topk2", "num_classes", "alpha", "beta",
                                          "stride", "eps")})
 
-        def step(loss_fn):
+        def step(loss_fn, fused=False):
             def run():
-                loss, _ = loss_fn(preds, batch)
+                with tul.patched_ultralytics(fused_loss=fused):
+                    loss, _ = loss_fn(preds, batch)
                 total = loss.sum()
                 grads = torch.autograd.grad(total, (boxes, scores))
                 return (total.detach(), *grads)
             return run
 
-        return {"kernel": step(patched), "reference": step(reference),
-                "ultralytics": step(plain)}
+        return {"kernel": step(patched, fused=True), "assigner_only": step(patched),
+                "reference": step(reference), "ultralytics": step(plain)}
 
     return Case(name=f"compat.v8_loss_step B={B} A={A} C={C} G<={max_gt}", family="compat",
                 op="ultralytics.v8DetectionLoss", passes="fwd+bwd",
                 sizes={"B": B, "A": A, "C": C, "G": max_gt}, dtype="float32", setup=setup,
                 note=("YOLOv8n loss (box 7.5, cls 0.5, dfl 1.5; reg_max 16) forward+backward on "
-                      "random head outputs; kernel = patch_ultralytics(), ultralytics = "
-                      "unpatched"))
+                      "random head outputs; kernel = patch_ultralytics(fused_loss=True), "
+                      "assigner_only = patch_ultralytics(), ultralytics = unpatched"))
 
 
 def _tood_step_case(device, B, size, G, num_classes=80, depth=18, channels=64, stacked=3):
@@ -183,6 +184,6 @@ def cases(device: str, quick: bool) -> list:
            for G in (10, 100, 400)]
     out.append(_assigner_case(device, 16, 100, 8400, 80, small_frac=0.5))
     if _has_ultralytics():
-        out.append(_loss_case(device, 16, 8400, 80, 40))
+        out += [_loss_case(device, 16, 8400, C, 40) for C in (80, 365, 1203)]
     out.append(_tood_step_case(device, 4, 512, 20))
     return out

@@ -102,7 +102,7 @@ def test_ab_same_checkout_twice(tmp_path):
     prefix = tmp_path / "ab"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.ab", ROOT, ROOT, "--quick", "--filter", "giou_loss",
-         "--rounds", "2", "--repeats", "1", "--warmup", "0", "--out", str(prefix)],
+         "--rounds", "1", "--repeats", "2", "--warmup", "0", "--out", str(prefix)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     with open(f"{prefix}.json") as f:
@@ -110,7 +110,7 @@ def test_ab_same_checkout_twice(tmp_path):
     expected = [n for n in _expected_case_names() if "giou_loss" in n]
     assert expected and sorted(r["name"] for r in doc["rows"]) == sorted(expected)
     for r in doc["rows"]:
-        assert len(r["old_samples"]) == len(r["new_samples"]) == 2
+        assert len(r["old_samples"]) == len(r["new_samples"]) == 2  # 1 round x 2 calls
         assert r["old_ms"] > 0 and r["new_ms"] > 0
     assert doc["errors"] == {}
     assert "| case | old ms | new ms | new/old |" in open(f"{prefix}.md").read()

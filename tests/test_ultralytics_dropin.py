@@ -257,6 +257,74 @@ def test_detection_losses_equal_with_and_without_patch(gen, which):
     assert as_is_differs <= compared // 8, f"{as_is_differs} of {compared} batches differ"
 
 
+@pytest.mark.parametrize("which,class_weights,reg_max", [
+    ("v8DetectionLoss", False, 16), ("v8DetectionLoss", True, 16), ("E2ELoss", False, 16),
+    ("v8DetectionLoss", False, 1)])
+def test_fused_loss_equals_ultralytics(gen, monkeypatch, which, class_weights, reg_max):
+    """``patch_ultralytics(fused_loss=True)``: the loss from the assignment's sparse output
+    (fused cls loss, fused CIoU and DFL; no target_scores) equals ultralytics' own loss (run
+    with lowest-index top-k ties, the adapter's documented order) and its gradients w.r.t. the
+    predictions, to float rounding, on random batches of tiny, crowded, mixed and empty images
+    (with images without GTs and batches without any GT), with and without class_weights, for
+    YOLOv8 (DFL) and reg_max 1 (YOLO26's CIoU + L1)."""
+    import tood_ext.ops.losses as losses_mod
+
+    nc, B, n = 6, 3, 24
+    model = tiny_v8_model(nc, reg_max=reg_max)
+    model.args.epochs = 10
+    if class_weights:
+        model.class_weights = 0.5 + torch.rand(nc, generator=gen)
+    make_loss = (lambda: ul_loss.v8DetectionLoss(model)) if which == "v8DetectionLoss" else (
+        lambda: ul_loss.E2ELoss(model))
+    plain = make_loss()
+    with tul.patched_ultralytics():
+        fused = make_loss()
+    calls = []
+    op = losses_mod.sparse_target_cls_loss
+    monkeypatch.setattr(losses_mod, "sparse_target_cls_loss",
+                        lambda *a, **k: calls.append(1) or op(*a, **k))
+    original = ul_loss.v8DetectionLoss.get_assigned_targets_and_loss
+    compared = 0
+    for i in range(n):
+        size = (128, 160, 192)[i % 3]
+        if which == "v8DetectionLoss":
+            preds = v8_preds(gen, B, nc, size, reg_max=reg_max)
+            leaves = [preds["boxes"], preds["scores"]]
+        else:
+            p1, p2 = (v8_preds(gen, B, nc, size, reg_max=reg_max) for _ in range(2))
+            preds, leaves = {"one2many": p1, "one2one": p2}, [p1["boxes"], p1["scores"],
+                                                              p2["boxes"], p2["scores"]]
+        batch = v8_targets(gen, B, nc, KINDS[i % 4])
+        with recording(plain) as seen, lowest_index_topk():
+            want = _loss_and_grads(plain, preds, batch, leaves)
+        if any(near_ties(*args) for args in seen):
+            continue
+        compared += 1
+        with tul.patched_ultralytics(fused_loss=True):
+            assert ul_loss.v8DetectionLoss.get_assigned_targets_and_loss is not original
+            got = _loss_and_grads(fused, preds, batch, leaves)
+        _assert_same(got, want, f"batch {i} ({KINDS[i % 4]}), fused vs ultralytics")
+    assert ul_loss.v8DetectionLoss.get_assigned_targets_and_loss is original  # restored
+    assert compared >= n - 3, f"only {compared} of {n} batches free of near-ties"
+    assert len(calls) >= compared, "the fused classification loss was not used"
+
+
+def test_fused_loss_leaves_other_assigners_to_ultralytics(gen):
+    """A loss whose assigner is not the adapter (built before the patch) keeps ultralytics'
+    method under ``fused_loss=True``, bit for bit."""
+    nc, B = 4, 2
+    model = tiny_v8_model(nc)
+    plain = ul_loss.v8DetectionLoss(model)
+    preds = v8_preds(gen, B, nc, 128)
+    batch = v8_targets(gen, B, nc, "mixed")
+    leaves = [preds["boxes"], preds["scores"]]
+    want = _loss_and_grads(plain, preds, batch, leaves)
+    with tul.patched_ultralytics(fused_loss=True):
+        got = _loss_and_grads(plain, preds, batch, leaves)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 def _yaml_model(kind: str, nc: int = 3):
     tasks = pytest.importorskip("ultralytics.nn.tasks")
     from ultralytics.cfg import get_cfg
@@ -350,9 +418,9 @@ _TRAIN = textwrap.dedent("""
     from tood_ext.compat import ultralytics as tul
     out = {}
     for cfg in ("yolov8n.yaml", "yolo26n.yaml"):
-        for patched in (False, True):
+        for patched in (False, True, "fused"):
             if patched:
-                tul.patch_ultralytics()
+                tul.patch_ultralytics(fused_loss=patched == "fused")
             losses = []
             model = YOLO(cfg)
             model.add_callback("on_train_batch_end", lambda tr: losses.append(
@@ -362,14 +430,15 @@ _TRAIN = textwrap.dedent("""
                         project=str(root / "runs"), name=f"{cfg}-{patched}", exist_ok=True,
                         verbose=False, save=False, mosaic=0.0)
             tul.unpatch_ultralytics()
-            out[f"{cfg} {'patched' if patched else 'unpatched'}"] = losses
+            out[f"{cfg} {({False: 'unpatched', True: 'patched'}).get(patched, patched)}"] = losses
     print("LOSSES " + json.dumps(out))
 """)
 
 
 def test_ultralytics_trainer_losses_match_per_batch(tmp_path):
     """ultralytics' own trainer (YOLOv8n, and YOLO26n's E2E loss), 2 epochs on a tiny
-    synthetic set, offline: the same losses on every batch with and without the patch."""
+    synthetic set, offline: the same losses on every batch with and without the patch, and
+    with ``fused_loss=True``."""
     pytest.importorskip("PIL")
     env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path / "cfg"))
     seed = int(torch.randint(0, 2**31, (1,)))
@@ -379,10 +448,13 @@ def test_ultralytics_trainer_losses_match_per_batch(tmp_path):
     line = [x for x in proc.stdout.splitlines() if x.startswith("LOSSES ")][-1]
     runs = json.loads(line[len("LOSSES "):])
     for cfg in ("yolov8n.yaml", "yolo26n.yaml"):
-        want, got = runs[f"{cfg} unpatched"], runs[f"{cfg} patched"]
-        assert len(want) == len(got) == 4, (cfg, len(want), len(got))
-        for step, (w, g) in enumerate(zip(want, got)):
-            assert w.keys() == g.keys()
-            for k in w:
-                assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-7), (cfg, step, k, seed)
+        want = runs[f"{cfg} unpatched"]
+        for variant in ("patched", "fused"):
+            got = runs[f"{cfg} {variant}"]
+            assert len(want) == len(got) == 4, (cfg, variant, len(want), len(got))
+            for step, (w, g) in enumerate(zip(want, got)):
+                assert w.keys() == g.keys()
+                for k in w:
+                    assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-7), (cfg, variant,
+                                                                             step, k, seed)
         assert any(v > 0 for step in want for v in step.values())

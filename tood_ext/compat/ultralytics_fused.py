@@ -12,8 +12,12 @@ already has: ``target_labels`` and ``norm`` (t_hat, 0 off the positives). The me
   as ``class_weight``), one pass forward and backward, no (B, A, C) target, loss or buffer;
 * the normaliser: ``norm.sum().clamp(min=1)`` (the sum of target_scores, summed in another order:
   equal to float rounding);
-* box and DFL: ultralytics' own ``BboxLoss`` (CIoU and DFL / L1 on the positive rows only) given
-  ``norm[..., None]`` for target_scores, whose row sums are the same weights.
+* box and DFL (reg_max > 1: YOLOv8 / 11): on the positive rows only, ``w = norm``, the fused
+  :func:`tood_ext.iou_loss` (``mode="ciou"``; without ultralytics' ``+ eps`` on the heights and
+  the union: equal to float rounding) and :func:`tood_ext.dfl_loss` (the mean over the 4 sides:
+  weight ``w / 4`` per side), each normalised by the same sum; reg_max 1 (YOLO26: CIoU + L1):
+  ultralytics' own ``BboxLoss`` given ``norm[..., None]`` for target_scores (its row sums are
+  the same weights).
 
 Everything else (decoding, target preprocessing, gains, the returned tuple of fg_mask,
 target_gt_idx, target_bboxes, anchor_points and stride_tensor that the segmentation and pose
@@ -80,17 +84,15 @@ def _sparse_targets_and_loss(self, preds: dict, batch: dict) -> tuple:
     loss[1] = sparse_target_cls_loss(pred_scores, labels, norm.to(dtype), kind="bce",
                                      class_weight=class_weight) / target_scores_sum
 
-    loss[0], loss[2] = self.bbox_loss(
-        pred_distri,
-        pred_bboxes,
-        anchor_points,
-        target_bboxes / stride_tensor,
-        norm[..., None],  # target_scores[fg].sum(-1) is norm[fg]
-        target_scores_sum,
-        fg_mask,
-        imgsz,
-        stride_tensor,
-    )
+    if self.use_dfl:  # YOLOv8 / 11: CIoU and DFL on the positive rows, each one fused op
+        loss[0], loss[2] = _box_and_dfl(self, pred_distri, pred_bboxes, anchor_points,
+                                        target_bboxes / stride_tensor, norm, fg_mask,
+                                        target_scores_sum)
+    else:  # reg_max 1 (YOLO26): ultralytics' CIoU + L1 on the positive rows
+        loss[0], loss[2] = self.bbox_loss(
+            pred_distri, pred_bboxes, anchor_points, target_bboxes / stride_tensor,
+            norm[..., None],  # target_scores[fg].sum(-1) is norm[fg]
+            target_scores_sum, fg_mask, imgsz, stride_tensor)
     loss[0] *= self.hyp.box
     loss[1] *= self.hyp.cls
     loss[2] *= self.hyp.dfl
@@ -99,3 +101,25 @@ def _sparse_targets_and_loss(self, preds: dict, batch: dict) -> tuple:
         loss,
         dict(zip(self.loss_names, loss.detach())),
     )
+
+
+def _box_and_dfl(self, pred_distri, pred_bboxes, anchor_points, target_bboxes, norm, fg_mask,
+                 target_scores_sum):
+    """ultralytics' ``BboxLoss`` (reg_max > 1) on the positives: ``sum(w (1 - CIoU)) / tss`` and
+    ``sum(w mean_sides(DFL)) / tss`` with ``w = norm``, through the fused ``iou_loss`` (CIoU)
+    and ``dfl_loss``."""
+    from ultralytics.utils.tal import bbox2dist
+
+    from ..ops.box_ops import iou_loss
+    from ..ops.losses import dfl_loss
+
+    fg = fg_mask.nonzero(as_tuple=True)
+    weight = norm[fg].to(pred_bboxes.dtype)
+    loss_iou = iou_loss(pred_bboxes[fg], target_bboxes[fg].to(pred_bboxes.dtype), weight,
+                        mode="ciou", reduction="sum") / target_scores_sum
+    reg_max = self.bbox_loss.dfl_loss.reg_max
+    target_ltrb = bbox2dist(anchor_points, target_bboxes, reg_max - 1)[fg]
+    n = target_ltrb.shape[0]
+    loss_dfl = dfl_loss(pred_distri[fg].view(n, 4, reg_max), target_ltrb.to(pred_distri.dtype),
+                        (weight / 4)[:, None].expand(n, 4), reduction="sum") / target_scores_sum
+    return loss_iou, loss_dfl

@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from .. import _loader
-from ._loss_checks import (CLS_LOSS_KINDS, check_cls_loss_args, check_cls_loss_tensors,
+from ._losses_spec import (CLS_LOSS_KINDS, check_cls_loss_args, check_cls_loss_tensors,
                            check_dfl_args, check_dfl_tensors, loss_dtype, reduce_sum)
 
 __all__ = ["CLS_LOSS_KINDS", "dfl_loss", "sparse_target_cls_loss"]

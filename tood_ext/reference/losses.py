@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops._loss_checks import (check_cls_loss_args, check_cls_loss_tensors, check_dfl_args,
+from ..ops._losses_spec import (check_cls_loss_args, check_cls_loss_tensors, check_dfl_args,
                                 check_dfl_tensors, loss_dtype, reduce_sum)
 
 __all__ = ["dense_cls_target", "dfl_loss", "sparse_target_cls_loss"]
