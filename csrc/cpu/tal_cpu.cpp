@@ -105,19 +105,22 @@ void topk_then_inside_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInp
     inside_box(gt, p.min_size, ib);
     cpu::inside_row(in, ib, in_row);
   }
+  // the top-k list in locals: the hot loop keeps its pointers in registers
+  scalar_t* vals = s.vals.data();
+  int32_t* idxs = s.idxs.data();
+  const int k = static_cast<int>(K);
   int count = 0;
   for (int64_t a = 0; a < A; ++a) {
     if (!(all_anchors || u_row[a] > 0)) continue;
     const scalar_t t = static_cast<scalar_t>(cpu::metric_of(in, bg, a, u_row[a]));
-    topk_insert(s.vals.data(), s.idxs.data(), static_cast<int>(K), &count, t,
-                static_cast<int32_t>(a));
+    topk_insert(vals, idxs, k, &count, t, static_cast<int32_t>(a));
   }
   for (int i = 0; i < count; ++i) {
-    const int32_t a = s.idxs[i];
+    const int32_t a = idxs[i];
     p.cand_idx[bg * K + i] = a;
-    p.cand_t[bg * K + i] = s.vals[i];
+    p.cand_t[bg * K + i] = vals[i];
     p.cand_u[bg * K + i] = u_row[a];
-    p.cand_pos[bg * K + i] = s.vals[i] > scalar_t(0) && in_row[a];
+    p.cand_pos[bg * K + i] = vals[i] > scalar_t(0) && in_row[a];
   }
 }
 
@@ -142,14 +145,17 @@ void inside_then_topk_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInp
   const scalar_t* img_cols = in.box_cols + b * p.R * A;
   const scalar_t* class_scores = in.scores + b * A * in.num_classes + in.labels[bg];
   const acc_t theta_gt = cpu::angle_of<kMode>(gt);
+  scalar_t* vals = s.vals.data();  // locals: the hot loop keeps them in registers
+  int32_t* idxs = s.idxs.data();
+  scalar_t* u_row = s.u_row;
+  const int k = static_cast<int>(K);
   int count = 0;
   cpu::for_each_true_span(s.in_row, A, [&](int64_t begin, int64_t end) {
-    cpu::overlap_span<scalar_t, kMode>(in, img_cols, gt, theta_gt, begin, end, s.u_row);
+    cpu::overlap_span<scalar_t, kMode>(in, img_cols, gt, theta_gt, begin, end, u_row);
     for (int64_t a = begin; a < end; ++a) {
-      const scalar_t t = static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, s.u_row[a]));
+      const scalar_t t = static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, u_row[a]));
       if (t > scalar_t(0)) {  // t = 0 anchors take their ranks below
-        topk_insert(s.vals.data(), s.idxs.data(), static_cast<int>(K), &count, t,
-                    static_cast<int32_t>(a));
+        topk_insert(vals, idxs, k, &count, t, static_cast<int32_t>(a));
       }
     }
   });
