@@ -104,3 +104,26 @@ def inject_nonfinite(gen: torch.Generator, inputs, gt_frac: float = 0.3, anchor_
     for n, a in enumerate(a_hit):
         ap[a, n % 2] = values[n % len(values)]
     return (ps, pb, ap, gl, gb, gm), hit
+
+
+# ---- the CUDA emulator (tests/emu_build.py): fixtures of test_cuda_emu.py, test_losses_emu.py ----
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """torch.ops.tood_ext_emu, built on first use (about 35 s on 2 cores) into build/cuda_emu."""
+    from emu_build import load_emulator
+
+    return load_emulator()
+
+
+@pytest.fixture(params=["full-grid", "grid-cap-2", "int64-index"])
+def ops(request, emu):
+    """The emulated ops: with the launches' own grids; with every grid-stride launch cut to 2
+    blocks, so that each grid-stride loop takes several turns; or with the kernels' 64-bit index
+    instantiations (both on a GPU only at sizes far beyond these)."""
+    emu._set_grid_cap(2 if request.param == "grid-cap-2" else 0)
+    emu._set_force_int64_index(request.param == "int64-index")
+    yield emu
+    emu._set_grid_cap(0)
+    emu._set_force_int64_index(False)

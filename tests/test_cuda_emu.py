@@ -31,7 +31,7 @@ import tood_ext  # noqa: F401  (registers tood_ext's ops: the CPU kernels compar
 from tood_ext._types import TALResult
 
 from conftest import HAS_CUDA, assert_close, inject_nonfinite, metric_inputs, random_boxes
-from emu_build import ROOT, asan_runtime, load_emulator
+from emu_build import ROOT, asan_runtime
 from tal_cases import (FLAVOURS, FLOAT_FIELDS, NAN_FLAVOURS, SCENARIOS, _check_equal_assignment,
                        _draw, _issue_23_inputs, _kw, _run_and_check)
 from tood_ext.reference.box_ops import alignment_metric as ref_metric
@@ -41,24 +41,6 @@ pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="a GPU is present: the real CUDA kernels are tested (cuda cases elsewhere)")
 
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module")
-def emu():
-    """torch.ops.tood_ext_emu, built on first use (about 35 s on 2 cores) into build/cuda_emu."""
-    return load_emulator()
-
-
-@pytest.fixture(params=["full-grid", "grid-cap-2", "int64-index"])
-def ops(request, emu):
-    """The emulated ops: with the launches' own grids; with every grid-stride launch cut to 2
-    blocks, so that each grid-stride loop takes several turns; or with the kernels' 64-bit index
-    instantiations (both on a GPU only at sizes far beyond these)."""
-    emu._set_grid_cap(2 if request.param == "grid-cap-2" else 0)
-    emu._set_force_int64_index(request.param == "int64-index")
-    yield emu
-    emu._set_grid_cap(0)
-    emu._set_force_int64_index(False)
 
 
 @pytest.fixture(params=["full-grid", "grid-cap-2"])

@@ -12,27 +12,12 @@ import tood_ext
 from tood_ext import reference as ref
 
 from conftest import HAS_CUDA, assert_close
-from emu_build import load_emulator
 from loss_cases import KIND_IDS, KINDS, bad_cases, draw
 
 pytestmark = pytest.mark.skipif(
     HAS_CUDA, reason="a GPU is present: the real CUDA kernels are tested (test_losses.py)")
 
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module")
-def emu():
-    return load_emulator()
-
-
-@pytest.fixture(params=["full-grid", "grid-cap-2", "int64-index"])
-def ops(request, emu):
-    emu._set_grid_cap(2 if request.param == "grid-cap-2" else 0)
-    emu._set_force_int64_index(request.param == "int64-index")
-    yield emu
-    emu._set_grid_cap(0)
-    emu._set_force_int64_index(False)
 
 
 @pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
