@@ -65,3 +65,20 @@ def bad_cases(gen):
         ("labels on meta", dict(labels=lab.to("meta")), RuntimeError, "labels"),
     ], ok
 
+
+
+def loss_grad_per_thread_count(fn, pred, *args, counts=(1, 2, 3), **kw) -> list:
+    """(loss, d loss / d pred) of ``fn(pred, *args, **kw)`` with each of ``counts`` threads
+    (the thread count restored after): the loss ops promise the same bits for all."""
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            x = pred.detach().clone().requires_grad_()
+            loss = fn(x, *args, **kw)
+            (g,) = torch.autograd.grad(loss, x)
+            out.append((loss.detach(), g))
+    finally:
+        torch.set_num_threads(before)
+    return out

@@ -10,6 +10,7 @@ from tood_ext import reference as ref
 from tood_ext.testing.memory import peak_extra_memory
 
 from conftest import DEVICES, assert_close, dtypes_for
+from loss_cases import loss_grad_per_thread_count
 
 F64 = torch.float64
 
@@ -125,14 +126,7 @@ def test_opcheck_and_gradcheck(gen):
 
 def test_thread_count_does_not_change_bits(gen):
     pd, t, w = draw(gen, (5000, 4), 16, torch.float32)
-    before = torch.get_num_threads()
-    out = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            out.append(loss_and_grad(tood_ext.dfl_loss, pd, t, w))
-    finally:
-        torch.set_num_threads(before)
+    out = loss_grad_per_thread_count(tood_ext.dfl_loss, pd, t, w)
     for loss, g in out[1:]:
         assert torch.equal(loss, out[0][0]) and torch.equal(g, out[0][1])
 

@@ -15,7 +15,7 @@ from tood_ext.testing.memory import peak_extra_memory
 from tood_ext.reference.losses import dense_cls_target
 
 from conftest import DEVICES, assert_close, dtypes_for
-from loss_cases import KIND_IDS, KINDS, bad_cases, draw
+from loss_cases import KIND_IDS, KINDS, bad_cases, draw, loss_grad_per_thread_count
 
 F64 = torch.float64
 
@@ -289,15 +289,8 @@ def test_double_backward_refused(gen):
 def test_thread_count_does_not_change_bits(gen, kind, activated):
     x, lab, sc = draw(gen, (4, 3000), 37, torch.float32, activated=activated)
     cw = torch.rand(37, generator=gen)
-    before = torch.get_num_threads()
-    out = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            out.append(loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, kind,
-                                     activated=activated, class_weight=cw))
-    finally:
-        torch.set_num_threads(before)
+    out = loss_grad_per_thread_count(tood_ext.sparse_target_cls_loss, x, lab, sc, kind,
+                                     activated=activated, class_weight=cw)
     for loss, g in out[1:]:
         assert torch.equal(loss, out[0][0]) and torch.equal(g, out[0][1])
 

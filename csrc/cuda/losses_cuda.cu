@@ -95,6 +95,23 @@ __global__ void cls_loss_backward_kernel(const at::opmath_type<scalar_t>* __rest
   }
 }
 
+// The dtype, kind (gamma == 2 as a compile-time square) and index-type dispatch
+// of the cls loss kernels, forward and backward alike:
+// fn(scalar_t{}, kind constant, square constant, index_t{}).
+template <typename Fn>
+void dispatch_cls_kernels(const SparseClsLossPlan& plan, int64_t n, Fn&& fn) {
+  TOOD_DISPATCH_CUDA_FLOATING_TYPES(plan.pred.scalar_type(), "sparse_target_cls_loss_cuda", [&] {
+    dispatch_cls_loss(plan.kind, plan.gamma, [&](auto kind_c, auto square_c) {
+      with_kernel_index_type(n, [&](auto index_v) { fn(scalar_t{}, kind_c, square_c, index_v); });
+    });
+  });
+}
+
+template <typename scalar_t>
+const scalar_t* class_weight_ptr(const SparseClsLossPlan& plan) {
+  return plan.class_weight.defined() ? plan.class_weight.const_data_ptr<scalar_t>() : nullptr;
+}
+
 at::Tensor sparse_target_cls_loss_cuda(const at::Tensor& pred, const at::Tensor& labels,
                                        const at::Tensor& scores, c10::string_view kind,
                                        double gamma, double alpha, bool activated,
@@ -108,24 +125,21 @@ at::Tensor sparse_target_cls_loss_cuda(const at::Tensor& pred, const at::Tensor&
   const int64_t blocks = std::min(num_blocks(n, kLossThreads), max_blocks(kLossMaxBlocks));
   at::Tensor partial = at::empty({blocks}, plan.pred.options().dtype(at::kDouble));
   const cudaStream_t stream = current_stream();
-  TOOD_DISPATCH_CUDA_FLOATING_TYPES(plan.pred.scalar_type(), "sparse_target_cls_loss_cuda", [&] {
+  dispatch_cls_kernels(plan, n, [&](auto s, auto kind_c, auto square_c, auto index_v) {
+    using scalar_t = decltype(s);
+    using index_t = decltype(index_v);
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* cw =
-        plan.class_weight.defined() ? plan.class_weight.const_data_ptr<scalar_t>() : nullptr;
-    dispatch_cls_loss(plan.kind, plan.gamma, [&](auto kind_c, auto square_c) {
-      constexpr ClsLossKind K = decltype(kind_c)::value;
-      constexpr bool kSquare = decltype(square_c)::value;
-      with_kernel_index_type(n, [&](auto index_v) {
-        using index_t = decltype(index_v);
-        launch_kernel(cls_loss_partial_kernel<K, kSquare, scalar_t, index_t>, dim3(blocks),
-                      dim3(kLossThreads), stream, plan.pred.const_data_ptr<scalar_t>(),
-                      plan.labels.const_data_ptr<int64_t>(), plan.scores.const_data_ptr<scalar_t>(),
-                      cw, static_cast<index_t>(plan.classes), static_cast<index_t>(n),
-                      plan.params<acc_t>(), partial.mutable_data_ptr<double>());
-      });
-    });
-    launch_kernel(sum_partials_kernel<acc_t>, dim3(1), dim3(kLossThreads), stream,
-                  partial.const_data_ptr<double>(), blocks, out.mutable_data_ptr<acc_t>());
+    launch_kernel(
+        cls_loss_partial_kernel<decltype(kind_c)::value, decltype(square_c)::value, scalar_t,
+                                index_t>,
+        dim3(blocks), dim3(kLossThreads), stream, plan.pred.const_data_ptr<scalar_t>(),
+        plan.labels.const_data_ptr<int64_t>(), plan.scores.const_data_ptr<scalar_t>(),
+        class_weight_ptr<scalar_t>(plan), static_cast<index_t>(plan.classes),
+        static_cast<index_t>(n), plan.params<acc_t>(), partial.mutable_data_ptr<double>());
+  });
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sparse_target_cls_loss_cuda_sum", [&] {
+    launch_kernel(sum_partials_kernel<scalar_t>, dim3(1), dim3(kLossThreads), stream,
+                  partial.const_data_ptr<double>(), blocks, out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }
@@ -142,26 +156,19 @@ at::Tensor sparse_target_cls_loss_backward_cuda(const at::Tensor& grad, const at
   const int64_t n = plan.numel();
   if (n == 0) return grad_pred.view(pred.sizes());
   const cudaStream_t stream = current_stream();
-  TOOD_DISPATCH_CUDA_FLOATING_TYPES(
-      plan.pred.scalar_type(), "sparse_target_cls_loss_backward_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* cw =
-            plan.class_weight.defined() ? plan.class_weight.const_data_ptr<scalar_t>() : nullptr;
-        dispatch_cls_loss(plan.kind, plan.gamma, [&](auto kind_c, auto square_c) {
-          constexpr ClsLossKind K = decltype(kind_c)::value;
-          constexpr bool kSquare = decltype(square_c)::value;
-          with_kernel_index_type(n, [&](auto index_v) {
-            using index_t = decltype(index_v);
-            launch_kernel(cls_loss_backward_kernel<K, kSquare, scalar_t, index_t>, dim3(num_blocks(n)),
-                          dim3(kThreads), stream, plan.grad.const_data_ptr<acc_t>(),
-                          plan.pred.const_data_ptr<scalar_t>(),
-                          plan.labels.const_data_ptr<int64_t>(),
-                          plan.scores.const_data_ptr<scalar_t>(), cw,
-                          static_cast<index_t>(plan.classes), static_cast<index_t>(n),
-                          plan.params<acc_t>(), grad_pred.mutable_data_ptr<scalar_t>());
-          });
-        });
-      });
+  dispatch_cls_kernels(plan, n, [&](auto s, auto kind_c, auto square_c, auto index_v) {
+    using scalar_t = decltype(s);
+    using index_t = decltype(index_v);
+    using acc_t = at::opmath_type<scalar_t>;
+    launch_kernel(
+        cls_loss_backward_kernel<decltype(kind_c)::value, decltype(square_c)::value, scalar_t,
+                                 index_t>,
+        dim3(num_blocks(n)), dim3(kThreads), stream, plan.grad.const_data_ptr<acc_t>(),
+        plan.pred.const_data_ptr<scalar_t>(), plan.labels.const_data_ptr<int64_t>(),
+        plan.scores.const_data_ptr<scalar_t>(), class_weight_ptr<scalar_t>(plan),
+        static_cast<index_t>(plan.classes), static_cast<index_t>(n), plan.params<acc_t>(),
+        grad_pred.mutable_data_ptr<scalar_t>());
+  });
   return grad_pred.view(pred.sizes());
 }
 
