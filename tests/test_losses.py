@@ -20,11 +20,21 @@ from loss_cases import KIND_IDS, KINDS, bad_cases, draw, loss_grad_per_thread_co
 F64 = torch.float64
 
 
-def loss_and_grad(fn, x, lab, sc, kind, **kw):
+def value_and_grad(f, x):
+    """(f(x), d f / d x) for a scalar function of the logits / probabilities x."""
     x = x.detach().clone().requires_grad_()
-    loss = fn(x, lab, sc, kind, **kw)
+    loss = f(x)
     (g,) = torch.autograd.grad(loss, x)
     return loss.detach(), g
+
+
+def loss_and_grad(fn, x, lab, sc, kind, **kw):
+    return value_and_grad(lambda t: fn(t, lab, sc, kind, **kw), x)
+
+
+def assert_same_value_and_grad(got, want):
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
 
 
 # ---- peers, on the dense target -----------------------------------------------------------------
@@ -129,29 +139,21 @@ def test_bce_matches_ultralytics(gen, weighted, dtype):
     B, A, C = 3, 200, 11
     x, lab, sc = draw(gen, (B, A), C, dtype)
     cw = torch.rand(C, generator=gen, dtype=F64).to(dtype) * 2 if weighted else None
-    xu = x.clone().requires_grad_()
-    want, ts_sum = ultralytics_bce(xu, lab, sc, cw)
-    (gw,) = torch.autograd.grad(want, xu)
-    xo = x.clone().requires_grad_()
-    got = tood_ext.sparse_target_cls_loss(xo, lab, sc, "bce", class_weight=cw, reduction="mean",
-                                          avg_factor=ts_sum)
-    (g,) = torch.autograd.grad(got, xo)
-    assert_close(got, want.detach())
-    assert_close(g, gw)
+    ts_sum = ultralytics_bce(x, lab, sc, cw)[1]
+    want = value_and_grad(lambda t: ultralytics_bce(t, lab, sc, cw)[0], x)
+    got = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, "bce", class_weight=cw,
+                        reduction="mean", avg_factor=ts_sum)
+    assert_same_value_and_grad(got, want)
 
 
 @pytest.mark.parametrize("activated", [False, True])
 @pytest.mark.parametrize("beta", [2.0, 1.5])
 def test_qfl_matches_mmdetection(gen, activated, beta):
     x, lab, sc = draw(gen, (300,), 13, F64, activated=activated)
-    xm = x.clone().requires_grad_()
-    want = mmdet_qfl(xm, lab, sc, beta, activated)
-    (gw,) = torch.autograd.grad(want, xm)
-    xo = x.clone().requires_grad_()
-    got = tood_ext.sparse_target_cls_loss(xo, lab, sc, "qfl", gamma=beta, activated=activated)
-    (g,) = torch.autograd.grad(got, xo)
-    assert_close(got, want.detach())
-    assert_close(g, gw)
+    want = value_and_grad(lambda t: mmdet_qfl(t, lab, sc, beta, activated), x)
+    got = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, "qfl", gamma=beta,
+                        activated=activated)
+    assert_same_value_and_grad(got, want)
 
 
 @pytest.mark.parametrize("alpha,gamma", [(0.75, 2.0), (0.25, 1.5)])
@@ -160,14 +162,10 @@ def test_vfl_matches_mmdetection(gen, alpha, gamma):
     sc[0, :5] = 0.0  # a foreground anchor with score 0: a negative of the dense target
     lab[0, :5] = 3
     target = dense_cls_target(lab, sc, 8, F64)
-    xm = x.clone().requires_grad_()
-    want = mmdet_vfl(xm, target, alpha, gamma)
-    (gw,) = torch.autograd.grad(want, xm)
-    xo = x.clone().requires_grad_()
-    got = tood_ext.sparse_target_cls_loss(xo, lab, sc, "vfl", alpha=alpha, gamma=gamma)
-    (g,) = torch.autograd.grad(got, xo)
-    assert_close(got, want.detach())
-    assert_close(g, gw)
+    want = value_and_grad(lambda t: mmdet_vfl(t, target, alpha, gamma), x)
+    got = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, "vfl", alpha=alpha,
+                        gamma=gamma)
+    assert_same_value_and_grad(got, want)
 
 
 # ---- edge inputs -------------------------------------------------------------------------------
