@@ -22,9 +22,9 @@
 // ultralytics does): a NaN anywhere, or an infinite angle, gives NaN.
 //
 // The gradient is torch autograd's of that graph, written out by hand: the
-// clamps pass the gradient where the clamped value lies inside the closed
-// range (clamp_(0) of the determinants: where >= 0; bd: where in [eps, 100]),
-// a NaN compares false and passes none; sqrt(0) has an infinite derivative
+// clamps pass the gradient only where the clamped value lies strictly inside
+// the range (torch's clamp backward: clamp_(0) of the determinants where > 0,
+// bd where in (eps, 100); a value at a bound or NaN passes none); sqrt(0) has an infinite derivative
 // (a zero-area box at floor = 0 gets non-finite gradients there, as upstream).
 #pragma once
 
@@ -136,7 +136,7 @@ TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor,
     const T g_hd = -grad;
     const T g_e = -(g_hd / (T(2) * hd));
     const T g_bd = -(g_e * e);
-    const bool inside = (sum >= eps) & (sum <= T(100));  // false for NaN
+    const bool inside = (sum > eps) & (sum < T(100));  // false for NaN
     const T g_sum = inside ? g_bd : T(0);
     // t3 = log(r) / 2, r = det / den3 + eps, den3 = 4 sqrt(prod) + eps
     const T g_r = g_sum * T(0.5) / r;
@@ -144,8 +144,8 @@ TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor,
     const T g_den3 = -g_r * det / (den3 * den3);
     const T g_sq = g_den3 * T(4);
     const T g_prod = g_sq / (T(2) * sq);
-    const T g_d1 = d1 >= T(0) ? g_prod * d2c : T(0);
-    const T g_d2 = d2 >= T(0) ? g_prod * d1c : T(0);
+    const T g_d1 = d1 > T(0) ? g_prod * d2c : T(0);
+    const T g_d2 = d2 > T(0) ? g_prod * d1c : T(0);
     // t1 = n1 / den / 4, t2 = n2 / den / 2
     const T g_q1 = g_sum * T(0.25), g_q2 = g_sum * T(0.5);
     const T g_n1 = g_q1 / den, g_n2 = g_q2 / den;
