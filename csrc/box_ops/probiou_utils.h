@@ -48,56 +48,106 @@ TOOD_HOST_DEVICE_INLINE double sqrt_(double x) { return sqrt(x); }
 TOOD_HOST_DEVICE_INLINE float atan_(float x) { return atanf(x); }
 TOOD_HOST_DEVICE_INLINE double atan_(double x) { return atan(x); }
 
-// Covariance entries (A, B, C) of one box's Gaussian, and what the backward needs.
+// One box prepared for its pairs: the centre, the covariance entries of its
+// Gaussian [[a, cab], [cab, b]], its determinant (raw and clamped at 0) and,
+// for CIoU, atan(w / h). Computed once per box by the pairwise loops.
 template <typename T>
-struct Gaussian {
-  T var_w, var_h, c, s, cc, ss;  // variances, cos, sin, cos^2, sin^2
-  T a, b, cab;                   // [[a, cab], [cab, b]]
+struct Obb {
+  T x, y, a, b, cab, det, det_c, aspect;
+};
+
+// What the backward of a box needs beyond Obb: the variances, cos and sin.
+template <typename T>
+struct ObbTrig {
+  T var_w, var_h, c, s, cc, ss;
 };
 
 template <typename T>
-TOOD_HOST_DEVICE_INLINE Gaussian<T> gaussian(const T* box, T floor) {
-  Gaussian<T> g;
+TOOD_HOST_DEVICE_INLINE Obb<T> prepare_obb(const T* box, T floor, bool ciou, ObbTrig<T>* trig) {
+  ObbTrig<T> g;
   g.var_w = box[2] * box[2] / T(12) + floor;
   g.var_h = box[3] * box[3] / T(12) + floor;
   g.c = cos_(box[4]);
   g.s = sin_(box[4]);
   g.cc = g.c * g.c;
   g.ss = g.s * g.s;
-  g.a = g.var_w * g.cc + g.var_h * g.ss;
-  g.b = g.var_w * g.ss + g.var_h * g.cc;
-  g.cab = (g.var_w - g.var_h) * g.c * g.s;
-  return g;
+  Obb<T> o;
+  o.x = box[0];
+  o.y = box[1];
+  o.a = g.var_w * g.cc + g.var_h * g.ss;
+  o.b = g.var_w * g.ss + g.var_h * g.cc;
+  o.cab = (g.var_w - g.var_h) * g.c * g.s;
+  o.det = o.a * o.b - o.cab * o.cab;
+  o.det_c = o.det < T(0) ? T(0) : o.det;  // NaN stays NaN
+  o.aspect = ciou ? atan_(box[2] / box[3]) : T(0);
+  if (trig) *trig = g;
+  return o;
 }
 
-// d/d(w, h, angle) of one box from the adjoints of its (a, b, cab); writes
-// gbox[2..4] (the centre's adjoints are the caller's).
+// Adjoints of one box's Obb fields from one pair (or summed over its pairs):
+// d value / d (x, y, a, b, cab, det_c, aspect).
 template <typename T>
-TOOD_HOST_DEVICE_INLINE void gaussian_backward(const Gaussian<T>& g, const T* box, T g_a, T g_b,
-                                               T g_cab, T* gbox) {
-  const T g_vw = g_a * g.cc + g_b * g.ss + g_cab * g.c * g.s;
-  const T g_vh = g_a * g.ss + g_b * g.cc - g_cab * g.c * g.s;
-  const T g_cc = g_a * g.var_w + g_b * g.var_h;
-  const T g_ss = g_a * g.var_h + g_b * g.var_w;
-  const T dv = g.var_w - g.var_h;
-  const T g_c = g_cc * T(2) * g.c + g_cab * dv * g.s;
-  const T g_s = g_ss * T(2) * g.s + g_cab * dv * g.c;
-  gbox[2] = g_vw / T(12) * T(2) * box[2];
-  gbox[3] = g_vh / T(12) * T(2) * box[3];
-  gbox[4] = g_s * g.c - g_c * g.s;
+struct ObbAdjoint {
+  T x, y, a, b, cab, det_c, aspect;
+};
+
+template <typename T>
+TOOD_HOST_DEVICE_INLINE ObbAdjoint<T> zero_adjoint() {
+  return {T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
 }
 
-// The ProbIoU (ciou: minus the aspect term) of b1 and b2, each 5 values
-// (cx, cy, w, h, angle) in the accumulation type T. When kGrad, also writes
-// d value / d b1[k] * grad into g1[k] and d value / d b2[k] * grad into g2[k].
+template <typename T>
+TOOD_HOST_DEVICE_INLINE void accumulate(ObbAdjoint<T>& acc, const ObbAdjoint<T>& g) {
+  acc.x += g.x;
+  acc.y += g.y;
+  acc.a += g.a;
+  acc.b += g.b;
+  acc.cab += g.cab;
+  acc.det_c += g.det_c;
+  acc.aspect += g.aspect;
+}
+
+// The gradient of one box (cx, cy, w, h, angle) from its Obb adjoints: the
+// clamp of the determinant, the covariance, the variances and (ciou) atan(w/h).
+template <typename T>
+TOOD_HOST_DEVICE_INLINE void obb_backward(const T* box, T floor, bool ciou, const ObbAdjoint<T>& g,
+                                          T* gbox) {
+  ObbTrig<T> t;
+  const Obb<T> o = prepare_obb(box, floor, false, &t);
+  const T g_det = o.det > T(0) ? g.det_c : T(0);  // torch's clamp: no gradient at or below 0
+  const T g_a = g.a + g_det * o.b;
+  const T g_b = g.b + g_det * o.a;
+  const T g_cab = g.cab - g_det * T(2) * o.cab;
+  const T g_vw = g_a * t.cc + g_b * t.ss + g_cab * t.c * t.s;
+  const T g_vh = g_a * t.ss + g_b * t.cc - g_cab * t.c * t.s;
+  const T g_cc = g_a * t.var_w + g_b * t.var_h;
+  const T g_ss = g_a * t.var_h + g_b * t.var_w;
+  const T dv = t.var_w - t.var_h;
+  const T g_c = g_cc * T(2) * t.c + g_cab * dv * t.s;
+  const T g_s = g_ss * T(2) * t.s + g_cab * dv * t.c;
+  T g_w = g_vw / T(12) * T(2) * box[2];
+  T g_h = g_vh / T(12) * T(2) * box[3];
+  if (ciou) {  // aspect = atan(u), u = w / h
+    const T u = box[2] / box[3];
+    const T g_u = g.aspect / (T(1) + u * u);
+    g_w += g_u / box[3];
+    g_h += -g_u * box[2] / (box[3] * box[3]);
+  }
+  gbox[0] = g.x;
+  gbox[1] = g.y;
+  gbox[2] = g_w;
+  gbox[3] = g_h;
+  gbox[4] = g_s * t.c - g_c * t.s;
+}
+
+// The ProbIoU (ciou: minus the aspect term) of two prepared boxes. When
+// kGrad, also writes grad * d value / d (Obb fields) of each box into g1, g2.
 template <typename T, bool kGrad>
-TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor, bool ciou,
-                                       T grad, T* g1, T* g2) {
-  const Gaussian<T> p = gaussian(b1, floor);
-  const Gaussian<T> q = gaussian(b2, floor);
+TOOD_HOST_DEVICE_INLINE T probiou_obb(const Obb<T>& p, const Obb<T>& q, T eps, bool ciou, T grad,
+                                      ObbAdjoint<T>* g1, ObbAdjoint<T>* g2) {
   const T sa = p.a + q.a, sb = p.b + q.b, sc = p.cab + q.cab;
-  const T dx = b1[0] - b2[0], dy = b1[1] - b2[1];
-  const T mdx = b2[0] - b1[0];  // x2 - x1, as upstream writes t2
+  const T dx = p.x - q.x, dy = p.y - q.y;
+  const T mdx = q.x - p.x;  // x2 - x1, as upstream writes t2
   const T det = sa * sb - sc * sc;
   const T den = det + eps;
   const T n1 = sa * (dy * dy) + sb * (dx * dx);
@@ -106,9 +156,7 @@ TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor,
   const T n2 = sc * mdx * dy;
   const T q2 = n2 / den;
   const T t2 = q2 * T(0.5);
-  const T d1 = p.a * p.b - p.cab * p.cab, d2 = q.a * q.b - q.cab * q.cab;
-  const T d1c = d1 < T(0) ? T(0) : d1, d2c = d2 < T(0) ? T(0) : d2;  // NaN stays NaN
-  const T prod = d1c * d2c;
+  const T prod = p.det_c * q.det_c;
   const T sq = sqrt_(prod);
   const T den3 = T(4) * sq + eps;
   const T ratio = det / den3;
@@ -120,13 +168,10 @@ TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor,
   const T e = exp_(-bd);
   const T hd = sqrt_(T(1) - e + eps);
   const T iou = T(1) - hd;
-  T value = iou;
-  T v = T(0), alpha = T(0), diff = T(0), u1 = T(0), u2 = T(0);
+  T value = iou, v = T(0), alpha = T(0), diff = T(0);
   const T k_aspect = T(0.40528473456935108577551785283891);  // 4 / pi^2
   if (ciou) {
-    u1 = b1[2] / b1[3];
-    u2 = b2[2] / b2[3];
-    diff = atan_(u2) - atan_(u1);
+    diff = q.aspect - p.aspect;
     v = k_aspect * (diff * diff);
     alpha = v / (v - iou + (T(1) + eps));
     value = iou - v * alpha;
@@ -136,7 +181,7 @@ TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor,
     const T g_hd = -grad;
     const T g_e = -(g_hd / (T(2) * hd));
     const T g_bd = -(g_e * e);
-    const bool inside = (sum > eps) & (sum < T(100));  // false for NaN
+    const bool inside = (sum > eps) & (sum < T(100));  // torch's clamp; false for NaN
     const T g_sum = inside ? g_bd : T(0);
     // t3 = log(r) / 2, r = det / den3 + eps, den3 = 4 sqrt(prod) + eps
     const T g_r = g_sum * T(0.5) / r;
@@ -144,39 +189,37 @@ TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor,
     const T g_den3 = -g_r * det / (den3 * den3);
     const T g_sq = g_den3 * T(4);
     const T g_prod = g_sq / (T(2) * sq);
-    const T g_d1 = d1 > T(0) ? g_prod * d2c : T(0);
-    const T g_d2 = d2 > T(0) ? g_prod * d1c : T(0);
     // t1 = n1 / den / 4, t2 = n2 / den / 2
     const T g_q1 = g_sum * T(0.25), g_q2 = g_sum * T(0.5);
     const T g_n1 = g_q1 / den, g_n2 = g_q2 / den;
     g_det += -g_q1 * n1 / (den * den) - g_q2 * n2 / (den * den);
-    T g_sa = g_n1 * (dy * dy) + g_det * sb;
-    T g_sb = g_n1 * (dx * dx) + g_det * sa;
-    T g_sc = g_n2 * mdx * dy - g_det * T(2) * sc;
+    const T g_sa = g_n1 * (dy * dy) + g_det * sb;
+    const T g_sb = g_n1 * (dx * dx) + g_det * sa;
+    const T g_sc = g_n2 * mdx * dy - g_det * T(2) * sc;
     const T g_dx = g_n1 * sb * T(2) * dx;
     const T g_mdx = g_n2 * sc * dy;
     const T g_dy = g_n1 * sa * T(2) * dy + g_n2 * sc * mdx;
-    // each box's determinant A B - C^2
-    const T g_a1 = g_sa + g_d1 * p.b, g_b1 = g_sb + g_d1 * p.a;
-    const T g_c1 = g_sc - g_d1 * T(2) * p.cab;
-    const T g_a2 = g_sa + g_d2 * q.b, g_b2 = g_sb + g_d2 * q.a;
-    const T g_c2 = g_sc - g_d2 * T(2) * q.cab;
-    gaussian_backward(p, b1, g_a1, g_b1, g_c1, g1);
-    gaussian_backward(q, b2, g_a2, g_b2, g_c2, g2);
-    g1[0] = g_dx - g_mdx;
-    g2[0] = g_mdx - g_dx;
-    g1[1] = g_dy;
-    g2[1] = -g_dy;
-    if (ciou) {
-      // value = iou - alpha v, alpha constant; v = k diff^2, diff = atan(u2) - atan(u1)
-      const T g_diff = -alpha * grad * k_aspect * T(2) * diff;
-      const T g_u2 = g_diff / (T(1) + u2 * u2);
-      const T g_u1 = -g_diff / (T(1) + u1 * u1);
-      g1[2] += g_u1 / b1[3];
-      g1[3] += -g_u1 * b1[2] / (b1[3] * b1[3]);
-      g2[2] += g_u2 / b2[3];
-      g2[3] += -g_u2 * b2[2] / (b2[3] * b2[3]);
-    }
+    // value = iou - alpha v, alpha constant; v = k diff^2, diff = aspect2 - aspect1
+    const T g_diff = ciou ? -alpha * grad * k_aspect * T(2) * diff : T(0);
+    *g1 = {g_dx - g_mdx, g_dy, g_sa, g_sb, g_sc, g_prod * q.det_c, -g_diff};
+    *g2 = {g_mdx - g_dx, -g_dy, g_sa, g_sb, g_sc, g_prod * p.det_c, g_diff};
+  }
+  return value;
+}
+
+// The ProbIoU (ciou: minus the aspect term) of b1 and b2, each 5 values
+// (cx, cy, w, h, angle) in the accumulation type T. When kGrad, also writes
+// grad * d value / d b1[k] into g1[k] and grad * d value / d b2[k] into g2[k].
+template <typename T, bool kGrad>
+TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor, bool ciou,
+                                       T grad, T* g1, T* g2) {
+  const Obb<T> p = prepare_obb(b1, floor, ciou, static_cast<ObbTrig<T>*>(nullptr));
+  const Obb<T> q = prepare_obb(b2, floor, ciou, static_cast<ObbTrig<T>*>(nullptr));
+  ObbAdjoint<T> a1, a2;
+  const T value = probiou_obb<T, kGrad>(p, q, eps, ciou, grad, &a1, &a2);
+  if (kGrad) {
+    obb_backward(b1, floor, ciou, a1, g1);
+    obb_backward(b2, floor, ciou, a2, g2);
   }
   return value;
 }
