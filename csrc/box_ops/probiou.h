@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -233,6 +234,38 @@ PairValueGrads<scalar_t> pair_values(const ProbIouLossBackwardContract& c) {
           c.target.const_data_ptr<scalar_t>(), box_ops::ptr_or_null<scalar_t>(c.weight), true,
           c.grad_pred.mutable_data_ptr<scalar_t>(), c.grad_target.mutable_data_ptr<scalar_t>(),
           c.grad_weight.mutable_data_ptr<scalar_t>(), c.n, c.eps, c.floor, c.ciou};
+}
+
+// Element i of the element-wise ops: the one body that both backends' loops
+// (csrc/cpu/probiou_cpu.cpp) and kernels (csrc/cuda/probiou_cuda.cu) run.
+template <typename scalar_t, typename index_t>
+TOOD_HOST_DEVICE_INLINE void pair_value_at(const PairValues<scalar_t>& p, index_t i) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t ba[5], bb[5];
+  load_obb(p.a + 5 * i, ba);
+  load_obb(p.b + 5 * i, bb);
+  const acc_t v = probiou_value(ba, bb, acc_t(p.eps), acc_t(p.floor), p.ciou);
+  const acc_t wi = p.w ? static_cast<acc_t>(p.w[i]) : acc_t(1);
+  p.out[i] = static_cast<scalar_t>(p.is_loss ? wi * (acc_t(1) - v) : v);
+}
+
+template <typename scalar_t, typename index_t>
+TOOD_HOST_DEVICE_INLINE void pair_value_at(const PairValueGrads<scalar_t>& p, index_t i) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t ba[5], bb[5], ga[5], gb[5];
+  load_obb(p.a + 5 * i, ba);
+  load_obb(p.b + 5 * i, bb);
+  const acc_t g = static_cast<acc_t>(p.grad[i * static_cast<index_t>(p.gstride)]);
+  const acc_t wi = p.w ? static_cast<acc_t>(p.w[i]) : acc_t(1);
+  const acc_t k = p.is_loss ? -g * wi : g;  // d out / d value
+  const acc_t v =
+      probiou_pair<acc_t, true>(ba, bb, acc_t(p.eps), acc_t(p.floor), p.ciou, k, ga, gb);
+  TOOD_UNROLL
+  for (int c = 0; c < 5; ++c) {
+    p.grad_a[5 * i + c] = static_cast<scalar_t>(ga[c]);
+    p.grad_b[5 * i + c] = static_cast<scalar_t>(gb[c]);
+  }
+  if (p.grad_w) p.grad_w[i] = static_cast<scalar_t>(g * (acc_t(1) - v));
 }
 
 // ---- the registered host functions, one per op for both backends ------------

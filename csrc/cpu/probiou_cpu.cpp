@@ -24,48 +24,11 @@ using cpu::grain_for;
 
 // ---- element-wise pair values: aligned probiou and probiou_loss ------------------
 
-template <typename scalar_t>
-void pair_values_cpu(const PairValues<scalar_t>& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t *a = p.a, *b = p.b, *w = p.w;
-  scalar_t* out = p.out;
-  const bool is_loss = p.is_loss, ciou = p.ciou;
-  const acc_t eps = acc_t(p.eps), floor = acc_t(p.floor);
+// P: PairValues or PairValueGrads (csrc/box_ops/probiou.h), one element per i.
+template <typename P>
+void pair_values_cpu(const P& p) {
   at::parallel_for(0, p.n, grain_for(1), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      acc_t ba[5], bb[5];
-      load_obb(a + 5 * i, ba);
-      load_obb(b + 5 * i, bb);
-      const acc_t v = probiou_value(ba, bb, eps, floor, ciou);
-      const acc_t wi = w ? static_cast<acc_t>(w[i]) : acc_t(1);
-      out[i] = static_cast<scalar_t>(is_loss ? wi * (acc_t(1) - v) : v);
-    }
-  });
-}
-
-template <typename scalar_t>
-void pair_values_cpu(const PairValueGrads<scalar_t>& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t *grad = p.grad, *a = p.a, *b = p.b, *w = p.w;
-  scalar_t *grad_a = p.grad_a, *grad_b = p.grad_b, *grad_w = p.grad_w;
-  const int64_t gstride = p.gstride;
-  const bool is_loss = p.is_loss, ciou = p.ciou;
-  const acc_t eps = acc_t(p.eps), floor = acc_t(p.floor);
-  at::parallel_for(0, p.n, grain_for(1), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      acc_t ba[5], bb[5], ga[5], gb[5];
-      load_obb(a + 5 * i, ba);
-      load_obb(b + 5 * i, bb);
-      const acc_t g = static_cast<acc_t>(grad[i * gstride]);
-      const acc_t wi = w ? static_cast<acc_t>(w[i]) : acc_t(1);
-      const acc_t k = is_loss ? -g * wi : g;  // d out / d value
-      const acc_t v = probiou_pair<acc_t, true>(ba, bb, eps, floor, ciou, k, ga, gb);
-      for (int c = 0; c < 5; ++c) {
-        grad_a[5 * i + c] = static_cast<scalar_t>(ga[c]);
-        grad_b[5 * i + c] = static_cast<scalar_t>(gb[c]);
-      }
-      if (grad_w) grad_w[i] = static_cast<scalar_t>(g * (acc_t(1) - v));
-    }
+    for (int64_t i = begin; i < end; ++i) pair_value_at(p, i);
   });
 }
 
@@ -194,7 +157,7 @@ template <typename Contract>
 void probiou_cpu(const Contract& c) {
   AT_DISPATCH_FLOATING_TYPES(c.b1.scalar_type(), "probiou_cpu", [&] {
     if (c.aligned) {
-      pair_values_cpu<scalar_t>(pair_values<scalar_t>(c));
+      pair_values_cpu(pair_values<scalar_t>(c));
     } else {
       probiou_pairwise<scalar_t>(c);
     }
@@ -205,7 +168,7 @@ void probiou_cpu(const Contract& c) {
 template <typename Contract>
 void probiou_loss_cpu(const Contract& c) {
   AT_DISPATCH_FLOATING_TYPES(c.pred.scalar_type(), "probiou_loss_cpu", [&] {
-    pair_values_cpu<scalar_t>(pair_values<scalar_t>(c));
+    pair_values_cpu(pair_values<scalar_t>(c));
   });
 }
 

@@ -49,67 +49,20 @@ TOOD_HOST_DEVICE_INLINE Obb<acc_t> prepared(const acc_t* box, const Params<acc_t
 
 // ---- element-wise pair values (aligned probiou, probiou_loss) --------------------
 
-template <typename scalar_t, typename index_t>
-__global__ void pair_values_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-                                   const scalar_t* __restrict__ w, bool is_loss,
-                                   scalar_t* __restrict__ out, index_t n,
-                                   Params<at::opmath_type<scalar_t>> s) {
-  using acc_t = at::opmath_type<scalar_t>;
+// P: PairValues or PairValueGrads (csrc/box_ops/probiou.h), one thread per element.
+template <typename P, typename index_t>
+__global__ void pair_values_kernel(const P p, index_t n) {
   for (index_t i = global_thread<index_t>(); i < n; i += grid_stride<index_t>()) {
-    acc_t ba[5], bb[5];
-    load_obb(a + 5 * i, ba);
-    load_obb(b + 5 * i, bb);
-    const acc_t v = probiou_value(ba, bb, s.eps, s.floor, s.ciou);
-    const acc_t wi = w ? static_cast<acc_t>(w[i]) : acc_t(1);
-    out[i] = static_cast<scalar_t>(is_loss ? wi * (acc_t(1) - v) : v);
+    pair_value_at(p, i);
   }
 }
 
-template <typename scalar_t, typename index_t>
-__global__ void pair_values_backward_kernel(const scalar_t* __restrict__ grad, index_t gstride,
-                                            const scalar_t* __restrict__ a,
-                                            const scalar_t* __restrict__ b,
-                                            const scalar_t* __restrict__ w, bool is_loss,
-                                            scalar_t* __restrict__ grad_a,
-                                            scalar_t* __restrict__ grad_b,
-                                            scalar_t* __restrict__ grad_w, index_t n,
-                                            Params<at::opmath_type<scalar_t>> s) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (index_t i = global_thread<index_t>(); i < n; i += grid_stride<index_t>()) {
-    acc_t ba[5], bb[5], ga[5], gb[5];
-    load_obb(a + 5 * i, ba);
-    load_obb(b + 5 * i, bb);
-    const acc_t g = static_cast<acc_t>(grad[i * gstride]);
-    const acc_t wi = w ? static_cast<acc_t>(w[i]) : acc_t(1);
-    const acc_t k = is_loss ? -g * wi : g;  // d out / d value
-    const acc_t v = probiou_pair<acc_t, true>(ba, bb, s.eps, s.floor, s.ciou, k, ga, gb);
-#pragma unroll
-    for (int c = 0; c < 5; ++c) {
-      grad_a[5 * i + c] = static_cast<scalar_t>(ga[c]);
-      grad_b[5 * i + c] = static_cast<scalar_t>(gb[c]);
-    }
-    if (grad_w) grad_w[i] = static_cast<scalar_t>(g * (acc_t(1) - v));
-  }
-}
-
-template <typename scalar_t>
-void launch_pair_values(const PairValues<scalar_t>& p, cudaStream_t stream) {
+template <typename P>
+void launch_pair_values(const P& p, cudaStream_t stream) {
   with_kernel_index_type(5 * p.n, [&](auto index_c) {
     using index_t = decltype(index_c);
-    launch_kernel(pair_values_kernel<scalar_t, index_t>, num_blocks(p.n), kThreads, stream, p.a,
-                  p.b, p.w, p.is_loss, p.out, static_cast<index_t>(p.n),
-                  params_of<scalar_t>(p.eps, p.floor, p.ciou));
-  });
-}
-
-template <typename scalar_t>
-void launch_pair_values(const PairValueGrads<scalar_t>& p, cudaStream_t stream) {
-  with_kernel_index_type(5 * p.n, [&](auto index_c) {
-    using index_t = decltype(index_c);
-    launch_kernel(pair_values_backward_kernel<scalar_t, index_t>, num_blocks(p.n), kThreads,
-                  stream, p.grad, static_cast<index_t>(p.gstride), p.a, p.b, p.w, p.is_loss,
-                  p.grad_a, p.grad_b, p.grad_w, static_cast<index_t>(p.n),
-                  params_of<scalar_t>(p.eps, p.floor, p.ciou));
+    launch_kernel(pair_values_kernel<P, index_t>, num_blocks(p.n), kThreads, stream, p,
+                  static_cast<index_t>(p.n));
   });
 }
 
@@ -300,7 +253,7 @@ void probiou_cuda(const Contract& c) {
   const DeviceGuard guard(c.b1.device());
   TOOD_DISPATCH_CUDA_FLOATING_TYPES(c.b1.scalar_type(), "probiou_cuda", [&] {
     if (c.aligned) {
-      launch_pair_values<scalar_t>(pair_values<scalar_t>(c), current_stream());
+      launch_pair_values(pair_values<scalar_t>(c), current_stream());
     } else {
       launch_probiou_pairwise<scalar_t>(c, current_stream());
     }
@@ -312,7 +265,7 @@ template <typename Contract>
 void probiou_loss_cuda(const Contract& c) {
   const DeviceGuard guard(c.pred.device());
   TOOD_DISPATCH_CUDA_FLOATING_TYPES(c.pred.scalar_type(), "probiou_loss_cuda", [&] {
-    launch_pair_values<scalar_t>(pair_values<scalar_t>(c), current_stream());
+    launch_pair_values(pair_values<scalar_t>(c), current_stream());
   });
 }
 
