@@ -109,11 +109,10 @@ TOOD_HOST_DEVICE_INLINE void accumulate(ObbAdjoint<T>& acc, const ObbAdjoint<T>&
 
 // The gradient of one box (cx, cy, w, h, angle) from its Obb adjoints: the
 // clamp of the determinant, the covariance, the variances and (ciou) atan(w/h).
+// o, t: the box as prepare_obb gave them.
 template <typename T>
-TOOD_HOST_DEVICE_INLINE void obb_backward(const T* box, T floor, bool ciou, const ObbAdjoint<T>& g,
-                                          T* gbox) {
-  ObbTrig<T> t;
-  const Obb<T> o = prepare_obb(box, floor, false, &t);
+TOOD_HOST_DEVICE_INLINE void obb_backward(const T* box, const Obb<T>& o, const ObbTrig<T>& t,
+                                          bool ciou, const ObbAdjoint<T>& g, T* gbox) {
   const T g_det = o.det > T(0) ? g.det_c : T(0);  // torch's clamp: no gradient at or below 0
   const T g_a = g.a + g_det * o.b;
   const T g_b = g.b + g_det * o.a;
@@ -138,6 +137,15 @@ TOOD_HOST_DEVICE_INLINE void obb_backward(const T* box, T floor, bool ciou, cons
   gbox[2] = g_w;
   gbox[3] = g_h;
   gbox[4] = g_s * t.c - g_c * t.s;
+}
+
+// The same, preparing the box again (the pairwise loops, once per box).
+template <typename T>
+TOOD_HOST_DEVICE_INLINE void obb_backward(const T* box, T floor, bool ciou, const ObbAdjoint<T>& g,
+                                          T* gbox) {
+  ObbTrig<T> t;
+  const Obb<T> o = prepare_obb(box, floor, false, &t);  // (aspect: not read by the backward)
+  obb_backward(box, o, t, ciou, g, gbox);
 }
 
 // The ProbIoU (ciou: minus the aspect term) of two prepared boxes. When
@@ -213,13 +221,14 @@ TOOD_HOST_DEVICE_INLINE T probiou_obb(const Obb<T>& p, const Obb<T>& q, T eps, b
 template <typename T, bool kGrad>
 TOOD_HOST_DEVICE_INLINE T probiou_pair(const T* b1, const T* b2, T eps, T floor, bool ciou,
                                        T grad, T* g1, T* g2) {
-  const Obb<T> p = prepare_obb(b1, floor, ciou, static_cast<ObbTrig<T>*>(nullptr));
-  const Obb<T> q = prepare_obb(b2, floor, ciou, static_cast<ObbTrig<T>*>(nullptr));
+  ObbTrig<T> tp, tq;  // kept for the backward (not computed twice)
+  const Obb<T> p = prepare_obb(b1, floor, ciou, kGrad ? &tp : static_cast<ObbTrig<T>*>(nullptr));
+  const Obb<T> q = prepare_obb(b2, floor, ciou, kGrad ? &tq : static_cast<ObbTrig<T>*>(nullptr));
   ObbAdjoint<T> a1, a2;
   const T value = probiou_obb<T, kGrad>(p, q, eps, ciou, grad, &a1, &a2);
   if (kGrad) {
-    obb_backward(b1, floor, ciou, a1, g1);
-    obb_backward(b2, floor, ciou, a2, g2);
+    obb_backward(b1, p, tp, ciou, a1, g1);
+    obb_backward(b2, q, tq, ciou, a2, g2);
   }
   return value;
 }

@@ -46,10 +46,10 @@ def probiou(b1: torch.Tensor, b2: torch.Tensor, aligned: bool = False, eps: floa
     ``aligned=True``: ``(..., N, 5) x (..., N, 5) -> (..., N)``, ultralytics'
     ``probiou(b1, b2, CIoU=ciou, eps=eps, floor=floor).squeeze(-1)``. See the module docstring.
 
-    Extra memory: forward, none beyond the output on CUDA and 32 bytes (float32; 64 in
-    float64) per input box on CPU (each box's Gaussian, prepared once); backward, the input
-    gradients and the same per-box buffers (the pairwise backward recomputes each pair
-    instead of storing (N, M) partials).
+    Extra memory: forward, the output; on CPU the pairwise form also takes 32 bytes (float32;
+    64 in float64) per input box (each box's Gaussian, prepared once). Backward: the input
+    gradients (and on CPU the same per-box buffers); the pairwise backward recomputes each
+    pair instead of storing (N, M) partials. A scalar upstream gradient is read with stride 0.
     """
     spec.check_probiou_args("probiou", b1, b2, aligned, eps, floor, ciou)
     _loader.check_inputs("probiou", b1=b1, b2=b2)
