@@ -16,6 +16,7 @@ from ..ops._checks import sanitize_gts
 from ..ops._tal_spec import CANDIDATE_MODES, CONFLICT_MODES, check_label_values, check_tal_args
 from ..ops._tal_spec import check_tal_rotated_args, tal_rotated_shape, tal_shape
 from .box_ops import alignment_metric
+from .probiou import probiou_pair
 
 __all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "inside_boxes",
            "inside_rotated", "task_aligned_assign", "task_aligned_assign_rotated"]
@@ -250,31 +251,6 @@ def inside_rotated(anchor_points: torch.Tensor, gt_boxes: torch.Tensor, gt_mask:
     return inside & gt_mask[:, :, None]
 
 
-def _covariance(boxes: torch.Tensor):
-    """The (a, b, c) of the Gaussian of (cx, cy, w, h, angle) boxes: ultralytics'
-    ``_get_covariance_matrix`` (floor 0) on boxes of any leading shape."""
-    a, b = boxes[..., 2].pow(2) / 12, boxes[..., 3].pow(2) / 12
-    cos, sin = boxes[..., 4].cos(), boxes[..., 4].sin()
-    cos2, sin2 = cos.pow(2), sin.pow(2)
-    return a * cos2 + b * sin2, a * sin2 + b * cos2, (a - b) * cos * sin
-
-
-def _probiou_pairs(gt: torch.Tensor, pred: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, G, A) ProbIoU of every (GT, predicted box) pair, ultralytics' ``probiou(gt, pred)``
-    arithmetic (floor 0, no CIoU term)."""
-    a1, b1, c1 = (x[:, :, None] for x in _covariance(gt))
-    a2, b2, c2 = (x[:, None, :] for x in _covariance(pred))
-    x1, y1 = gt[..., 0][:, :, None], gt[..., 1][:, :, None]
-    x2, y2 = pred[..., 0][:, None, :], pred[..., 1][:, None, :]
-    det = (a1 + a2) * (b1 + b2) - (c1 + c2).pow(2)
-    t1 = (((a1 + a2) * (y1 - y2).pow(2) + (b1 + b2) * (x1 - x2).pow(2)) / (det + eps)) * 0.25
-    t2 = (((c1 + c2) * (x2 - x1) * (y1 - y2)) / (det + eps)) * 0.5
-    t3 = (det / (4 * ((a1 * b1 - c1.pow(2)).clamp(min=0)
-                      * (a2 * b2 - c2.pow(2)).clamp(min=0)).sqrt() + eps) + eps).log() * 0.5
-    bd = (t1 + t2 + t3).clamp(eps, 100.0)
-    return 1 - (1.0 - (-bd).exp() + eps).sqrt()
-
-
 def task_aligned_assign_rotated(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
                                 anchor_points: torch.Tensor, gt_labels: torch.Tensor,
                                 gt_boxes: torch.Tensor, gt_mask: torch.Tensor, topk: int = 13,
@@ -307,7 +283,8 @@ def task_aligned_assign_rotated(pred_scores: torch.Tensor, pred_boxes: torch.Ten
         points = _upcast(anchor_points.detach())
         gts = _upcast(gt_boxes)
         inside = inside_rotated(points, gts, gt_mask, min_inside_size)
-        overlaps = _probiou_pairs(gts, pred, probiou_eps).clamp(min=0)
+        # ultralytics' probiou(gt, pred) of every pair
+        overlaps = probiou_pair(gts[:, :, None, :], pred[:, None, :, :], probiou_eps).clamp(min=0)
         labels = torch.where(gt_mask, gt_labels, torch.zeros_like(gt_labels))
         s = scores.gather(2, labels[:, None, :].expand(B, A, G)).transpose(1, 2)  # (B, G, A)
         metric = s.pow(alpha) * overlaps.pow(beta)
