@@ -4,7 +4,9 @@
 (image, GT, anchor) is computed on the fly (the device functions of ``alignment_metric``), each
 GT keeps its top-k candidates, conflicts go to the GT of highest IoU (among the claimants, or
 ultralytics' argmax over all GTs), and the soft targets are normalised per GT. See
-:func:`task_aligned_assign` for the exact semantics.
+:func:`task_aligned_assign` for the exact semantics. ``task_aligned_assign_rotated`` is the same
+assignment for oriented boxes (cx, cy, w, h, angle): ProbIoU and ultralytics' rotated centre
+test, run by the same kernels (templated on the box geometry, csrc/tal/tal_geometry.h).
 """
 from __future__ import annotations
 
