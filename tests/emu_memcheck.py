@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from conftest import metric_inputs, random_boxes  # noqa: E402
+from conftest import metric_inputs, random_boxes, random_obbs  # noqa: E402
 from emu_build import load_emulator  # noqa: E402
 
 F64 = torch.float64
@@ -53,6 +53,23 @@ def box_ops(ops, gen):
         ops.alignment_metric(*metric_inputs(gen, 2, 300, 5, 9, dtype=F64), iou_mode=iou_mode)
 
 
+def probiou(ops, gen):
+    for ciou in (False, True):
+        s = (1e-7, 0.01, ciou)
+        for (lead, n, m) in [((), 7, 45), ((2,), 19, 70), ((3,), 1, 33), ((), 0, 5), ((), 4, 0)]:
+            b1 = random_obbs(gen, *lead, n, dtype=F64)
+            b2 = random_obbs(gen, *lead, m, dtype=F64)
+            out = ops.probiou(b1, b2, False, *s)
+            ops._probiou_backward(torch.randn_like(out), b1, b2, False, *s)
+        p = random_obbs(gen, 3, 70, dtype=F64)
+        t = random_obbs(gen, 3, 70, dtype=F64)
+        w = torch.rand(3, 70, generator=gen, dtype=F64)
+        g = torch.randn(3, 70, generator=gen, dtype=F64)
+        ops._probiou_backward(g, p, t, True, *s)
+        ops._probiou_loss_backward(g, p, t, w, *s)
+        ops.probiou_loss(p, t, None, *s)
+
+
 def tal(ops, gen):
     from tal_cases import FLAVOURS, SCENARIOS, _kw
 
@@ -82,6 +99,7 @@ def main() -> int:
         ops._set_force_int64_index(int64_index)
         deform(ops, gen)
         box_ops(ops, gen)
+        probiou(ops, gen)
         if not int64_index:  # TAL's kernels index in 64 bits always
             tal(ops, gen)
     ops._set_grid_cap(0)

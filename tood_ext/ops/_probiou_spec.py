@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from .._reduction import check_reduction
-from ._checks import check_bool, check_float_dtype, check_number, check_same_device
-from ._checks import check_same_dtype, check_tensors
+from ._box_spec import _check_grad, _float_inputs  # the box family's dtype/device/grad checks
+from ._checks import check_bool, check_number, check_tensors
 
 EPS = 1e-7  # ultralytics' default eps of probiou
 FLOOR = 0.0  # ultralytics' default floor (RotatedBboxLoss passes 0.01)
@@ -57,12 +57,6 @@ def check_obb_shape(name: str, t: torch.Tensor) -> None:
                            f"h, angle), got shape {list(t.shape)}")
 
 
-def _float_inputs(ref_name: str, ref: torch.Tensor, half_on_cpu: bool, **others) -> None:
-    check_float_dtype(ref_name, ref, half_on_cpu)
-    check_same_dtype(ref_name, ref, **others)
-    check_same_device("", ref_name, ref, **others)
-
-
 def broadcast_obb_leading(b1: torch.Tensor, b2: torch.Tensor):
     """Pairwise probiou: b1 (..., N, 5) and b2 (..., M, 5) expanded to the broadcast of their
     leading (batch) dims; RuntimeError naming both shapes when they do not broadcast."""
@@ -99,14 +93,6 @@ def probiou_shape(b1: torch.Tensor, b2: torch.Tensor, aligned: bool, broadcast: 
         raise RuntimeError(f"pairwise probiou needs the same leading (batch) dims in b1 "
                            f"{list(b1.shape)} and b2 {list(b2.shape)}")
     return (*b1.shape[:-1], b2.shape[-2]), b1, b2
-
-
-def _check_grad(grad: torch.Tensor, ref_name: str, ref: torch.Tensor, shape, what: str) -> None:
-    if tuple(grad.shape) != tuple(shape):
-        raise RuntimeError(f"grad must have the shape of {what} {list(shape)}, got "
-                           f"{list(grad.shape)}")
-    check_same_dtype(ref_name, ref, grad=grad)
-    check_same_device("", ref_name, ref, grad=grad)
 
 
 def probiou_grad_shape(grad, b1, b2, aligned: bool) -> None:
