@@ -141,12 +141,9 @@ def _probiou_args(op: str, gen) -> dict:
 
 OPS = ["box_iou", "box_iou_aligned", "_box_iou_backward", "_box_iou_backward_aligned", "iou_loss",
        "_iou_loss_backward", "alignment_metric", "task_aligned_assign", "deform_sampling",
-<<<<<<< HEAD
-       "_deform_sampling_backward", "task_aligned_assign_rotated"]
-=======
        "_deform_sampling_backward", "probiou", "probiou_aligned", "_probiou_backward",
-       "_probiou_backward_aligned", "probiou_loss", "_probiou_loss_backward"]
->>>>>>> s3-h1
+       "_probiou_backward_aligned", "probiou_loss", "_probiou_loss_backward",
+       "task_aligned_assign_rotated"]
 INT_ARGS = {"gt_labels": torch.int64}
 BOOL_ARGS = {"gt_mask"}
 
@@ -195,11 +192,8 @@ SCALAR_CASES = {
     "topk": [(0, ValueError), (-3, ValueError)],
     "min_inside_size": [(-1.0, ValueError), (float("inf"), ValueError),
                         (float("nan"), ValueError)],
-<<<<<<< HEAD
-    "probiou_eps": [(-1.0, ValueError), (float("nan"), ValueError)],
-=======
     "floor": [(-0.5, ValueError), (float("inf"), ValueError), (float("nan"), ValueError)],
->>>>>>> s3-h1
+    "probiou_eps": [(-1.0, ValueError), (float("nan"), ValueError)],
 }
 
 
@@ -346,7 +340,6 @@ def test_empty_inputs(request, backend, gen):
                0.01, 1e-7, "candidates", 0.0)
     assert (out[0] == -1).all() and not out[1].any() and (out[2] == -1).all()
     assert all(not o.any() for o in out[3:]) and out[3].shape == (2, 20, 4)
-<<<<<<< HEAD
     rot = _rotated_args(gen)
     no_gts = {**rot, "gt_labels": rot["gt_labels"][:, :0], "gt_boxes": rot["gt_boxes"][:, :0],
               "gt_mask": rot["gt_mask"][:, :0]}
@@ -357,7 +350,6 @@ def test_empty_inputs(request, backend, gen):
     out = call("task_aligned_assign_rotated", *no_images.values(), 10, 0.5, 6.0,
                "inside_then_topk", 1e-9, "all_gts", 16.0, 1e-7)
     assert out[0].shape == (0, 20) and out[3].shape == (0, 20, 5)
-=======
 
 
 def test_probiou_empty_inputs(request, backend, gen):
@@ -382,4 +374,3 @@ def test_probiou_empty_inputs(request, backend, gen):
     assert call("probiou_loss", e[0], e[0], None, *s).shape == (0,)
     outs = call("_probiou_loss_backward", torch.ones(0), e[0], e[0], torch.ones(0), *s)
     assert [o.shape for o in outs] == [(0, 5), (0, 5), (0,)]
->>>>>>> s3-h1
