@@ -83,6 +83,15 @@ def tal(ops, gen):
             assert all(torch.equal(a, b) for a, b in zip(got, want))
     for B, A, G in [(2, 50, 0), (0, 50, 4), (2, 0, 4), (2, 5, 3)]:
         ops.task_aligned_assign(*metric_inputs(gen, B, A, 3, G, dtype=F64))
+    # the rotated geometry: the same kernels
+    from test_tal_rotated import rotated_inputs
+
+    for B, G, size, kw in [(2, 20, 128, dict(topk=10, min_inside_size=16.0)),
+                           (1, 3, 64, dict(topk=64, conflict="candidates")), (2, 0, 64, {})]:
+        inputs = rotated_inputs(gen, B, 3, G, size, "crowded" if G else "sparse")
+        got = ops.task_aligned_assign_rotated(*inputs, **kw)
+        want = torch.ops.tood_ext.task_aligned_assign_rotated(*inputs, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 def main() -> int:
