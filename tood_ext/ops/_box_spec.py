@@ -143,15 +143,17 @@ def iou_loss_grad_shape(grad, pred, target, weight) -> None:
 
 
 def alignment_metric_shape(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask,
-                           half_on_cpu: bool = False) -> tuple[int, int, int, int]:
+                           half_on_cpu: bool = False,
+                           box_width: int = 4) -> tuple[int, int, int, int]:
     """(B, A, C, G) of the alignment-metric / TAL inputs (the C++
-    ``check_alignment_metric_args``)."""
+    ``check_alignment_metric_args``); ``box_width`` 5 for the rotated TAL's boxes."""
+    W = box_width
     if pred_scores.dim() != 3:
         raise RuntimeError(f"pred_scores must have shape (B, A, C), got "
                            f"{list(pred_scores.shape)}")
     B, A, C = pred_scores.shape
-    if pred_boxes.shape != (B, A, 4):
-        raise RuntimeError(f"pred_boxes must have shape (B, A, 4) = ({B}, {A}, 4) to match "
+    if pred_boxes.shape != (B, A, W):
+        raise RuntimeError(f"pred_boxes must have shape (B, A, {W}) = ({B}, {A}, {W}) to match "
                            f"pred_scores {list(pred_scores.shape)}, got "
                            f"{list(pred_boxes.shape)}")
     if anchor_points.shape != (A, 2):
@@ -161,8 +163,8 @@ def alignment_metric_shape(pred_scores, pred_boxes, anchor_points, gt_labels, gt
         raise RuntimeError(f"gt_labels must have shape (B, G) with B = {B}, got "
                            f"{list(gt_labels.shape)}")
     G = gt_labels.shape[1]
-    if gt_boxes.shape != (B, G, 4):
-        raise RuntimeError(f"gt_boxes must have shape (B, G, 4) = ({B}, {G}, 4), got "
+    if gt_boxes.shape != (B, G, W):
+        raise RuntimeError(f"gt_boxes must have shape (B, G, {W}) = ({B}, {G}, {W}), got "
                            f"{list(gt_boxes.shape)}")
     if gt_mask.shape != (B, G):
         raise RuntimeError(f"gt_mask must have shape (B, G) = ({B}, {G}), got "

@@ -169,14 +169,14 @@ def finite_gt_rows(gt_boxes: torch.Tensor) -> torch.Tensor:
 
 
 def sanitize_gts(gt_boxes: torch.Tensor, gt_mask: torch.Tensor):
-    """The assignment's rule for a GT with a non-finite coordinate (NaN, +-inf): it is
-    padding. Returns ``(gt_boxes, gt_mask)`` with such GTs' mask False and their box zeros,
+    """The assignment's rule for a GT with a non-finite coordinate (NaN, +-inf; the angle of
+    a rotated (..., 5) box included): it is padding. Returns ``(gt_boxes, gt_mask)`` with such GTs' mask False and their box zeros,
     so that they claim no anchor and no NaN box can reach a target (not even through the
     ``conflict="all_gts"`` rule that hands an all-zero column to GT 0 as given). Costs one
     elementwise pass over (B, G, 4); no device sync. The inputs are returned as they are
     when they are not tensors of the expected kinds (the op's checks report those)."""
     if (not isinstance(gt_boxes, torch.Tensor) or not isinstance(gt_mask, torch.Tensor)
-            or gt_boxes.dim() < 1 or gt_boxes.shape[-1] != 4
+            or gt_boxes.dim() < 1 or gt_boxes.shape[-1] not in (4, 5)
             or not gt_boxes.is_floating_point() or gt_mask.dtype != torch.bool
             or gt_mask.shape != gt_boxes.shape[:-1] or gt_mask.device != gt_boxes.device):
         return gt_boxes, gt_mask

@@ -7,7 +7,9 @@ kernels.
 from .box_ops import alignment_metric, box_iou, giou_loss, iou_loss
 from .deform_ops import deform_sampling
 from .losses import dfl_loss, sparse_target_cls_loss
-from .tal import task_aligned_assign
+from .probiou import probiou, probiou_loss
+from .tal import task_aligned_assign, task_aligned_assign_rotated
 
 __all__ = ["alignment_metric", "box_iou", "deform_sampling", "dfl_loss", "giou_loss", "iou_loss",
-           "sparse_target_cls_loss", "task_aligned_assign"]
+           "probiou", "probiou_loss", "sparse_target_cls_loss", "task_aligned_assign",
+           "task_aligned_assign_rotated"]
