@@ -69,6 +69,8 @@ def random_obb_targets(gen: torch.Generator, B: int, nc: int, kind: str) -> dict
     if kind == "crowded":
         centre = 0.2 + 0.6 * torch.rand(B, 2, generator=gen)
         xy = centre[batch_idx.long()] + (torch.rand(n, 2, generator=gen) - 0.5) * 0.2
+    elif kind == "tiny":  # anywhere, also at the top-left corner (the tie-order caveat's GTs)
+        xy = torch.rand(n, 2, generator=gen)
     else:
         xy = 0.05 + torch.rand(n, 2, generator=gen) * 0.9
     angle = (torch.rand(n, 1, generator=gen) - 1 / 3) * 1.5 * math.pi
