@@ -253,8 +253,11 @@ def test_fused_obb_loss_equals_ultralytics(gen, monkeypatch, which, class_weight
     fused cls loss; no target_scores) equals ultralytics' own loss (lowest-index ties) and its
     gradients, to float rounding, with and without class_weights, DFL (reg_max 16) and L1
     (reg_max 1), also inside YOLO26-OBB's E2ELoss."""
+    import importlib
+
     import tood_ext.ops.losses as losses_mod
 
+    probiou_mod = importlib.import_module("tood_ext.ops.probiou")
     nc, B, n = 5, 3, 16
     model = tiny_obb_model(nc, reg_max=reg_max)
     if class_weights:
@@ -266,6 +269,10 @@ def test_fused_obb_loss_equals_ultralytics(gen, monkeypatch, which, class_weight
     op = losses_mod.sparse_target_cls_loss
     monkeypatch.setattr(losses_mod, "sparse_target_cls_loss",
                         lambda *a, **k: calls.append(1) or op(*a, **k))
+    box_calls = []
+    box_op = probiou_mod.probiou_loss
+    monkeypatch.setattr(probiou_mod, "probiou_loss",
+                        lambda *a, **k: box_calls.append(1) or box_op(*a, **k))
     original = ul_loss.v8OBBLoss.loss
     compared = 0
     for i in range(n):
@@ -283,6 +290,7 @@ def test_fused_obb_loss_equals_ultralytics(gen, monkeypatch, which, class_weight
     assert ul_loss.v8OBBLoss.loss is original  # restored
     assert compared >= n - 3, f"only {compared} of {n} batches free of near-ties"
     assert len(calls) >= compared, "the fused classification loss was not used"
+    assert (len(box_calls) > 0) == (reg_max > 1), "the fused ProbIoU loss: only with DFL"
 
 
 def test_fused_obb_loss_leaves_other_assigners_to_ultralytics(gen):

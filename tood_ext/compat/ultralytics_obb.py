@@ -156,9 +156,12 @@ def fused_obb_loss(original):
 
     * cls: :func:`tood_ext.sparse_target_cls_loss` (``kind="bce"``, ``class_weights`` as
       ``class_weight``), normalised by ``max(norm.sum(), 1)``;
-    * box (ProbIoU with floor 0.01) and DFL / L1: ultralytics' ``RotatedBboxLoss`` on the
-      positive rows, given ``norm[..., None]`` for ``target_scores`` (its row sums are the same
-      weights); angle: ultralytics' ``calculate_angle_loss`` with weight ``norm[fg]``.
+    * box and DFL (reg_max > 1, YOLOv8/11-OBB): on the positive rows only, ``w = norm``, the
+      fused :func:`tood_ext.probiou_loss` (ultralytics' ``RotatedBboxLoss``: ProbIoU of floor
+      0.01) and :func:`tood_ext.dfl_loss` (the mean over the 4 sides: weight ``w / 4`` per
+      side), each normalised by the same sum; reg_max 1 (L1): ultralytics' ``RotatedBboxLoss``
+      given ``norm[..., None]`` for ``target_scores`` (its row sums are the same weights);
+    * angle: ultralytics' ``calculate_angle_loss`` with weight ``norm[fg]``.
     """
 
     def loss(self, preds: dict, batch: dict):
@@ -214,10 +217,15 @@ def _sparse_obb_loss(self, preds: dict, batch: dict):
 
     if fg_mask.sum():
         target_bboxes[..., :4] /= stride_tensor
-        loss[0], loss[2] = self.bbox_loss(
-            pred_distri, pred_bboxes, anchor_points, target_bboxes,
-            norm[..., None],  # target_scores[fg].sum(-1) is norm[fg]
-            target_scores_sum, fg_mask, imgsz, stride_tensor)
+        if self.bbox_loss.dfl_loss is not None:  # ProbIoU and DFL, each one fused op
+            loss[0], loss[2] = _rotated_box_and_dfl(self, pred_distri, pred_bboxes,
+                                                    anchor_points, target_bboxes, norm, fg_mask,
+                                                    target_scores_sum)
+        else:  # reg_max 1: ultralytics' ProbIoU + L1 on the positive rows
+            loss[0], loss[2] = self.bbox_loss(
+                pred_distri, pred_bboxes, anchor_points, target_bboxes,
+                norm[..., None],  # target_scores[fg].sum(-1) is norm[fg]
+                target_scores_sum, fg_mask, imgsz, stride_tensor)
         loss[3] = self.calculate_angle_loss(pred_bboxes, target_bboxes, fg_mask, norm[fg_mask],
                                             target_scores_sum)
     else:
@@ -228,3 +236,28 @@ def _sparse_obb_loss(self, preds: dict, batch: dict):
     loss[2] *= self.hyp.dfl
     loss[3] *= self.hyp.angle
     return loss * batch_size, dict(zip(self.loss_names, loss.detach()))
+
+
+def _rotated_box_and_dfl(self, pred_distri, pred_bboxes, anchor_points, target_bboxes, norm,
+                         fg_mask, target_scores_sum):
+    """ultralytics' ``RotatedBboxLoss`` (reg_max > 1) on the positives, weights ``w = norm``:
+    ``sum(w (1 - ProbIoU(pred, target; floor 0.01))) / tss`` through the fused
+    :func:`tood_ext.probiou_loss`, and ``sum(w mean_sides(DFL)) / tss`` through
+    :func:`tood_ext.dfl_loss` (targets: ``rbox2dist`` of the positive rows only)."""
+    from ultralytics.utils.tal import rbox2dist
+
+    from ..ops.losses import dfl_loss
+    from ..ops.probiou import probiou_loss
+
+    fg = fg_mask.nonzero(as_tuple=True)
+    weight = norm[fg].to(pred_bboxes.dtype)
+    target = target_bboxes[fg].to(pred_bboxes.dtype)
+    loss_iou = probiou_loss(pred_bboxes[fg], target, weight, reduction="sum",
+                            floor=self.bbox_loss.floor) / target_scores_sum
+    reg_max = self.bbox_loss.dfl_loss.reg_max
+    target_ltrb = rbox2dist(target[:, :4], anchor_points[fg[1]], target[:, 4:5],
+                            reg_max=reg_max - 1)
+    n = target_ltrb.shape[0]
+    loss_dfl = dfl_loss(pred_distri[fg].view(n, 4, reg_max), target_ltrb.to(pred_distri.dtype),
+                        (weight / 4)[:, None].expand(n, 4), reduction="sum") / target_scores_sum
+    return loss_iou, loss_dfl
