@@ -71,6 +71,7 @@ def _assigner_case(device, B, G, C, size=1024, with_reference=True):
     return Case(name=f"obb.ultralytics_assigner B={B} G={G} A={A} C={C}", family="obb",
                 op="ultralytics.RotatedTaskAlignedAssigner", passes="fwd",
                 sizes={"B": B, "G": G, "A": A, "C": C}, dtype="float32", setup=setup,
+                impl_repeats={"reference": 1, "ultralytics": 3},  # seconds to minutes a call
                 note=("tood_ext.compat.ultralytics.RotatedTaskAlignedAssigner vs ultralytics' "
                       "(v8OBBLoss: topk 10, alpha 0.5, beta 6; maxdiff on target_scores); "
                       f"{size} px, strides 8/16/32"))
