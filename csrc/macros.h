@@ -28,3 +28,28 @@
 #else
 #define TOOD_UNROLL
 #endif
+
+// a * b rounded on its own. nvcc contracts a * b + c into one FMA by default
+// (the host compilers run with -ffp-contract=off, csrc/correctness_flags.txt);
+// math that must give a framework's bits for separate multiplies and adds
+// (ultralytics' rotated centre test, csrc/tal/tal_geometry.h) multiplies with
+// these on the device.
+namespace tood_ext {
+
+TOOD_HOST_DEVICE_INLINE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+TOOD_HOST_DEVICE_INLINE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+}  // namespace tood_ext

@@ -33,6 +33,13 @@ inline void define_op_schemas(torch::Library& m) {
         "float min_inside_size=0.0) "
         "-> (Tensor assigned_gt, Tensor fg_mask, Tensor labels, Tensor boxes, Tensor iou, "
         "Tensor metric, Tensor soft_target)");
+  m.def("task_aligned_assign_rotated(Tensor pred_scores, Tensor pred_boxes, "
+        "Tensor anchor_points, Tensor gt_labels, Tensor gt_boxes, Tensor gt_mask, int topk=13, "
+        "float alpha=1.0, float beta=6.0, str candidates=\"inside_then_topk\", "
+        "float norm_eps=1e-09, str conflict=\"all_gts\", float min_inside_size=0.0, "
+        "float probiou_eps=1e-07) "
+        "-> (Tensor assigned_gt, Tensor fg_mask, Tensor labels, Tensor boxes, Tensor iou, "
+        "Tensor metric, Tensor soft_target)");
   // --- losses (csrc/losses) ---
   m.def("sparse_target_cls_loss(Tensor pred, Tensor labels, Tensor scores, str kind=\"bce\", "
         "float gamma=2.0, float alpha=0.75, bool activated=False, Tensor? class_weight=None) "

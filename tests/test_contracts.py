@@ -64,6 +64,17 @@ def _metric_args(gen):
                 gt_mask=gm)
 
 
+def _rotated_args(gen):
+    """_metric_args with oriented boxes (cx, cy, w, h, angle)."""
+    args = _metric_args(gen)
+    for name in ("pred_boxes", "gt_boxes"):
+        b = args[name]
+        angle = (torch.rand(*b.shape[:-1], 1, generator=gen) - 0.5) * 3.0
+        args[name] = torch.cat(((b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2], angle),
+                               -1)
+    return args
+
+
 def valid_args(op: str, gen) -> dict:
     b1, b2, b2a = random_boxes(gen, 2, 3), random_boxes(gen, 2, 5), random_boxes(gen, 2, 3)
     pred, target = random_boxes(gen, 6), random_boxes(gen, 6)
@@ -90,6 +101,10 @@ def valid_args(op: str, gen) -> dict:
         return dict(**_metric_args(gen), topk=5, alpha=1.0, beta=6.0,
                     candidates="topk_then_inside", iou_mode="ciou", inside_eps=0.01,
                     norm_eps=1e-7, conflict="all_gts", min_inside_size=0.0)
+    if op == "task_aligned_assign_rotated":
+        return dict(**_rotated_args(gen), topk=5, alpha=0.5, beta=6.0,
+                    candidates="inside_then_topk", norm_eps=1e-9, conflict="all_gts",
+                    min_inside_size=16.0, probiou_eps=1e-7)
     if op in ("deform_sampling", "_deform_sampling_backward"):  # B 2, C 4, G 2, 3 x 5
         x = torch.randn(2, 4, 3, 5, generator=gen)
         off = torch.randn(2, 4, 3, 5, generator=gen) * 2
@@ -102,7 +117,7 @@ def valid_args(op: str, gen) -> dict:
 
 OPS = ["box_iou", "box_iou_aligned", "_box_iou_backward", "_box_iou_backward_aligned", "iou_loss",
        "_iou_loss_backward", "alignment_metric", "task_aligned_assign", "deform_sampling",
-       "_deform_sampling_backward"]
+       "_deform_sampling_backward", "task_aligned_assign_rotated"]
 INT_ARGS = {"gt_labels": torch.int64}
 BOOL_ARGS = {"gt_mask"}
 
@@ -136,6 +151,8 @@ def _tensor_cases(args: dict):
                       ("float64", name, lambda t: t.double())]
             if t.dim() >= 1 and t.shape[-1] == 4 and name not in ("grad",):
                 cases.append(("last-dim-3", name, lambda t: t[..., :3]))
+            if t.dim() >= 1 and t.shape[-1] == 5 and name not in ("grad",):  # oriented boxes
+                cases.append(("last-dim-4", name, lambda t: t[..., :4]))
             if name == ref:
                 cases.append(("float16", name, lambda t: t.half()))
     return [(label, name, fn, RuntimeError) for label, name, fn in cases]
@@ -149,6 +166,7 @@ SCALAR_CASES = {
     "topk": [(0, ValueError), (-3, ValueError)],
     "min_inside_size": [(-1.0, ValueError), (float("inf"), ValueError),
                         (float("nan"), ValueError)],
+    "probiou_eps": [(-1.0, ValueError), (float("nan"), ValueError)],
 }
 
 
@@ -199,7 +217,8 @@ def test_bad_argument_raises_naming_it(request, backend, gen, op, arg, transform
 
 
 @pytest.mark.parametrize("value", [-1, 3])  # C = 3 classes
-@pytest.mark.parametrize("op", ["alignment_metric", "task_aligned_assign"])
+@pytest.mark.parametrize("op", ["alignment_metric", "task_aligned_assign",
+                                "task_aligned_assign_rotated"])
 def test_label_out_of_range_is_an_index_error(request, backend, gen, op, value):
     call, device = _kernel(backend, op, request)
     args = _to(valid_args(op, gen), device)
@@ -294,3 +313,13 @@ def test_empty_inputs(request, backend, gen):
                0.01, 1e-7, "candidates", 0.0)
     assert (out[0] == -1).all() and not out[1].any() and (out[2] == -1).all()
     assert all(not o.any() for o in out[3:]) and out[3].shape == (2, 20, 4)
+    rot = _rotated_args(gen)
+    no_gts = {**rot, "gt_labels": rot["gt_labels"][:, :0], "gt_boxes": rot["gt_boxes"][:, :0],
+              "gt_mask": rot["gt_mask"][:, :0]}
+    out = call("task_aligned_assign_rotated", *no_gts.values(), 10, 0.5, 6.0,
+               "inside_then_topk", 1e-9, "all_gts", 16.0, 1e-7)
+    assert (out[0] == -1).all() and not out[1].any() and out[3].shape == (2, 20, 5)
+    no_images = {k: v[:0] if k != "anchor_points" else v for k, v in rot.items()}
+    out = call("task_aligned_assign_rotated", *no_images.values(), 10, 0.5, 6.0,
+               "inside_then_topk", 1e-9, "all_gts", 16.0, 1e-7)
+    assert out[0].shape == (0, 20) and out[3].shape == (0, 20, 5)

@@ -13,6 +13,7 @@ from ._types import TALResult
 from .ops import (IOU_MODES, alignment_metric, box_iou, deform_sampling, giou_loss, iou_loss,
                   task_aligned_assign)
 from .ops.losses import CLS_LOSS_KINDS, dfl_loss, sparse_target_cls_loss
+from .ops.tal import task_aligned_assign_rotated
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,5 @@ def __getattr__(name):
 
 __all__ = ["IOU_MODES", "TALResult", "alignment_metric", "box_iou", "build_info",
            "deform_sampling", "giou_loss", "has_ops", "iou_loss", "reference",
-           "sparse_target_cls_loss", "task_aligned_assign", "CLS_LOSS_KINDS", "dfl_loss"]
+           "sparse_target_cls_loss", "task_aligned_assign", "CLS_LOSS_KINDS", "dfl_loss",
+           "task_aligned_assign_rotated"]

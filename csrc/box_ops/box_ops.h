@@ -305,21 +305,24 @@ struct MetricShape {
 };
 
 // Checks every argument of alignment_metric except label values (which need
-// the data; see check_label_values).
+// the data; see check_label_values). box_width: 5 for the rotated TAL's boxes.
 inline MetricShape check_alignment_metric_args(const at::Tensor& pred_scores,
                                                const at::Tensor& pred_boxes,
                                                const at::Tensor& anchor_points,
                                                const at::Tensor& gt_labels,
                                                const at::Tensor& gt_boxes,
-                                               const at::Tensor& gt_mask) {
+                                               const at::Tensor& gt_mask,
+                                               int64_t box_width = 4) {
+  const int64_t W = box_width;
   TORCH_CHECK(pred_scores.dim() == 3, "pred_scores must have shape (B, A, C), got ",
               pred_scores.sizes());
   MetricShape s{pred_scores.size(0), gt_labels.dim() == 2 ? gt_labels.size(1) : -1,
                 pred_scores.size(1), pred_scores.size(2)};
   TORCH_CHECK(pred_boxes.dim() == 3 && pred_boxes.size(0) == s.batch &&
-                  pred_boxes.size(1) == s.num_anchors && pred_boxes.size(2) == 4,
-              "pred_boxes must have shape (B, A, 4) = (", s.batch, ", ", s.num_anchors,
-              ", 4) to match pred_scores ", pred_scores.sizes(), ", got ", pred_boxes.sizes());
+                  pred_boxes.size(1) == s.num_anchors && pred_boxes.size(2) == W,
+              "pred_boxes must have shape (B, A, ", W, ") = (", s.batch, ", ", s.num_anchors,
+              ", ", W, ") to match pred_scores ", pred_scores.sizes(), ", got ",
+              pred_boxes.sizes());
   TORCH_CHECK(anchor_points.dim() == 2 && anchor_points.size(0) == s.num_anchors &&
                   anchor_points.size(1) == 2,
               "anchor_points must have shape (A, 2) = (", s.num_anchors, ", 2), got ",
@@ -328,9 +331,9 @@ inline MetricShape check_alignment_metric_args(const at::Tensor& pred_scores,
               "gt_labels must have shape (B, G) with B = ", s.batch, ", got ",
               gt_labels.sizes());
   TORCH_CHECK(gt_boxes.dim() == 3 && gt_boxes.size(0) == s.batch &&
-                  gt_boxes.size(1) == s.num_gts && gt_boxes.size(2) == 4,
-              "gt_boxes must have shape (B, G, 4) = (", s.batch, ", ", s.num_gts, ", 4), got ",
-              gt_boxes.sizes());
+                  gt_boxes.size(1) == s.num_gts && gt_boxes.size(2) == W,
+              "gt_boxes must have shape (B, G, ", W, ") = (", s.batch, ", ", s.num_gts, ", ", W,
+              "), got ", gt_boxes.sizes());
   TORCH_CHECK(gt_mask.dim() == 2 && gt_mask.size(0) == s.batch && gt_mask.size(1) == s.num_gts,
               "gt_mask must have shape (B, G) = (", s.batch, ", ", s.num_gts, "), got ",
               gt_mask.sizes());
@@ -372,16 +375,17 @@ struct MetricArgs {
 };
 
 // Shapes, dtypes, devices; the label values only when check_labels (TAL
-// checks its own sizes first).
+// checks its own sizes first); box_width 5: the rotated TAL's boxes.
 inline MetricArgs metric_args(const at::Tensor& pred_scores, const at::Tensor& pred_boxes,
                               const at::Tensor& anchor_points, const at::Tensor& gt_labels,
                               const at::Tensor& gt_boxes, const at::Tensor& gt_mask,
                               double alpha, double beta, c10::string_view iou_mode,
-                              double inside_eps, double eps, bool check_labels = true) {
+                              double inside_eps, double eps, bool check_labels = true,
+                              int64_t box_width = 4) {
   MetricArgs s;
   s.mode = parse_iou_mode(iou_mode, "iou_mode");
   s.shape = check_alignment_metric_args(pred_scores, pred_boxes, anchor_points, gt_labels,
-                                        gt_boxes, gt_mask);
+                                        gt_boxes, gt_mask, box_width);
   if (check_labels) check_label_values(gt_labels, gt_mask, s.shape.num_classes);
   s.alpha = alpha;
   s.beta = beta;

@@ -1,7 +1,9 @@
-// CPU kernel of task_aligned_assign: never a (B, G, A) tensor. Its phases
-// carry the names of the CUDA kernel's (csrc/cuda/tal_cuda.cu), each a
-// function below; the argument checks, contiguous inputs and background
-// outputs come from the contract (csrc/tal/tal.h).
+// CPU kernel of task_aligned_assign and task_aligned_assign_rotated: never a
+// (B, G, A) tensor. Its phases carry the names of the CUDA kernel's
+// (csrc/cuda/tal_cuda.cu), each a function below, templated on the box
+// geometry (csrc/tal/tal_geometry.h; CpuGeom adds its vectorised row loops);
+// the argument checks, contiguous inputs and background outputs come from
+// the contract (csrc/tal/tal.h).
 //   1. candidates (candidates_pass), per (image, GT), in parallel: overlap u
 //      and the centre test of all anchors into a per-thread scratch row
 //      (alignment_metric's vectorised loop; the centre test redone against
@@ -17,13 +19,14 @@
 //      slot;
 //   3. resolve (resolve_image): each claimed anchor's final GT (the key's, or
 //      for conflict="all_gts" and >= 2 claims the argmax over all G GTs,
-//      all_gts_argmax, recomputing u and the centre test); t and u from the
+//      all_gts_argmax, recomputing u and the centre test against the image's
+//      GTs prepared once per image); t and u from the
 //      winner's slot, recomputed when the winner did not pick it; then the
 //      per-GT maxima of t and u over the final positives (gt_maxima);
 //   4. outputs (outputs_image): the outputs of each positive anchor.
 // Extra memory: candidates (B, G, k) x (index, t, u, flag); per thread
 // (threads <= cores) scratch rows of A (u, centre test, claim key, slot,
-// count, final GT, t, u) and of G (maxima).
+// count, final GT, t, u) and of G (maxima, prepared GTs).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -44,12 +47,93 @@ namespace {
 
 using box_ops::IoUMode;
 
+// The CPU side of a geometry: the predicted boxes as structure-of-arrays
+// columns (batch, R, A) that the row loops read contiguously, and those loops
+// (the centre test of every anchor, the overlap of a span of anchors).
+template <typename scalar_t, typename Geom>
+struct CpuGeom;
+
+// Axis-aligned: the vectorised loops of alignment_metric (cpu_utils.h),
+// columns x1, y1, x2, y2 (and the CIoU aspect angle).
+template <typename scalar_t, typename T, IoUMode kMode>
+struct CpuGeom<scalar_t, AxisAlignedGeometry<T, kMode>> {
+  using Geom = AxisAlignedGeometry<T, kMode>;
+  static constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
+  static at::Tensor columns(const at::Tensor& boxes, int64_t B, int64_t A) {
+    return cpu::box_columns<scalar_t, kMode>(boxes, B, A);
+  }
+  static void inside_row(const cpu::MetricInputs<scalar_t>& in, const typename Geom::Gt& g,
+                         bool* in_row) {
+    cpu::inside_row(in, g.ib, in_row);
+  }
+  static void overlap_span(const cpu::MetricInputs<scalar_t>& in, const scalar_t* cols,
+                           const typename Geom::Gt& g, int64_t begin, int64_t end,
+                           scalar_t* u_out) {
+    cpu::overlap_span<scalar_t, kMode>(in, cols, g.box, g.theta, begin, end, u_out);
+  }
+  static typename Geom::Pred pred_at(const scalar_t* cols, int64_t A, int64_t a) {
+    const scalar_t* col = cols + a;
+    return {{col[0], col[A], col[2 * A], col[3 * A]}, R == 5 ? static_cast<T>(col[4 * A]) : T(0)};
+  }
+};
+
+// Rotated: columns of each predicted box's prepared Gaussian (probiou::Obb:
+// x, y, a, b, c, det, det clamped), computed once per box instead of once per
+// pair; the loops call the geometry's per-element functions.
+template <typename scalar_t, typename T>
+struct CpuGeom<scalar_t, RotatedGeometry<T>> {
+  using Geom = RotatedGeometry<T>;
+  static constexpr int64_t R = 7;
+  static at::Tensor columns(const at::Tensor& boxes, int64_t B, int64_t A) {
+    at::Tensor soa = at::empty({B, R, A}, boxes.options());
+    const scalar_t* src = boxes.const_data_ptr<scalar_t>();
+    scalar_t* dst = soa.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, cpu::grain_for(A), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        scalar_t* d = dst + b * R * A;
+        for (int64_t a = 0; a < A; ++a) {
+          const probiou::Obb<T> o = Geom::load_pred(src + 5 * (b * A + a)).obb;
+          const T v[R] = {o.x, o.y, o.a, o.b, o.cab, o.det, o.det_c};
+          for (int64_t r = 0; r < R; ++r) d[r * A + a] = static_cast<scalar_t>(v[r]);
+        }
+      }
+    });
+    return soa;
+  }
+  static void inside_row(const cpu::MetricInputs<scalar_t>& in, const typename Geom::Gt& g,
+                         bool* in_row) {
+    const scalar_t* points = in.points;
+    const RotatedFrame<T> f = g.frame;
+    for (int64_t a = 0; a < in.num_anchors; ++a) {
+      in_row[a] = rotated_inside(f, static_cast<T>(points[2 * a]),
+                                 static_cast<T>(points[2 * a + 1]));
+    }
+  }
+  static typename Geom::Pred pred_at(const scalar_t* cols, int64_t A, int64_t a) {
+    const scalar_t* col = cols + a;
+    typename Geom::Pred q;
+    q.obb = {col[0], col[A], col[2 * A], col[3 * A], col[4 * A], col[5 * A], col[6 * A], T(0)};
+    return q;
+  }
+  static void overlap_span(const cpu::MetricInputs<scalar_t>& in, const scalar_t* cols,
+                           const typename Geom::Gt& g, int64_t begin, int64_t end,
+                           scalar_t* u_out) {
+    const int64_t A = in.num_anchors;
+    const T eps = in.eps;
+    for (int64_t a = begin; a < end; ++a) {
+      u_out[a] = static_cast<scalar_t>(Geom::overlap(pred_at(cols, A, a), g, eps));
+    }
+  }
+};
+
 // What the passes read and write: the metric inputs (with the predicted
-// boxes' box_columns), the (B, G, K) candidate slots and the outputs.
-template <typename scalar_t, IoUMode kMode>
+// boxes' columns), the (B, G, K) candidate slots and the outputs.
+template <typename scalar_t, typename Geom>
 struct Passes {
   using acc_t = at::opmath_type<scalar_t>;
-  static constexpr int64_t R = kMode == IoUMode::kCIoU ? 5 : 4;
+  using CG = CpuGeom<scalar_t, Geom>;
+  static constexpr int64_t R = CG::R;
+  static constexpr int64_t W = Geom::kWidth;
   cpu::MetricInputs<scalar_t> in;
   int64_t B, G, A, K;
   bool inside_first, all_gts;
@@ -61,7 +145,7 @@ struct Passes {
   bool* cand_pos;
   scalar_t* cand_t;
   scalar_t* cand_u;
-  // outputs, (B, A) (boxes (B, A, 4))
+  // outputs, (B, A) (boxes (B, A, W))
   int64_t* o_assigned;
   bool* o_fg;
   int64_t* o_labels;
@@ -69,6 +153,13 @@ struct Passes {
   scalar_t* o_iou;
   scalar_t* o_metric;
   scalar_t* o_soft;
+
+  // GT bg prepared for the centre test and the overlap
+  typename Geom::Gt gt(int64_t bg) const {
+    typename Geom::Gt g = Geom::load_gt(in.gt_boxes + W * bg, min_size);
+    Geom::finish_gt(g);
+    return g;
+  }
 };
 
 // ---- 1. candidates -------------------------------------------------------------------
@@ -90,21 +181,17 @@ struct CandidateScratch {
 // "topk_then_inside": the top-k of t over the anchors that can rank (with
 // beta > 0 an anchor whose box misses the GT has t = 0 or NaN, never a
 // positive, so only anchors with u > 0 are ranked); positive: t > 0 and inside.
-template <typename scalar_t, IoUMode kMode>
-void topk_then_inside_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInputs<scalar_t> in,
+template <typename scalar_t, typename Geom>
+void topk_then_inside_row(const Passes<scalar_t, Geom>& p, const cpu::MetricInputs<scalar_t> in,
                           int64_t bg, CandidateScratch<scalar_t>& s) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using CG = typename Passes<scalar_t, Geom>::CG;
   const int64_t A = p.A, K = p.K;
   const bool all_anchors = p.all_anchors;
   scalar_t* u_row = s.u_row;
   bool* in_row = s.in_row;
-  cpu::overlap_row<scalar_t, kMode>(in, bg, u_row, in_row);
-  if (p.min_size > acc_t(0)) {  // the centre test against the widened box
-    acc_t gt[4], ib[4];
-    box_ops::load_box(in.gt_boxes + 4 * bg, gt);
-    inside_box(gt, p.min_size, ib);
-    cpu::inside_row(in, ib, in_row);
-  }
+  const typename Geom::Gt gt = p.gt(bg);
+  CG::overlap_span(in, in.box_cols + (bg / p.G) * p.R * A, gt, 0, A, u_row);
+  CG::inside_row(in, gt, in_row);  // against the (widened) box of the centre test
   // the top-k list in locals: the hot loop keeps its pointers in registers
   scalar_t* vals = s.vals.data();
   int32_t* idxs = s.idxs.data();
@@ -128,30 +215,23 @@ void topk_then_inside_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInp
 // and t of the spans of inside anchors only (a GT holds a small share of the
 // anchors, in runs along the grid rows); the top-k of the inside anchors of
 // t > 0, then the ranks of masked t = 0 in anchor order.
-template <typename scalar_t, IoUMode kMode>
-void inside_then_topk_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInputs<scalar_t> in,
+template <typename scalar_t, typename Geom>
+void inside_then_topk_row(const Passes<scalar_t, Geom>& p, const cpu::MetricInputs<scalar_t> in,
                           int64_t bg, CandidateScratch<scalar_t>& s) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using CG = typename Passes<scalar_t, Geom>::CG;
   const int64_t A = p.A, K = p.K;
-  acc_t gt[4], ib[4];
-  box_ops::load_box(in.gt_boxes + 4 * bg, gt);
-  if (p.min_size > acc_t(0)) {  // the centre test against the widened box
-    inside_box(gt, p.min_size, ib);
-  } else {
-    std::copy(gt, gt + 4, ib);
-  }
-  cpu::inside_row(in, ib, s.in_row);
+  const typename Geom::Gt gt = p.gt(bg);
+  CG::inside_row(in, gt, s.in_row);
   const int64_t b = bg / p.G;
   const scalar_t* img_cols = in.box_cols + b * p.R * A;
   const scalar_t* class_scores = in.scores + b * A * in.num_classes + in.labels[bg];
-  const acc_t theta_gt = cpu::angle_of<kMode>(gt);
   scalar_t* vals = s.vals.data();  // locals: the hot loop keeps them in registers
   int32_t* idxs = s.idxs.data();
   scalar_t* u_row = s.u_row;
   const int k = static_cast<int>(K);
   int count = 0;
   cpu::for_each_true_span(s.in_row, A, [&](int64_t begin, int64_t end) {
-    cpu::overlap_span<scalar_t, kMode>(in, img_cols, gt, theta_gt, begin, end, u_row);
+    CG::overlap_span(in, img_cols, gt, begin, end, u_row);
     for (int64_t a = begin; a < end; ++a) {
       const scalar_t t = static_cast<scalar_t>(cpu::metric_at(in, class_scores, a, u_row[a]));
       if (t > scalar_t(0)) {  // t = 0 anchors take their ranks below
@@ -183,8 +263,8 @@ void inside_then_topk_row(const Passes<scalar_t, kMode>& p, const cpu::MetricInp
       });
 }
 
-template <typename scalar_t, IoUMode kMode>
-void candidates_pass(const Passes<scalar_t, kMode>& p) {
+template <typename scalar_t, typename Geom>
+void candidates_pass(const Passes<scalar_t, Geom>& p) {
   at::parallel_for(0, p.B * p.G, cpu::grain_for(p.A), [&](int64_t begin, int64_t end) {
     CandidateScratch<scalar_t> scratch(p.A, p.K);
     for (int64_t bg = begin; bg < end; ++bg) {
@@ -201,7 +281,7 @@ void candidates_pass(const Passes<scalar_t, kMode>& p) {
 
 // ---- 2.-4. per image: claims, resolve, outputs ---------------------------------------
 
-template <typename scalar_t>
+template <typename scalar_t, typename Geom>
 struct ImageScratch {
   using acc_t = at::opmath_type<scalar_t>;
   std::vector<uint64_t> key;    // the largest claim key of each anchor
@@ -209,13 +289,15 @@ struct ImageScratch {
   std::vector<int32_t> count;   // claims of each anchor
   std::vector<int64_t> fin_gt;  // the final GT (-1: background)
   std::vector<acc_t> fin_t, fin_u, max_t, max_u;
-  ImageScratch(int64_t A, int64_t G)
-      : key(A), slot(A), count(A), fin_gt(A), fin_t(A), fin_u(A), max_t(G), max_u(G) {}
+  std::vector<typename Geom::Gt> gts;  // the image's GTs, prepared (conflict="all_gts")
+  ImageScratch(int64_t A, int64_t G, bool all_gts)
+      : key(A), slot(A), count(A), fin_gt(A), fin_t(A), fin_u(A), max_t(G), max_u(G),
+        gts(all_gts ? G : 0) {}
 };
 
 // 2. claims, GTs in order; the largest key wins (ties impossible: g is in it)
-template <typename scalar_t, IoUMode kMode>
-void claims_image(const Passes<scalar_t, kMode>& p, int64_t b, ImageScratch<scalar_t>& s) {
+template <typename scalar_t, typename Geom>
+void claims_image(const Passes<scalar_t, Geom>& p, int64_t b, ImageScratch<scalar_t, Geom>& s) {
   const int64_t G = p.G, K = p.K;
   std::fill(s.key.begin(), s.key.end(), uint64_t(0));
   std::fill(s.count.begin(), s.count.end(), 0);
@@ -232,11 +314,13 @@ void claims_image(const Passes<scalar_t, kMode>& p, int64_t b, ImageScratch<scal
 }
 
 // 3a. the final GT, t and u of each claimed anchor
-template <typename scalar_t, IoUMode kMode>
-void resolve_image(const Passes<scalar_t, kMode>& p, int64_t b, ImageScratch<scalar_t>& s) {
+template <typename scalar_t, typename Geom>
+void resolve_image(const Passes<scalar_t, Geom>& p, int64_t b, ImageScratch<scalar_t, Geom>& s) {
   using acc_t = at::opmath_type<scalar_t>;
+  using CG = typename Passes<scalar_t, Geom>::CG;
   const cpu::MetricInputs<scalar_t> in = p.in;  // a local copy: provably unchanged by stores
   const int64_t A = p.A, G = p.G, K = p.K, R = p.R;
+  bool gts_ready = false;  // the image's GTs, prepared at the first anchor that needs them
   for (int64_t a = 0; a < A; ++a) {
     s.fin_gt[a] = -1;
     if (s.count[a] == 0) continue;
@@ -246,15 +330,19 @@ void resolve_image(const Passes<scalar_t, kMode>& p, int64_t b, ImageScratch<sca
       s.fin_u[a] = p.cand_u[s.slot[a]];
       continue;
     }
-    const scalar_t* col = in.box_cols + b * R * A + a;
-    const acc_t pred[4] = {col[0], col[A], col[2 * A], col[3 * A]};
-    const acc_t theta = R == 5 ? static_cast<acc_t>(col[4 * A]) : acc_t(0);
+    if (!gts_ready) {
+      for (int64_t g = 0; g < G; ++g) {
+        if (in.gt_mask[b * G + g]) s.gts[g] = p.gt(b * G + g);
+      }
+      gts_ready = true;
+    }
+    const typename Geom::Pred pred = CG::pred_at(in.box_cols + b * R * A, A, a);
     acc_t u;
     bool inside;
-    const int64_t w = all_gts_argmax<acc_t, kMode>(
-        pred, theta, static_cast<acc_t>(in.points[2 * a]), static_cast<acc_t>(in.points[2 * a + 1]),
-        in.gt_boxes + 4 * b * G, in.gt_mask + b * G, G, in.eps, in.inside_eps, p.min_size, &u,
-        &inside);
+    const int64_t w = all_gts_argmax<Geom, false>(
+        pred, static_cast<acc_t>(in.points[2 * a]), static_cast<acc_t>(in.points[2 * a + 1]),
+        [&](int64_t g) -> const typename Geom::Gt& { return s.gts[g]; }, in.gt_mask + b * G, G,
+        in.eps, in.inside_eps, &u, &inside);
     s.fin_gt[a] = w;
     const int64_t row = (b * G + w) * K;
     const int s_w = find_slot(p.cand_idx + row, p.cand_pos + row, K, static_cast<int32_t>(a));
@@ -269,8 +357,8 @@ void resolve_image(const Passes<scalar_t, kMode>& p, int64_t b, ImageScratch<sca
 }
 
 // 3b. the maxima of t and u over each GT's final positives
-template <typename scalar_t>
-void gt_maxima(int64_t A, ImageScratch<scalar_t>& s) {
+template <typename scalar_t, typename Geom>
+void gt_maxima(int64_t A, ImageScratch<scalar_t, Geom>& s) {
   using acc_t = at::opmath_type<scalar_t>;
   std::fill(s.max_t.begin(), s.max_t.end(), -std::numeric_limits<acc_t>::infinity());
   std::fill(s.max_u.begin(), s.max_u.end(), -std::numeric_limits<acc_t>::infinity());
@@ -283,8 +371,10 @@ void gt_maxima(int64_t A, ImageScratch<scalar_t>& s) {
 }
 
 // 4. the outputs of each positive anchor
-template <typename scalar_t, IoUMode kMode>
-void outputs_image(const Passes<scalar_t, kMode>& p, int64_t b, const ImageScratch<scalar_t>& s) {
+template <typename scalar_t, typename Geom>
+void outputs_image(const Passes<scalar_t, Geom>& p, int64_t b,
+                   const ImageScratch<scalar_t, Geom>& s) {
+  constexpr int64_t W = Geom::kWidth;
   const int64_t A = p.A, G = p.G;
   for (int64_t a = 0; a < A; ++a) {
     const int64_t g = s.fin_gt[a];
@@ -293,17 +383,17 @@ void outputs_image(const Passes<scalar_t, kMode>& p, int64_t b, const ImageScrat
     p.o_assigned[ba] = g;
     p.o_fg[ba] = true;
     p.o_labels[ba] = p.in.labels[bg];
-    for (int c = 0; c < 4; ++c) p.o_boxes[4 * ba + c] = p.in.gt_boxes[4 * bg + c];
+    for (int64_t c = 0; c < W; ++c) p.o_boxes[W * ba + c] = p.in.gt_boxes[W * bg + c];
     p.o_iou[ba] = static_cast<scalar_t>(s.fin_u[a]);
     p.o_metric[ba] = static_cast<scalar_t>(s.fin_t[a]);
     p.o_soft[ba] = static_cast<scalar_t>(s.fin_t[a] * s.max_u[g] / (s.max_t[g] + p.norm_eps));
   }
 }
 
-template <typename scalar_t, IoUMode kMode>
-void image_passes(const Passes<scalar_t, kMode>& p) {
+template <typename scalar_t, typename Geom>
+void image_passes(const Passes<scalar_t, Geom>& p) {
   at::parallel_for(0, p.B, 1, [&](int64_t begin, int64_t end) {
-    ImageScratch<scalar_t> scratch(p.A, p.G);
+    ImageScratch<scalar_t, Geom> scratch(p.A, p.G, p.all_gts);
     for (int64_t b = begin; b < end; ++b) {
       claims_image(p, b, scratch);
       resolve_image(p, b, scratch);
@@ -313,7 +403,7 @@ void image_passes(const Passes<scalar_t, kMode>& p) {
   });
 }
 
-// ---- the kernel of the contract --------------------------------------------------------
+// ---- the kernel of the contract (both ops) ---------------------------------------------
 
 void task_aligned_assign_cpu(const TALContract& c) {
   const int64_t B = c.shape.batch, A = c.shape.num_anchors, G = c.shape.num_gts,
@@ -325,12 +415,12 @@ void task_aligned_assign_cpu(const TALContract& c) {
   const at::Tensor cand_u = at::empty({B, G, K}, opts);
   const auto& [assigned, fg, labels, boxes, ious, metrics, soft] = c.out;
   AT_DISPATCH_FLOATING_TYPES(c.pred_scores.scalar_type(), "task_aligned_assign_cpu", [&] {
-    box_ops::dispatch_iou_mode(c.mode, [&](auto mode_c) {
-      constexpr IoUMode kMode = decltype(mode_c)::value;
-      using acc_t = at::opmath_type<scalar_t>;
-      const at::Tensor cols = cpu::box_columns<scalar_t, kMode>(c.pred_boxes, B, A);
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_geometry<acc_t>(c.rotated, c.mode, [&](auto geom) {
+      using Geom = decltype(geom);
+      const at::Tensor cols = CpuGeom<scalar_t, Geom>::columns(c.pred_boxes, B, A);
       const bool inside_first = c.candidates == Candidates::kInsideThenTopk;
-      const Passes<scalar_t, kMode> p{
+      const Passes<scalar_t, Geom> p{
           {c.pred_scores.const_data_ptr<scalar_t>(), cols.const_data_ptr<scalar_t>(),
            c.anchor_points.const_data_ptr<scalar_t>(), c.gt_labels.const_data_ptr<int64_t>(),
            c.gt_boxes.const_data_ptr<scalar_t>(), c.gt_mask.const_data_ptr<bool>(), G, A, C,
@@ -355,6 +445,8 @@ void task_aligned_assign_cpu(const TALContract& c) {
 
 TORCH_LIBRARY_IMPL(tood_ext, CPU, m) {
   m.impl("task_aligned_assign", &task_aligned_assign_op<task_aligned_assign_cpu, kNoTopkLimit>);
+  m.impl("task_aligned_assign_rotated",
+         &task_aligned_assign_rotated_op<task_aligned_assign_cpu, kNoTopkLimit>);
 }
 
 }  // namespace tal

@@ -1,7 +1,9 @@
-// CUDA kernel of task_aligned_assign, never a (B, G, A) tensor:
+// CUDA kernel of task_aligned_assign and task_aligned_assign_rotated, never a
+// (B, G, A) tensor; every kernel is templated on the box geometry
+// (csrc/tal/tal_geometry.h: axis-aligned IoU family, or rotated ProbIoU):
 //   1. candidates: a warp per (image, GT). Each lane scans anchors lane,
-//      lane + 32, ... computing t, u and the centre test (against the box of
-//      tal_utils.h's inside_box) with the shared math of box_iou_utils.h and
+//      lane + 32, ... computing t, u and the centre test (the geometry's
+//      inside and overlap: shared math with the CPU kernel) and
 //      keeps its own ranked top-k (registers / local memory, tal_utils.h's
 //      insertion); then k rounds of a warp-wide arg-best over the 32 list
 //      heads (shuffles) merge them in rank order; for "inside_then_topk"
@@ -38,7 +40,6 @@ namespace tood_ext {
 namespace tal {
 namespace {
 
-using box_ops::IoUMode;
 constexpr int kMaxTopkCuda = 64;
 
 template <typename scalar_t>
@@ -92,7 +93,7 @@ __device__ __forceinline__ T from_ordered(typename Ordered<T>::type o) {
   return v;
 }
 
-template <typename scalar_t, IoUMode kMode, int KMAX>
+template <typename scalar_t, typename Geom, int KMAX>
 __global__ void __launch_bounds__(kThreads)
     tal_candidates_kernel(const Inputs<scalar_t> in, int32_t* __restrict__ cand_idx,
                           at::opmath_type<scalar_t>* __restrict__ cand_t,
@@ -103,26 +104,21 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t bg = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   if (bg >= in.rows || !in.gt_mask[bg]) return;  // whole warps; slots stay -1 / false
   const int64_t A = in.num_anchors, b = bg / in.num_gts, K = in.topk;
-  acc_t gt[4], ib[4];
-  box_ops::load_box(in.gt_boxes + 4 * bg, gt);
-  inside_box(gt, in.min_size, ib);  // the box of the centre test
-  const acc_t theta_gt =
-      kMode == IoUMode::kCIoU ? box_ops::aspect_angle(gt[0], gt[1], gt[2], gt[3]) : acc_t(0);
+  constexpr int W = Geom::kWidth;
+  // the GT, prepared for the centre test (widened by min_size) and the overlap
+  typename Geom::Gt gt = Geom::load_gt(in.gt_boxes + W * bg, in.min_size);
+  Geom::finish_gt(gt);
   const scalar_t* score_col = in.scores + b * A * in.num_classes + in.labels[bg];
-  const scalar_t* boxes = in.boxes + b * A * 4;
+  const scalar_t* boxes = in.boxes + b * A * W;
 
   // t, u and the centre test of anchor a for this GT
   auto evaluate = [&](int64_t a, acc_t& t, acc_t& u, bool& inside) {
-    acc_t pred[4];
-    box_ops::load_box(boxes + 4 * a, pred);
-    const acc_t theta = kMode == IoUMode::kCIoU
-                            ? box_ops::aspect_angle(pred[0], pred[1], pred[2], pred[3])
-                            : acc_t(0);
-    u = box_ops::metric_overlap<acc_t, kMode>(pred, gt, theta, theta_gt, in.eps);
+    const typename Geom::Pred pred = Geom::load_pred(boxes + W * a);
+    u = Geom::overlap(pred, gt, in.eps);
     t = box_ops::alignment_metric_value(static_cast<acc_t>(score_col[a * in.num_classes]), u,
                                         in.expo);
-    inside = box_ops::centre_inside(static_cast<acc_t>(in.points[2 * a]),
-                                    static_cast<acc_t>(in.points[2 * a + 1]), ib, in.inside_eps);
+    inside = Geom::inside(gt, static_cast<acc_t>(in.points[2 * a]),
+                          static_cast<acc_t>(in.points[2 * a + 1]), in.inside_eps);
   };
 
   acc_t vals[KMAX];
@@ -204,7 +200,7 @@ __global__ void tal_claim_kernel(const int32_t* __restrict__ cand_idx,
   }
 }
 
-template <typename scalar_t, IoUMode kMode>
+template <typename scalar_t, typename Geom>
 __global__ void tal_resolve_kernel(const Inputs<scalar_t> in,
                                    const int32_t* __restrict__ cand_idx,
                                    const at::opmath_type<scalar_t>* __restrict__ cand_t,
@@ -219,6 +215,7 @@ __global__ void tal_resolve_kernel(const Inputs<scalar_t> in,
                                    typename Ordered<at::opmath_type<scalar_t>>::type* max_u) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t A = in.num_anchors, G = in.num_gts, K = in.topk;
+  constexpr int W = Geom::kWidth;
   for (int64_t ba = global_thread<int64_t>(); ba < total; ba += grid_stride<int64_t>()) {
     const unsigned long long key = claims[ba];
     if (key == 0) continue;  // nobody's positive
@@ -227,15 +224,13 @@ __global__ void tal_resolve_kernel(const Inputs<scalar_t> in,
     acc_t u_w = acc_t(0);
     bool inside_w = false;
     if (counts != nullptr && counts[ba] >= 2) {  // conflict="all_gts"
-      acc_t pred[4];
-      box_ops::load_box(in.boxes + 4 * ba, pred);
-      const acc_t theta = kMode == IoUMode::kCIoU
-                              ? box_ops::aspect_angle(pred[0], pred[1], pred[2], pred[3])
-                              : acc_t(0);
-      w = all_gts_argmax<acc_t, kMode>(
-          pred, theta, static_cast<acc_t>(in.points[2 * a]),
-          static_cast<acc_t>(in.points[2 * a + 1]), in.gt_boxes + 4 * b * G, in.gt_mask + b * G,
-          G, in.eps, in.inside_eps, in.min_size, &u_w, &inside_w);
+      const typename Geom::Pred pred = Geom::load_pred(in.boxes + W * ba);
+      const scalar_t* gts = in.gt_boxes + W * b * G;
+      const acc_t min_size = in.min_size;
+      w = all_gts_argmax<Geom, true>(
+          pred, static_cast<acc_t>(in.points[2 * a]), static_cast<acc_t>(in.points[2 * a + 1]),
+          [&](int64_t g) { return Geom::load_gt(gts + W * g, min_size); }, in.gt_mask + b * G,
+          G, in.eps, in.inside_eps, &u_w, &inside_w);
     }
     const int64_t bg = b * G + w, row = bg * K;
     const int s = find_slot(cand_idx + row, cand_pos + row, K, static_cast<int32_t>(a));
@@ -258,7 +253,7 @@ __global__ void tal_resolve_kernel(const Inputs<scalar_t> in,
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int W>
 __global__ void tal_outputs_kernel(const int64_t* __restrict__ assigned,
                                    const at::opmath_type<scalar_t>* __restrict__ fin_t,
                                    const at::opmath_type<scalar_t>* __restrict__ fin_u,
@@ -279,7 +274,7 @@ __global__ void tal_outputs_kernel(const int64_t* __restrict__ assigned,
     o_fg[ba] = true;
     o_labels[ba] = labels[bg];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) o_boxes[4 * ba + c] = gt_boxes[4 * bg + c];
+    for (int c = 0; c < W; ++c) o_boxes[W * ba + c] = gt_boxes[W * bg + c];
     o_iou[ba] = static_cast<scalar_t>(fin_u[ba]);
     o_metric[ba] = static_cast<scalar_t>(t);
     o_soft[ba] = static_cast<scalar_t>(t * from_ordered<acc_t>(max_u[bg]) / denom);
@@ -326,15 +321,15 @@ void task_aligned_assign_cuda(const TALContract& c) {
                               box_ops::make_metric_exponents<acc_t>(c.alpha, c.beta),
                               acc_t(c.inside_eps), acc_t(c.eps), acc_t(c.min_inside_size)};
     const int64_t total = rows * K, anchors = B * A;
-    box_ops::dispatch_iou_mode(c.mode, [&](auto mode_c) {
-      constexpr IoUMode kMode = decltype(mode_c)::value;
+    dispatch_geometry<acc_t>(c.rotated, c.mode, [&](auto geom) {
+      using Geom = decltype(geom);
       const int64_t blocks = (rows * 32 + kThreads - 1) / kThreads;
       if (K <= 16) {
-        launch_kernel(tal_candidates_kernel<scalar_t, kMode, 16>, blocks, kThreads, stream, in,
+        launch_kernel(tal_candidates_kernel<scalar_t, Geom, 16>, blocks, kThreads, stream, in,
                       cand_idx.mutable_data_ptr<int32_t>(), cand_t.mutable_data_ptr<acc_t>(),
                       cand_u.mutable_data_ptr<acc_t>(), cand_pos.mutable_data_ptr<bool>());
       } else {
-        launch_kernel(tal_candidates_kernel<scalar_t, kMode, kMaxTopkCuda>, blocks, kThreads,
+        launch_kernel(tal_candidates_kernel<scalar_t, Geom, kMaxTopkCuda>, blocks, kThreads,
                       stream, in, cand_idx.mutable_data_ptr<int32_t>(),
                       cand_t.mutable_data_ptr<acc_t>(), cand_u.mutable_data_ptr<acc_t>(),
                       cand_pos.mutable_data_ptr<bool>());
@@ -342,20 +337,20 @@ void task_aligned_assign_cuda(const TALContract& c) {
       launch_kernel(tal_claim_kernel<acc_t>, num_blocks(total), kThreads, stream,
                     cand_idx.const_data_ptr<int32_t>(), cand_u.const_data_ptr<acc_t>(),
                     cand_pos.const_data_ptr<bool>(), total, G, K, A, p_claims, p_counts);
-      launch_kernel(tal_resolve_kernel<scalar_t, kMode>, num_blocks(anchors), kThreads, stream, in,
+      launch_kernel(tal_resolve_kernel<scalar_t, Geom>, num_blocks(anchors), kThreads, stream, in,
                     cand_idx.const_data_ptr<int32_t>(), cand_t.const_data_ptr<acc_t>(),
                     cand_u.const_data_ptr<acc_t>(), cand_pos.const_data_ptr<bool>(), p_claims,
                     p_counts, anchors, assigned.mutable_data_ptr<int64_t>(),
                     fin_t.mutable_data_ptr<acc_t>(), fin_u.mutable_data_ptr<acc_t>(), p_max_t,
                     p_max_u);
+      launch_kernel(tal_outputs_kernel<scalar_t, Geom::kWidth>, num_blocks(anchors), kThreads,
+                    stream, assigned.const_data_ptr<int64_t>(), fin_t.const_data_ptr<acc_t>(),
+                    fin_u.const_data_ptr<acc_t>(), p_max_t, p_max_u,
+                    gl.const_data_ptr<int64_t>(), gb.const_data_ptr<scalar_t>(), anchors, G, A,
+                    c.norm_eps, fg.mutable_data_ptr<bool>(), labels.mutable_data_ptr<int64_t>(),
+                    boxes.mutable_data_ptr<scalar_t>(), ious.mutable_data_ptr<scalar_t>(),
+                    metrics.mutable_data_ptr<scalar_t>(), soft.mutable_data_ptr<scalar_t>());
     });
-    launch_kernel(tal_outputs_kernel<scalar_t>, num_blocks(anchors), kThreads, stream,
-                  assigned.const_data_ptr<int64_t>(), fin_t.const_data_ptr<acc_t>(),
-                  fin_u.const_data_ptr<acc_t>(), p_max_t, p_max_u, gl.const_data_ptr<int64_t>(),
-                  gb.const_data_ptr<scalar_t>(), anchors, G, A, c.norm_eps,
-                  fg.mutable_data_ptr<bool>(), labels.mutable_data_ptr<int64_t>(),
-                  boxes.mutable_data_ptr<scalar_t>(), ious.mutable_data_ptr<scalar_t>(),
-                  metrics.mutable_data_ptr<scalar_t>(), soft.mutable_data_ptr<scalar_t>());
   });
 }
 
@@ -363,6 +358,8 @@ void task_aligned_assign_cuda(const TALContract& c) {
 
 TOOD_EXT_CUDA_IMPL(m) {
   m.impl("task_aligned_assign", &task_aligned_assign_op<task_aligned_assign_cuda, kMaxTopkCuda>);
+  m.impl("task_aligned_assign_rotated",
+         &task_aligned_assign_rotated_op<task_aligned_assign_cuda, kMaxTopkCuda>);
 }
 
 }  // namespace tal

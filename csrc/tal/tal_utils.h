@@ -148,13 +148,14 @@ TOOD_HOST_DEVICE_INLINE T max_nan(T a, T b) {
 // (widened) GT or the GT is padding; the first maximum wins, so an all-zero
 // column gives GT 0 (padding or not). Writes the masked u and t's inputs of
 // the winner: *u_out and *inside_out (valid & inside); t is the caller's
-// (it needs the score). pred: the predicted box, theta_pred its aspect angle
-// (CIoU only); gts / mask: the image's (G, 4) GT boxes and (G,) mask.
-template <typename T, box_ops::IoUMode kMode, typename scalar_t>
-TOOD_HOST_DEVICE_INLINE int64_t all_gts_argmax(const T pred[4], T theta_pred, T px, T py,
-                                               const scalar_t* gts, const bool* mask, int64_t G,
-                                               T eps, T inside_eps, T min_size, T* u_out,
-                                               bool* inside_out) {
+// (it needs the score). Geom: the box geometry (tal_geometry.h); pred: the
+// anchor's predicted box; gt_at(g): the image's GT g as a Geom::Gt, ready for
+// the overlap, or (kFinish) still to be finished (only inside GTs are);
+// mask: the image's (G,) GT mask.
+template <typename Geom, bool kFinish, typename T, typename GtAt>
+TOOD_HOST_DEVICE_INLINE int64_t all_gts_argmax(const typename Geom::Pred& pred, T px, T py,
+                                               GtAt&& gt_at, const bool* mask, int64_t G, T eps,
+                                               T inside_eps, T* u_out, bool* inside_out) {
   int64_t best_g = 0;
   T best_u = T(0);
   bool best_in = false;
@@ -162,15 +163,11 @@ TOOD_HOST_DEVICE_INLINE int64_t all_gts_argmax(const T pred[4], T theta_pred, T 
     T u = T(0);
     bool in = false;
     if (mask[g]) {
-      T gt[4], ib[4];
-      box_ops::load_box(gts + 4 * g, gt);
-      inside_box(gt, min_size, ib);
-      in = box_ops::centre_inside(px, py, ib, inside_eps);
+      auto&& gt = gt_at(g);
+      in = Geom::inside(gt, px, py, inside_eps);
       if (in) {
-        const T theta_gt =
-            kMode == box_ops::IoUMode::kCIoU ? box_ops::aspect_angle(gt[0], gt[1], gt[2], gt[3])
-                                             : T(0);
-        u = box_ops::metric_overlap<T, kMode>(pred, gt, theta_pred, theta_gt, eps);
+        if constexpr (kFinish) Geom::finish_gt(gt);
+        u = Geom::overlap(pred, gt, eps);
       }
     }
     if (g == 0 || argmax_beats(u, best_u)) {

@@ -14,8 +14,10 @@ from .. import _loader
 from .._types import TALResult
 from ._checks import sanitize_gts
 from ._tal_spec import CANDIDATE_MODES, CONFLICT_MODES, check_tal_args, tal_shape
+from ._tal_spec import check_tal_rotated_args, tal_rotated_shape
 
-__all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "task_aligned_assign"]
+__all__ = ["CANDIDATE_MODES", "CONFLICT_MODES", "TALResult", "task_aligned_assign",
+           "task_aligned_assign_rotated"]
 
 
 def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
@@ -111,6 +113,74 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
     return TALResult(*out)
 
 
+def task_aligned_assign_rotated(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
+                                anchor_points: torch.Tensor, gt_labels: torch.Tensor,
+                                gt_boxes: torch.Tensor, gt_mask: torch.Tensor, topk: int = 13,
+                                alpha: float = 1.0, beta: float = 6.0,
+                                candidates: str = "inside_then_topk", norm_eps: float = 1e-9,
+                                conflict: str = "all_gts", min_inside_size: float = 0.0,
+                                probiou_eps: float = 1e-7) -> TALResult:
+    """The task-aligned assignment of oriented boxes, in one op (ultralytics'
+    ``RotatedTaskAlignedAssigner`` without its (B, G, A) tensors).
+
+    Args:
+        pred_scores: (B, A, C) class probabilities. pred_boxes: (B, A, 5) predicted boxes
+            (cx, cy, w, h, angle in radians). anchor_points: (A, 2) anchor centres (x, y).
+        gt_labels: (B, G) int64 (in [0, C) where valid). gt_boxes: (B, G, 5) (cx, cy, w, h,
+            angle). gt_mask: (B, G) bool, False for padding GTs.
+        topk: candidates per GT (10 in ultralytics' ``v8OBBLoss``; at most 64 on CUDA).
+        alpha, beta: the metric ``t = s**alpha * u**beta`` (s: score of the GT's class;
+            ``v8OBBLoss``: 0.5, 6.0).
+        candidates, conflict, norm_eps: as in :func:`task_aligned_assign`; the defaults
+            (``"inside_then_topk"``, ``"all_gts"``, 1e-9) are ultralytics'.
+        min_inside_size: 0 (off) or ultralytics' ``stride_val`` (16): for the centre test only,
+            a *valid* GT's w and h below it are set to it.
+        probiou_eps: the ``eps`` of ultralytics' ``probiou``.
+
+    Semantics (kernels and :func:`tood_ext.reference.task_aligned_assign_rotated` agree;
+    ultralytics 8.4.190's ``RotatedTaskAlignedAssigner`` under the lowest-index order of equal
+    values, see :func:`task_aligned_assign` for the ranking, tie and conflict rules, all
+    shared):
+        * u = ``probiou(gt, pred)`` clamped at 0 (ultralytics' formula and order of operations,
+          floor 0, no CIoU term: :func:`tood_ext.probiou`); t as above, both computed only
+          for the pairs that need them;
+        * the centre test is ultralytics' ``select_candidates_in_gts`` of the rotated
+          assigner: the GT's corners p1 = c + v1 + v2, p2 = c + v1 - v2, p4 = c - v1 + v2
+          (v1 = (w/2 cos r, w/2 sin r), v2 = (-h/2 sin r, h/2 cos r), ``xywhr2xyxyxyxy``),
+          the anchor point ap = point - p1 projected on ab = p2 - p1 and ad = p4 - p1: inside
+          when ``0 <= ap.ab <= ab.ab`` and ``0 <= ap.ad <= ad.ad`` (inclusive, in
+          ultralytics' arithmetic: same bits in float32 up to the last bit of ``cos`` / ``sin``,
+          which torch's CPU vector code may round differently from the C library);
+        * a GT with a non-finite coordinate or angle is padding (this wrapper clears its mask);
+          a predicted box with a non-finite value has u = NaN (t NaN): never a candidate, and
+          u = NaN wins the ``"all_gts"`` argmax as in ``torch.argmax``;
+        * no ``topk2``: ultralytics' second filter runs after the op (the adapter's
+          ``_topk2_keep``, :mod:`tood_ext.compat.ultralytics`).
+
+    Returns:
+        :class:`TALResult` with ``boxes`` (B, A, 5), the assigned GT's (cx, cy, w, h, angle);
+        the other fields as for :func:`task_aligned_assign` (``iou`` holds the ProbIoU).
+
+    Extra memory: as :func:`task_aligned_assign`, O(B*A + B*G*topk), never a (B, G, A) tensor:
+    the candidates (B, G, k) x (index, t, u, flag); on CPU (B, 7, A) columns of the predicted
+    boxes' prepared Gaussians, scratch rows of A anchors and of G GTs (and G prepared GTs for
+    ``"all_gts"``) per thread; on CUDA (B, A) claim keys, final t and u, claim counts and
+    (B, G) maxima. Deterministic; one device sync on CUDA (label validation).
+    """
+    check_tal_rotated_args("task_aligned_assign_rotated", pred_scores, pred_boxes,
+                           anchor_points, gt_labels, gt_boxes, gt_mask, topk, alpha, beta,
+                           candidates, norm_eps, conflict, min_inside_size, probiou_eps)
+    _loader.check_inputs("task_aligned_assign_rotated", pred_scores=pred_scores,
+                         pred_boxes=pred_boxes, anchor_points=anchor_points, gt_labels=gt_labels,
+                         gt_boxes=gt_boxes, gt_mask=gt_mask)
+    gt_boxes, gt_mask = sanitize_gts(gt_boxes.detach(), gt_mask)  # non-finite GT = padding
+    out = torch.ops.tood_ext.task_aligned_assign_rotated(
+        pred_scores.detach(), pred_boxes.detach(), anchor_points.detach(), gt_labels,
+        gt_boxes, gt_mask, int(topk), alpha, beta, candidates, norm_eps, conflict,
+        float(min_inside_size), probiou_eps)
+    return TALResult(*out)
+
+
 def _register():
     @torch.library.register_fake("tood_ext::task_aligned_assign")
     def _fake(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask, topk=13,
@@ -133,6 +203,27 @@ def _register():
         return (None,) * 15
 
     torch.library.register_autograd("tood_ext::task_aligned_assign", _backward,
+                                    setup_context=_setup)
+
+    @torch.library.register_fake("tood_ext::task_aligned_assign_rotated")
+    def _fake_rotated(pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask,
+                      topk=13, alpha=1.0, beta=6.0, candidates="inside_then_topk",
+                      norm_eps=1e-9, conflict="all_gts", min_inside_size=0.0,
+                      probiou_eps=1e-7):
+        check_tal_rotated_args("task_aligned_assign_rotated", pred_scores, pred_boxes,
+                               anchor_points, gt_labels, gt_boxes, gt_mask, topk, alpha, beta,
+                               candidates, norm_eps, conflict, min_inside_size, probiou_eps)
+        B, A, _, _ = tal_rotated_shape(pred_scores, pred_boxes, anchor_points, gt_labels,
+                                       gt_boxes, gt_mask)
+        idx = pred_scores.new_empty((B, A), dtype=torch.int64)
+        return (idx, pred_scores.new_empty((B, A), dtype=torch.bool), torch.empty_like(idx),
+                gt_boxes.new_empty((B, A, 5)), pred_scores.new_empty((B, A)),
+                pred_scores.new_empty((B, A)), pred_scores.new_empty((B, A)))
+
+    def _backward_rotated(ctx, *grads):
+        return (None,) * 14
+
+    torch.library.register_autograd("tood_ext::task_aligned_assign_rotated", _backward_rotated,
                                     setup_context=_setup)
 
 
