@@ -50,6 +50,15 @@ inline void define_op_schemas(torch::Library& m) {
   m.def("dfl_loss(Tensor pred_dist, Tensor target, Tensor? weight=None) -> Tensor");
   m.def("_dfl_loss_backward(Tensor grad, Tensor pred_dist, Tensor target, Tensor? weight) "
         "-> Tensor");
+  // --- ProbIoU of oriented boxes (csrc/box_ops/probiou.h) ---
+  m.def("probiou(Tensor b1, Tensor b2, bool aligned=False, float eps=1e-07, float floor=0.0, "
+        "bool ciou=False) -> Tensor");
+  m.def("_probiou_backward(Tensor grad, Tensor b1, Tensor b2, bool aligned, float eps, "
+        "float floor, bool ciou) -> (Tensor, Tensor)");
+  m.def("probiou_loss(Tensor pred, Tensor target, Tensor? weight=None, float eps=1e-07, "
+        "float floor=0.0, bool ciou=False) -> Tensor");
+  m.def("_probiou_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, "
+        "float eps, float floor, bool ciou) -> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace tood_ext

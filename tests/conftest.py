@@ -5,6 +5,7 @@ Inputs are fresh random draws: every test gets its own seed, printed in the fail
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -127,3 +128,12 @@ def ops(request, emu):
     yield emu
     emu._set_grid_cap(0)
     emu._set_force_int64_index(False)
+
+
+def random_obbs(gen: torch.Generator, *shape: int, size: float = 100.0, min_wh: float = 0.5,
+                max_wh: float = 60.0, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Oriented boxes (cx, cy, w, h, angle), angle in [-pi, pi), shape (*shape, 5)."""
+    xy = torch.rand(*shape, 2, generator=gen, dtype=torch.float64) * size
+    wh = min_wh + torch.rand(*shape, 2, generator=gen, dtype=torch.float64) * (max_wh - min_wh)
+    angle = (torch.rand(*shape, 1, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
+    return torch.cat([xy, wh, angle], dim=-1).to(dtype=dtype, device=device)

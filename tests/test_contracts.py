@@ -19,7 +19,7 @@ import torch
 
 import tood_ext  # noqa: F401  (registers torch.ops.tood_ext)
 
-from conftest import HAS_CUDA, metric_inputs, random_boxes
+from conftest import HAS_CUDA, metric_inputs, random_boxes, random_obbs
 
 BACKENDS = [
     "cpu",
@@ -112,12 +112,37 @@ def valid_args(op: str, gen) -> dict:
         if op == "deform_sampling":
             return dict(input=x, offset=off, mask=mask)
         return dict(grad=torch.randn(2, 4, 3, 5, generator=gen), input=x, offset=off, mask=mask)
+    if op.startswith(("probiou", "_probiou")):
+        return _probiou_args(op, gen)
+    raise AssertionError(op)
+
+
+def _probiou_args(op: str, gen) -> dict:
+    b1, b2, b2a = random_obbs(gen, 2, 3), random_obbs(gen, 2, 5), random_obbs(gen, 2, 3)
+    pred, target = random_obbs(gen, 6), random_obbs(gen, 6)
+    weight = torch.rand(6, generator=gen)
+    scalars = dict(eps=1e-7, floor=0.01, ciou=True)
+    if op == "probiou":
+        return dict(b1=b1, b2=b2, aligned=False, **scalars)
+    if op == "probiou_aligned":
+        return dict(b1=b1, b2=b2a, aligned=True, **scalars)
+    if op == "_probiou_backward":
+        return dict(grad=torch.rand(2, 3, 5, generator=gen), b1=b1, b2=b2, aligned=False,
+                    **scalars)
+    if op == "_probiou_backward_aligned":
+        return dict(grad=torch.rand(2, 3, generator=gen), b1=b1, b2=b2a, aligned=True, **scalars)
+    if op == "probiou_loss":
+        return dict(pred=pred, target=target, weight=weight, **scalars)
+    if op == "_probiou_loss_backward":
+        return dict(grad=torch.rand(6, generator=gen), pred=pred, target=target, weight=weight,
+                    **scalars)
     raise AssertionError(op)
 
 
 OPS = ["box_iou", "box_iou_aligned", "_box_iou_backward", "_box_iou_backward_aligned", "iou_loss",
        "_iou_loss_backward", "alignment_metric", "task_aligned_assign", "deform_sampling",
-       "_deform_sampling_backward", "task_aligned_assign_rotated"]
+       "_deform_sampling_backward", "task_aligned_assign_rotated", "probiou", "probiou_aligned",
+       "_probiou_backward", "_probiou_backward_aligned", "probiou_loss", "_probiou_loss_backward"]
 INT_ARGS = {"gt_labels": torch.int64}
 BOOL_ARGS = {"gt_mask"}
 
@@ -167,6 +192,7 @@ SCALAR_CASES = {
     "min_inside_size": [(-1.0, ValueError), (float("inf"), ValueError),
                         (float("nan"), ValueError)],
     "probiou_eps": [(-1.0, ValueError), (float("nan"), ValueError)],
+    "floor": [(-0.5, ValueError), (float("inf"), ValueError), (float("nan"), ValueError)],
 }
 
 
@@ -323,3 +349,27 @@ def test_empty_inputs(request, backend, gen):
     out = call("task_aligned_assign_rotated", *no_images.values(), 10, 0.5, 6.0,
                "inside_then_topk", 1e-9, "all_gts", 16.0, 1e-7)
     assert out[0].shape == (0, 20) and out[3].shape == (0, 20, 5)
+
+
+def test_probiou_empty_inputs(request, backend, gen):
+    """probiou's zero-size dims: outputs of the contract's shapes, gradients of boxes that no
+    pair reaches zero."""
+    device = "cuda" if backend == "cuda" else "cpu"
+
+    def call(name, *args):
+        return _kernel(backend, name, request)[0](*_to(dict(enumerate(args)), device).values())
+
+    b = random_obbs(gen, 2, 3)
+    e = b[:, :0]
+    s = (1e-7, 0.0, True)
+    assert call("probiou", e, b, False, *s).shape == (2, 0, 3)
+    assert call("probiou", b, e, False, *s).shape == (2, 3, 0)
+    assert call("probiou", e[0], e[0], True, *s).shape == (0,)
+    assert call("probiou", b[:0], b[:0], False, *s).shape == (0, 3, 3)
+    g1, g2 = call("_probiou_backward", torch.ones(2, 3, 0), b, e, False, *s)
+    assert g1.shape == (2, 3, 5) and not g1.any() and g2.shape == (2, 0, 5)
+    g1, g2 = call("_probiou_backward", torch.ones(2, 0, 3), e, b, False, *s)
+    assert g2.shape == (2, 3, 5) and not g2.any() and g1.shape == (2, 0, 5)
+    assert call("probiou_loss", e[0], e[0], None, *s).shape == (0,)
+    outs = call("_probiou_loss_backward", torch.ones(0), e[0], e[0], torch.ones(0), *s)
+    assert [o.shape for o in outs] == [(0, 5), (0, 5), (0,)]

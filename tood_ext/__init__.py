@@ -14,6 +14,7 @@ from .ops import (IOU_MODES, alignment_metric, box_iou, deform_sampling, giou_lo
                   task_aligned_assign)
 from .ops.losses import CLS_LOSS_KINDS, dfl_loss, sparse_target_cls_loss
 from .ops.tal import task_aligned_assign_rotated
+from .ops.probiou import probiou, probiou_loss
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,4 @@ def __getattr__(name):
 __all__ = ["IOU_MODES", "TALResult", "alignment_metric", "box_iou", "build_info",
            "deform_sampling", "giou_loss", "has_ops", "iou_loss", "reference",
            "sparse_target_cls_loss", "task_aligned_assign", "CLS_LOSS_KINDS", "dfl_loss",
-           "task_aligned_assign_rotated"]
+           "task_aligned_assign_rotated", "probiou", "probiou_loss"]
