@@ -66,7 +66,7 @@ def obb_assigner_inputs(gen, B: int, nc: int, size: int, kind: str, **loss_kw):
                                  dict(topk=13, topk2=4, alpha=1.0, beta=6.0)],
                          ids=["topk10", "topk7-topk2_1", "topk13-topk2_4"])
 def test_rotated_assigner_is_ultralytics_with_lowest_index_ties(gen, cfg):
-    n, compared, as_is_differs, fg = 24, 0, 0, 0
+    n, compared, as_is_differs, fg = (24 if cfg["topk"] == 10 else 16), 0, 0, 0
     for i in range(n):
         kind = KINDS[i % 4]
         ps, pb, ap, gl, gb, mg = obb_assigner_inputs(gen, 3, 5, (128, 192)[i % 2], kind)
@@ -214,7 +214,7 @@ def test_obb_losses_equal_with_and_without_patch(gen, which):
     """Each loss term (box, cls, dfl, angle) and the gradients w.r.t. the predictions: the
     patched loss equals ultralytics with lowest-index ties on every compared batch, and
     ultralytics as it is wherever that agrees."""
-    nc, B, n = 5, 3, 24
+    nc, B, n = 5, 3, (20 if which == "v8OBBLoss" else 12)
     model = tiny_obb_model(nc)
     plain = _make_loss(which, model)
     with tul.patched_ultralytics():
@@ -240,7 +240,7 @@ def test_obb_losses_equal_with_and_without_patch(gen, which):
             as_is_differs += 1
             continue
         _assert_same(got, as_is, f"batch {i} ({KINDS[i % 4]}) vs ultralytics as is")
-    assert compared >= n - 3, f"only {compared} of {n} batches free of near-ties"
+    assert compared >= n - 2, f"only {compared} of {n} batches free of near-ties"
     print(f"compared {compared} of {n} batches; ultralytics as is differs from its "
           f"lowest-index result on {as_is_differs}")
 
@@ -258,7 +258,7 @@ def test_fused_obb_loss_equals_ultralytics(gen, monkeypatch, which, class_weight
     import tood_ext.ops.losses as losses_mod
 
     probiou_mod = importlib.import_module("tood_ext.ops.probiou")
-    nc, B, n = 5, 3, 16
+    nc, B, n = 5, 3, 12
     model = tiny_obb_model(nc, reg_max=reg_max)
     if class_weights:
         model.class_weights = 0.5 + torch.rand(nc, generator=gen)
