@@ -352,7 +352,8 @@ _TRAIN = textwrap.dedent("""
         model = YOLO("yolov8n-obb.yaml")
         def on_batch_end(tr):
             losses.append({k: float(v) for k, v in tr.loss_items.items()})
-            assigners.append(type(tr.model.criterion.assigner).__module__)
+            a = type(tr.model.criterion.assigner)
+            assigners.append(f"{a.__module__}.{a.__name__}")
         model.add_callback("on_train_batch_end", on_batch_end)
         model.train(data=str(data / "data.yaml"), epochs=2, imgsz=S, batch=2, device="cpu",
                     workers=0, plots=False, val=False, seed=0, deterministic=True, amp=False,
@@ -378,9 +379,10 @@ def test_ultralytics_obb_trainer_losses_match_per_batch(tmp_path):
     line = [x for x in proc.stdout.splitlines() if x.startswith("LOSSES ")][-1]
     runs = json.loads(line[len("LOSSES "):])
     want = runs["unpatched"]["losses"]
-    assert runs["unpatched"]["assigners"] == ["ultralytics.utils.tal"]
+    assert runs["unpatched"]["assigners"] == ["ultralytics.utils.tal.RotatedTaskAlignedAssigner"]
     for variant in ("patched", "fused"):
-        assert runs[variant]["assigners"] == ["tood_ext.compat.ultralytics_obb"], variant
+        assert runs[variant]["assigners"] == [
+            "tood_ext.compat.ultralytics.RotatedTaskAlignedAssigner"], variant
         got = runs[variant]["losses"]
         assert len(want) == len(got) == 4, (variant, len(want), len(got))
         for step, (w, g) in enumerate(zip(want, got)):

@@ -297,6 +297,38 @@ class TaskAlignedAssigner(nn.Module):
         return target_labels, target_bboxes, norm, fg_mask, target_gt_idx
 
 
+class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
+    """``ultralytics.utils.tal.RotatedTaskAlignedAssigner`` (oriented boxes, ``v8OBBLoss``) backed
+    by tood-ext's fused rotated TAL op (:func:`tood_ext.task_aligned_assign_rotated`, called as
+    :func:`tood_ext.compat.ultralytics_obb.rotated_call` says).
+
+    Same constructor arguments and attributes as ultralytics' class and the same forward:
+    ``pd_scores`` (B, A, C) probabilities, ``pd_bboxes`` (B, A, 5) predicted
+    ``(cx, cy, w, h, angle)`` in pixels, ``anc_points`` (A, 2) pixels, ``gt_labels`` (B, G, 1),
+    ``gt_bboxes`` (B, G, 5), ``mask_gt`` (B, G, 1); returns ``target_labels`` (B, A),
+    ``target_bboxes`` (B, A, 5), ``target_scores`` (B, A, C), ``fg_mask`` (B, A),
+    ``target_gt_idx`` (B, A); ``forward_sparse`` returns ``norm`` (B, A) in place of the one-hot
+    ``target_scores``. Everything after the op is this module's adapter. What is reproduced and
+    the differences: :mod:`tood_ext.compat.ultralytics_obb`.
+    """
+
+    _name = "compat.ultralytics.RotatedTaskAlignedAssigner"
+    _columns = 5
+
+    @staticmethod
+    def _rotated_op():
+        """The rotated TAL op used (a subclass may return the reference,
+        :func:`tood_ext.reference.task_aligned_assign_rotated`, as the benchmarks do)."""
+        from ..ops.tal import task_aligned_assign_rotated
+
+        return task_aligned_assign_rotated
+
+    def _tal_op(self):
+        from .ultralytics_obb import rotated_call
+
+        return rotated_call(self._rotated_op())
+
+
 @contextlib.contextmanager
 def lowest_index_topk() -> Iterator[None]:
     """Inside the block ``torch.topk`` takes equal values in index order (a stable sort; slower):
@@ -342,7 +374,8 @@ def _swap(loss) -> None:
         if branch is None:
             continue
         new = (TaskAlignedAssigner(**{k: getattr(assigner, k) for k in _HYPER})
-               if type(assigner) is original else ultralytics_obb._replacement(assigner))
+               if type(assigner) is original
+               else ultralytics_obb.replacement(assigner, RotatedTaskAlignedAssigner))
         if new is None:
             continue
         _SWAPPED.append((branch, assigner))
@@ -377,7 +410,7 @@ def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
             _ORIGINAL[name] = module.TaskAlignedAssigner
         for name in _ORIGINAL:
             importlib.import_module(name).TaskAlignedAssigner = TaskAlignedAssigner
-        ultralytics_obb._patch_classes()
+        ultralytics_obb.patch_classes(RotatedTaskAlignedAssigner)
     if fused_loss and not _ORIGINAL_METHODS:
         from .ultralytics_fused import fused_method
 
@@ -385,7 +418,7 @@ def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
         original = cls.get_assigned_targets_and_loss
         _ORIGINAL_METHODS["v8DetectionLoss.get_assigned_targets_and_loss"] = original
         cls.get_assigned_targets_and_loss = fused_method(original, TaskAlignedAssigner)
-        _ORIGINAL_METHODS.update(ultralytics_obb._patch_fused())
+        _ORIGINAL_METHODS.update(ultralytics_obb.patch_fused(RotatedTaskAlignedAssigner))
     for loss in losses:
         _swap(loss)
 
@@ -409,7 +442,7 @@ def unpatch_ultralytics() -> None:
     for name, cls in _ORIGINAL.items():
         importlib.import_module(name).TaskAlignedAssigner = cls
     _ORIGINAL.clear()
-    ultralytics_obb._unpatch_classes()
+    ultralytics_obb.unpatch_classes()
     _restore_methods()
     while _SWAPPED:
         branch, assigner = _SWAPPED.pop()
@@ -436,5 +469,3 @@ def patched_ultralytics(*losses, fused_loss: bool = False) -> Iterator[None]:
                 branch, assigner = _SWAPPED.pop()
                 branch.assigner = assigner
 
-
-from .ultralytics_obb import RotatedTaskAlignedAssigner  # noqa: E402 - subclass of the above

@@ -1,7 +1,9 @@
-"""Drop-in replacement for ``ultralytics.utils.tal.RotatedTaskAlignedAssigner`` (ultralytics 8.4).
+"""Oriented boxes in ultralytics (8.4): the rotated assigner's op call, the OBB patch and the fused
+OBB loss.
 
-``RotatedTaskAlignedAssigner`` (also exported as
-``tood_ext.compat.ultralytics.RotatedTaskAlignedAssigner``) takes ultralytics' constructor
+``tood_ext.compat.ultralytics.RotatedTaskAlignedAssigner`` (defined there, next to the
+axis-aligned adapter it subclasses; this module imports nothing from that one: the adapter
+class is passed in, so the imports stay one-way) takes ultralytics' constructor
 arguments (``topk=13, num_classes=80, alpha=1.0, beta=6.0, stride=None, eps=1e-9,
 topk2=None``; ``v8OBBLoss`` builds it with topk 10, alpha 0.5, beta 6) and has its forward and
 outputs, for oriented boxes ``(cx, cy, w, h, angle)`` in pixels / radians, but runs the
@@ -35,7 +37,7 @@ and its box is never gathered; ultralytics' inside test is False on NaN too, but
 0's box onto background rows); ``**extra`` inputs are not supported; no CUDA out-of-memory
 fallback is needed.
 
-The patch: :func:`tood_ext.compat.ultralytics.patch_ultralytics` also swaps this class into
+The patch: :func:`tood_ext.compat.ultralytics.patch_ultralytics` also swaps the class into
 ``ultralytics.utils.tal`` and ``ultralytics.utils.loss`` (``v8OBBLoss`` builds its assigner from
 the latter name), and the assigner of ``v8OBBLoss`` objects passed to it.
 ``patch_ultralytics(fused_loss=True)`` also replaces ``v8OBBLoss.loss`` by :func:`fused_obb_loss`
@@ -45,9 +47,8 @@ from __future__ import annotations
 
 import torch
 
-from .ultralytics import TaskAlignedAssigner
-
-__all__ = ["RotatedTaskAlignedAssigner", "fused_obb_loss"]
+__all__ = ["fused_obb_loss", "patch_classes", "patch_fused", "replacement", "rotated_call",
+           "unpatch_classes"]
 
 _PROBIOU_EPS = 1e-7  # ultralytics' probiou default, used by RotatedTaskAlignedAssigner
 _HYPER = ("topk", "topk2", "num_classes", "alpha", "beta", "stride", "eps")
@@ -55,7 +56,7 @@ _MODULES = ("ultralytics.utils.tal", "ultralytics.utils.loss")
 _ORIGINAL: dict = {}  # module name -> ultralytics' RotatedTaskAlignedAssigner
 
 
-def _rotated_call(op):
+def rotated_call(op):
     """The axis-aligned adapter's op call, translated for the rotated op: u is ProbIoU (the
     call's ``iou_mode``, "ciou", does not apply) and the rotated inside test is ultralytics'
     inclusive projection test (the call's ``inside_eps`` does not apply)."""
@@ -69,41 +70,13 @@ def _rotated_call(op):
     return call
 
 
-class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
-    """``ultralytics.utils.tal.RotatedTaskAlignedAssigner`` backed by tood-ext's fused rotated
-    TAL op (:func:`tood_ext.task_aligned_assign_rotated`).
-
-    Same constructor arguments and attributes as ultralytics' class and the same forward:
-    ``pd_scores`` (B, A, C) probabilities, ``pd_bboxes`` (B, A, 5) predicted
-    ``(cx, cy, w, h, angle)`` in pixels, ``anc_points`` (A, 2) pixels, ``gt_labels`` (B, G, 1),
-    ``gt_bboxes`` (B, G, 5), ``mask_gt`` (B, G, 1); returns ``target_labels`` (B, A),
-    ``target_bboxes`` (B, A, 5), ``target_scores`` (B, A, C), ``fg_mask`` (B, A),
-    ``target_gt_idx`` (B, A). ``forward_sparse`` returns ``norm`` (B, A) in place of the
-    one-hot ``target_scores``. See the module docstring for what is reproduced.
-    """
-
-    _name = "compat.ultralytics.RotatedTaskAlignedAssigner"
-    _columns = 5
-
-    @staticmethod
-    def _rotated_op():
-        """The rotated TAL op used (a subclass may return the reference,
-        :func:`tood_ext.reference.task_aligned_assign_rotated`, as the benchmarks do)."""
-        from .. import task_aligned_assign_rotated
-
-        return task_aligned_assign_rotated
-
-    def _tal_op(self):
-        return _rotated_call(self._rotated_op())
-
-
 # ---------------------------------------------------------------------------------------------
 # the patch (called by tood_ext.compat.ultralytics.patch_ultralytics / unpatch_ultralytics)
 # ---------------------------------------------------------------------------------------------
 
 
-def _patch_classes() -> None:
-    """Swap the class into ``ultralytics.utils.tal`` and ``ultralytics.utils.loss``."""
+def patch_classes(adapter: type) -> None:
+    """Swap ``adapter`` (the rotated adapter class) into ``ultralytics.utils.tal`` and ``ultralytics.utils.loss``."""
     import importlib
 
     if _ORIGINAL:
@@ -111,10 +84,10 @@ def _patch_classes() -> None:
     for name in _MODULES:
         _ORIGINAL[name] = importlib.import_module(name).RotatedTaskAlignedAssigner
     for name in _MODULES:
-        importlib.import_module(name).RotatedTaskAlignedAssigner = RotatedTaskAlignedAssigner
+        importlib.import_module(name).RotatedTaskAlignedAssigner = adapter
 
 
-def _unpatch_classes() -> None:
+def unpatch_classes() -> None:
     import importlib
 
     for name, cls in _ORIGINAL.items():
@@ -122,23 +95,25 @@ def _unpatch_classes() -> None:
     _ORIGINAL.clear()
 
 
-def _replacement(assigner):
-    """The adapter replacing ``assigner`` when it is exactly ultralytics' rotated assigner, else
-    None (ultralytics' other subclasses are left alone)."""
+def replacement(assigner, adapter: type):
+    """An ``adapter`` (the rotated adapter class) with ``assigner``'s settings when ``assigner`` is
+    exactly ultralytics' rotated assigner, else None (ultralytics' other subclasses are left
+    alone)."""
     original = _ORIGINAL.get("ultralytics.utils.tal")
     if original is None or type(assigner) is not original:
         return None
-    return RotatedTaskAlignedAssigner(**{k: getattr(assigner, k) for k in _HYPER})
+    return adapter(**{k: getattr(assigner, k) for k in _HYPER})
 
 
-def _patch_fused() -> dict:
-    """Replace ``v8OBBLoss.loss`` by :func:`fused_obb_loss`; returns {"v8OBBLoss.loss":
+def patch_fused(adapter: type) -> dict:
+    """Replace ``v8OBBLoss.loss`` by :func:`fused_obb_loss` (for losses whose assigner is exactly
+    ``adapter``, the rotated adapter class); returns {"v8OBBLoss.loss":
     ultralytics' method} for ``tood_ext.compat.ultralytics``'s restore."""
     import importlib
 
     cls = importlib.import_module("ultralytics.utils.loss").v8OBBLoss
     original = cls.loss
-    cls.loss = fused_obb_loss(original)
+    cls.loss = fused_obb_loss(original, adapter)
     return {"v8OBBLoss.loss": original}
 
 
@@ -147,9 +122,10 @@ def _patch_fused() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def fused_obb_loss(original):
-    """``v8OBBLoss.loss`` on the assignment's sparse output, for a loss whose assigner is this
-    module's :class:`RotatedTaskAlignedAssigner`; else ``original`` (ultralytics' method).
+def fused_obb_loss(original, adapter: type):
+    """``v8OBBLoss.loss`` on the assignment's sparse output, for a loss whose assigner is exactly
+    ``adapter`` (:class:`tood_ext.compat.ultralytics.RotatedTaskAlignedAssigner`); else
+    ``original`` (ultralytics' method).
 
     The same steps as ultralytics' ``v8OBBLoss.loss`` (8.4.190), on ``target_labels`` and
     ``norm`` (t_hat per anchor) instead of the (B, A, C) one-hot ``target_scores``:
@@ -165,7 +141,7 @@ def fused_obb_loss(original):
     """
 
     def loss(self, preds: dict, batch: dict):
-        if type(self.assigner) is not RotatedTaskAlignedAssigner:
+        if type(self.assigner) is not adapter:
             return original(self, preds, batch)
         return _sparse_obb_loss(self, preds, batch)
 
