@@ -5,4 +5,4 @@ Each op family lives in its own module that registers a case generator with
 """
 
 # modules of this package holding @register_family case generators, in report order
-FAMILY_MODULES = ("box_ops", "deform_ops", "tal", "compat", "losses", "probiou")
+FAMILY_MODULES = ("box_ops", "deform_ops", "tal", "compat", "losses", "probiou", "obb")

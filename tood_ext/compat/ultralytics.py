@@ -54,9 +54,10 @@ Other known differences:
   resolve differently.
 * half inputs: the op computes in float32 on CUDA (ultralytics in the half type).
 * ``**extra`` (the pose / segmentation ``pair_overlaps`` inputs) is not supported; the subclasses
-  ``SegTaskAlignedAssigner``, ``PoseTaskAlignedAssigner`` and ``RotatedTaskAlignedAssigner``
-  are left untouched by the patch (they keep ultralytics' implementation), so the losses built
-  on them (YOLO26's ``SegmentLoss26`` / ``PoseLoss26``, ``v8OBBLoss``) are unchanged.
+  ``SegTaskAlignedAssigner`` and ``PoseTaskAlignedAssigner`` are left untouched by the patch
+  (they keep ultralytics' implementation), so the losses built on them (YOLO26's
+  ``SegmentLoss26`` / ``PoseLoss26``) are unchanged. ``RotatedTaskAlignedAssigner`` (oriented
+  boxes, ``v8OBBLoss``) has its own adapter: :mod:`tood_ext.compat.ultralytics_obb`.
 * a NaN t ranks first in ``torch.topk``; here a NaN t is never a candidate.
 * no CUDA out-of-memory fallback is needed (the op's extra memory is O(B*A + B*G*topk)).
 * a GT with a non-finite coordinate is padding (``mask_gt`` cleared, box zeroed at the top of
@@ -68,7 +69,8 @@ Other known differences:
 Losses the patch touches: every loss whose assigner is exactly ``TaskAlignedAssigner``:
 ``v8DetectionLoss``, ``E2ELoss`` of it (YOLO26 detection: one-to-many topk 10, one-to-one
 topk 7 / topk2 1), ``v8SegmentationLoss`` and ``v8PoseLoss`` (YOLOv8/11 seg and pose),
-``TVPDetectLoss``.
+``TVPDetectLoss``; and, through the rotated adapter, ``v8OBBLoss`` (YOLOv8/11-OBB) and
+``E2ELoss`` of it (YOLO26-OBB).
 """
 from __future__ import annotations
 
@@ -78,27 +80,28 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["TaskAlignedAssigner", "is_patched", "lowest_index_topk", "patch_ultralytics",
-           "patched_ultralytics", "unpatch_ultralytics"]
+__all__ = ["RotatedTaskAlignedAssigner", "TaskAlignedAssigner", "is_patched", "lowest_index_topk",
+           "patch_ultralytics", "patched_ultralytics", "unpatch_ultralytics"]
 
 _INSIDE_EPS = 1e-9  # select_candidates_in_gts' default eps (not the assigner's eps)
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+def _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                        op: str = "compat.ultralytics.TaskAlignedAssigner", columns: int = 4):
     """The forward's argument checks (tood_ext's error policy: TypeError for a non-tensor,
     RuntimeError for a tensor of the wrong shape), before anything is computed, and the rule
     for a GT with a non-finite coordinate: it is padding (``mask_gt`` 0, box zeros), so it
     claims no anchor and no NaN reaches a target (ultralytics' own inside test gives such a GT
     no candidate either; its box would still be gathered as GT 0's on background rows, or on a
-    foreground anchor through the all-zero-column rule). Returns (gt_bboxes, mask_gt)."""
+    foreground anchor through the all-zero-column rule). Returns (gt_bboxes, mask_gt).
+    ``columns``: 4 (xyxy boxes) or 5 (rotated xywhr boxes)."""
     from ..ops._checks import check_batched_gts, check_tensors, finite_gt_rows
 
-    op = "compat.ultralytics.TaskAlignedAssigner"
     check_tensors(op, pd_scores=pd_scores, pd_bboxes=pd_bboxes, anc_points=anc_points,
                   gt_labels=gt_labels, gt_bboxes=gt_bboxes, mask_gt=mask_gt)
-    B, A, _, G = check_batched_gts(op, "pd_scores", pd_scores, "gt_bboxes", gt_bboxes)
-    expect = {"pd_bboxes": (pd_bboxes, [(B, A, 4)], "(B, A, 4)"),
+    B, A, _, G = check_batched_gts(op, "pd_scores", pd_scores, "gt_bboxes", gt_bboxes, columns)
+    expect = {"pd_bboxes": (pd_bboxes, [(B, A, columns)], f"(B, A, {columns})"),
               "anc_points": (anc_points, [(A, 2)], "(A, 2)"),
               "gt_labels": (gt_labels, [(B, G, 1), (B, G)], "(B, G, 1)"),
               "mask_gt": (mask_gt, [(B, G, 1), (B, G)], "(B, G, 1)")}
@@ -167,6 +170,9 @@ class TaskAlignedAssigner(nn.Module):
     for what is reproduced and the documented differences.
     """
 
+    _name = "compat.ultralytics.TaskAlignedAssigner"  # in error messages
+    _columns = 4  # box columns (the rotated subclass: 5)
+
     def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0,
                  beta: float = 6.0, stride: list | None = None, eps: float = 1e-9,
                  topk2: int | None = None):
@@ -218,11 +224,10 @@ class TaskAlignedAssigner(nn.Module):
                 f"pair_overlaps inputs {sorted(extra)} (pose / segmentation assigners); use "
                 "ultralytics' own subclass for those")
         gt_bboxes, mask_gt = _check_forward_args(pd_scores, pd_bboxes, anc_points, gt_labels,
-                                                 gt_bboxes, mask_gt)
+                                                 gt_bboxes, mask_gt, self._name, self._columns)
         from ..ops._checks import check_num_classes
 
-        check_num_classes("compat.ultralytics.TaskAlignedAssigner", self.num_classes,
-                          "pd_scores", pd_scores)
+        check_num_classes(self._name, self.num_classes, "pd_scores", pd_scores)
         self.bs = pd_scores.shape[0]
         self.n_max_boxes = gt_bboxes.shape[1]
         if self.n_max_boxes == 0:
@@ -292,6 +297,38 @@ class TaskAlignedAssigner(nn.Module):
         return target_labels, target_bboxes, norm, fg_mask, target_gt_idx
 
 
+class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
+    """``ultralytics.utils.tal.RotatedTaskAlignedAssigner`` (oriented boxes, ``v8OBBLoss``) backed
+    by tood-ext's fused rotated TAL op (:func:`tood_ext.task_aligned_assign_rotated`, called as
+    :func:`tood_ext.compat.ultralytics_obb.rotated_call` says).
+
+    Same constructor arguments and attributes as ultralytics' class and the same forward:
+    ``pd_scores`` (B, A, C) probabilities, ``pd_bboxes`` (B, A, 5) predicted
+    ``(cx, cy, w, h, angle)`` in pixels, ``anc_points`` (A, 2) pixels, ``gt_labels`` (B, G, 1),
+    ``gt_bboxes`` (B, G, 5), ``mask_gt`` (B, G, 1); returns ``target_labels`` (B, A),
+    ``target_bboxes`` (B, A, 5), ``target_scores`` (B, A, C), ``fg_mask`` (B, A),
+    ``target_gt_idx`` (B, A); ``forward_sparse`` returns ``norm`` (B, A) in place of the one-hot
+    ``target_scores``. Everything after the op is this module's adapter. What is reproduced and
+    the differences: :mod:`tood_ext.compat.ultralytics_obb`.
+    """
+
+    _name = "compat.ultralytics.RotatedTaskAlignedAssigner"
+    _columns = 5
+
+    @staticmethod
+    def _rotated_op():
+        """The rotated TAL op used (a subclass may return the reference,
+        :func:`tood_ext.reference.task_aligned_assign_rotated`, as the benchmarks do)."""
+        from ..ops.tal import task_aligned_assign_rotated
+
+        return task_aligned_assign_rotated
+
+    def _tal_op(self):
+        from .ultralytics_obb import rotated_call
+
+        return rotated_call(self._rotated_op())
+
+
 @contextlib.contextmanager
 def lowest_index_topk() -> Iterator[None]:
     """Inside the block ``torch.topk`` takes equal values in index order (a stable sort; slower):
@@ -327,13 +364,20 @@ def is_patched() -> bool:
 
 def _swap(loss) -> None:
     """Replace ``loss.assigner`` (and the assigners of E2E losses' branches) by the adapter when
-    it is exactly ultralytics' plain ``TaskAlignedAssigner`` (subclasses are left alone)."""
+    it is exactly ultralytics' plain ``TaskAlignedAssigner``, or by the rotated adapter when it is
+    exactly ultralytics' ``RotatedTaskAlignedAssigner`` (other subclasses are left alone)."""
+    from . import ultralytics_obb
+
     original = _ORIGINAL["ultralytics.utils.tal"]
     for branch in (loss, getattr(loss, "one2many", None), getattr(loss, "one2one", None)):
         assigner = getattr(branch, "assigner", None)
-        if branch is None or type(assigner) is not original:
+        if branch is None:
             continue
-        new = TaskAlignedAssigner(**{k: getattr(assigner, k) for k in _HYPER})
+        new = (TaskAlignedAssigner(**{k: getattr(assigner, k) for k in _HYPER})
+               if type(assigner) is original
+               else ultralytics_obb.replacement(assigner, RotatedTaskAlignedAssigner))
+        if new is None:
+            continue
         _SWAPPED.append((branch, assigner))
         branch.assigner = new
 
@@ -350,9 +394,15 @@ def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
     pose losses built on it) is computed from the assignment's sparse output, with no (B, A, C)
     ``target_scores`` (see that module for what is kept of ultralytics' code).
 
+    Oriented boxes: ``ultralytics.utils.tal.RotatedTaskAlignedAssigner`` (and the name
+    ``v8OBBLoss`` builds its assigner from) become :class:`RotatedTaskAlignedAssigner`;
+    ``fused_loss=True`` also replaces ``v8OBBLoss.loss`` (:mod:`tood_ext.compat.ultralytics_obb`).
+
     Idempotent (a later call may add ``fused_loss=True``); undone by :func:`unpatch_ultralytics`.
     Imports ultralytics."""
     import importlib
+
+    from . import ultralytics_obb
 
     if not _ORIGINAL:
         for name in ("ultralytics.utils.tal", "ultralytics.utils.loss"):
@@ -360,6 +410,7 @@ def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
             _ORIGINAL[name] = module.TaskAlignedAssigner
         for name in _ORIGINAL:
             importlib.import_module(name).TaskAlignedAssigner = TaskAlignedAssigner
+        ultralytics_obb.patch_classes(RotatedTaskAlignedAssigner)
     if fused_loss and not _ORIGINAL_METHODS:
         from .ultralytics_fused import fused_method
 
@@ -367,6 +418,7 @@ def patch_ultralytics(*losses, fused_loss: bool = False) -> None:
         original = cls.get_assigned_targets_and_loss
         _ORIGINAL_METHODS["v8DetectionLoss.get_assigned_targets_and_loss"] = original
         cls.get_assigned_targets_and_loss = fused_method(original, TaskAlignedAssigner)
+        _ORIGINAL_METHODS.update(ultralytics_obb.patch_fused(RotatedTaskAlignedAssigner))
     for loss in losses:
         _swap(loss)
 
@@ -385,9 +437,12 @@ def unpatch_ultralytics() -> None:
     """Restore ultralytics' classes and methods and the assigners of the loss objects swapped."""
     import importlib
 
+    from . import ultralytics_obb
+
     for name, cls in _ORIGINAL.items():
         importlib.import_module(name).TaskAlignedAssigner = cls
     _ORIGINAL.clear()
+    ultralytics_obb.unpatch_classes()
     _restore_methods()
     while _SWAPPED:
         branch, assigner = _SWAPPED.pop()
@@ -413,3 +468,4 @@ def patched_ultralytics(*losses, fused_loss: bool = False) -> Iterator[None]:
             while len(_SWAPPED) > n_swapped:
                 branch, assigner = _SWAPPED.pop()
                 branch.assigner = assigner
+

@@ -188,15 +188,15 @@ def sanitize_gts(gt_boxes: torch.Tensor, gt_mask: torch.Tensor):
 
 
 def check_batched_gts(op: str, scores_name: str, scores: torch.Tensor, gt_boxes_name: str,
-                      gt_boxes: torch.Tensor) -> tuple[int, int, int, int]:
-    """The batched assigners' shapes: scores (B, A, C) and GT boxes (B, G, 4) of the same B.
-    RuntimeError naming the tensor otherwise; returns (B, A, C, G)."""
+                      gt_boxes: torch.Tensor, columns: int = 4) -> tuple[int, int, int, int]:
+    """The batched assigners' shapes: scores (B, A, C) and GT boxes (B, G, columns) of the same
+    B (4: xyxy; 5: rotated xywhr). RuntimeError naming the tensor otherwise; returns (B, A, C, G)."""
     if scores.dim() != 3:
         raise RuntimeError(f"{op}: {scores_name} must have shape (B, A, C), got "
                            f"{tuple(scores.shape)}")
     B, A, C = scores.shape
-    if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
-        raise RuntimeError(f"{op}: {gt_boxes_name} must have shape (B, G, 4) with B = {B} (the "
+    if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != columns:
+        raise RuntimeError(f"{op}: {gt_boxes_name} must have shape (B, G, {columns}) with B = {B} (the "
                            f"batch of {scores_name} {tuple(scores.shape)}), got "
                            f"{tuple(gt_boxes.shape)}")
     return B, A, C, gt_boxes.shape[1]
