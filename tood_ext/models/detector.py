@@ -10,10 +10,10 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from .assigners import centerness_target
-from .atss_head import ATSSHead, quality_focal_loss_with_logits
+from .atss_head import ATSSHead
 from .config import TOODConfig
 from .dense_detector import DenseDetector
-from .losses import focal_loss, quality_focal_loss, reduce_mean
+from .losses import focal_loss, reduce_mean, sparse_cls_loss
 from .tood_head import TOODHead
 
 __all__ = ["ATSS", "TOOD"]
@@ -30,7 +30,8 @@ class TOOD(DenseDetector):
     * :meth:`loss` (training) and :meth:`predict` (inference, no gradient).
 
     ``cfg.ops`` selects our kernels or the pure-PyTorch references for every op the model
-    calls (deformable sampling, TAL, IoU, GIoU loss); :meth:`set_ops` switches later.
+    calls (deformable sampling, TAL, IoU, GIoU loss, the classification loss);
+    :meth:`set_ops` switches later.
     """
 
     HEAD = "tood"
@@ -63,6 +64,10 @@ class TOOD(DenseDetector):
         sums are not divided by ``1 + float32 eps`` as mmdetection's ``avg_factor=1.0``
         reduction does (relative 1.2e-7). Without positives loss_bbox is
         ``0 * sum(bbox_preds)``: zero, still attached to the graph.
+
+        The QFL sum is one call of ``sparse_target_cls_loss`` (``kind="qfl", activated=True``)
+        on the (B, A) labels and t_hat: no (B * A, C) target or loss tensor (the dense formula
+        is :func:`tood_ext.models.losses.quality_focal_loss`, equal to float rounding).
         """
         cfg, ops = self.cfg, self.head.ops
         scores, boxes, _, stride = self._flatten(out)
@@ -74,8 +79,8 @@ class TOOD(DenseDetector):
                                   cfg.focal_alpha)
             cls_factor = reduce_mean(fg.sum().float()).clamp(min=1)
         else:
-            loss_cls = quality_focal_loss(scores.reshape(-1, C), labels.reshape(-1),
-                                          tg["soft_target"].reshape(-1), cfg.gamma)
+            loss_cls = sparse_cls_loss(ops, scores, labels, tg["soft_target"], "qfl",
+                                       gamma=cfg.gamma, activated=True)
             cls_factor = reduce_mean(tg["soft_target"].sum()).clamp(min=1)
         weight = weight[fg]
         bbox_factor = reduce_mean(weight.sum()).clamp(min=1)
@@ -153,8 +158,8 @@ class ATSS(DenseDetector):
             cls_factor = n_pos
             weight = ctr_target
         else:
-            loss_cls = quality_focal_loss_with_logits(logits.reshape(-1, C), labels.reshape(-1),
-                                                      tg["soft_target"].reshape(-1), cfg.gamma)
+            loss_cls = sparse_cls_loss(ops, logits, labels, tg["soft_target"], "qfl",
+                                       gamma=cfg.gamma)
             cls_factor = reduce_mean(tg["soft_target"].sum()).clamp(min=1)
             weight = tg["weights"][fg]
         bbox_factor = reduce_mean(weight.sum()).clamp(min=1)
