@@ -161,7 +161,7 @@ def dense_formula(pred, labels, scores, kind, gamma, alpha, activated):
     return sigmoid_focal_loss(flat, onehot, alpha=alpha, gamma=gamma, reduction="sum")
 
 
-LOSS_KINDS = [("qfl", True), ("qfl", False)]
+LOSS_KINDS = [("qfl", True), ("qfl", False), ("focal", True), ("focal", False)]
 
 
 @pytest.mark.parametrize("kind,activated", LOSS_KINDS)
@@ -178,8 +178,11 @@ def test_sparse_cls_loss_equals_the_dense_formula(gen, kind, activated, shape, o
     x = (x.sigmoid() if activated else x).requires_grad_()
     C = shape[-1]
     labels = torch.randint(-1, C, shape[:-1], generator=gen)
-    scores = torch.rand(shape[:-1], generator=gen)
-    scores.view(-1)[:3] = torch.tensor([0.0, 1.0, 0.5])[:scores.numel()]
+    if kind == "focal":  # the ATSS epochs' hard labels (the dense formulas' one-hot target)
+        scores = (labels >= 0).float()
+    else:
+        scores = torch.rand(shape[:-1], generator=gen)
+        scores.view(-1)[:3] = torch.tensor([0.0, 1.0, 0.5])[:scores.numel()]
     kw = dict(gamma=float(torch.rand((), generator=gen)) + 1.0, alpha=0.25)
     got = loss_and_grads(sparse_cls_loss(get_ops(ops), x, labels, scores, kind,
                                          activated=activated, **kw), [x])

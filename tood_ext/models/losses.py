@@ -67,7 +67,8 @@ def quality_focal_loss(pred: torch.Tensor, labels: torch.Tensor, score: torch.Te
 def focal_loss(pred: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
                alpha: float = 0.25) -> torch.Tensor:
     """Summed sigmoid focal loss of probabilities (mmdetection's ``FocalLoss(activated=True)``,
-    TOOD's loss of the ATSS epochs), unnormalised; the dense formula.
+    TOOD's loss of the ATSS epochs), unnormalised; the dense formula (the detector calls
+    :func:`sparse_cls_loss` with ``kind="focal", activated=True``).
 
     pred: (N, C) probabilities; labels: (N,) class in [0, C) or -1. With one-hot target y:
     ``(alpha y + (1 - alpha)(1 - y)) * pt^gamma * BCE(p, y)``, ``pt = (1 - p) y + p (1 - y)``.
