@@ -103,7 +103,8 @@ def valid_args(op: str, gen) -> dict:
         labels[0, 0] = 2  # a foreground anchor (the score checks)
         args = dict(pred=pred, labels=labels, scores=torch.rand(2, 7, generator=gen),
                     kind="vfl", gamma=2.0, alpha=0.75, activated=False,
-                    class_weight=torch.rand(5, generator=gen) + 0.5)
+                    class_weight=torch.rand(5, generator=gen) + 0.5,
+                    weight=torch.rand(2, 7, generator=gen))
         if op == "sparse_target_cls_loss":
             return args
         return dict(grad=torch.tensor(0.7), **args)
