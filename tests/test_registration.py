@@ -97,9 +97,9 @@ def test_torch_compile_fullgraph_matches_eager(gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph_losses_match_eager(gen, device):
-    """sparse_target_cls_loss (each kind) and dfl_loss in one fullgraph-compiled function (fake
-    kernels, registered autograd, the reductions with a tensor avg_factor): the eager values and
-    gradients."""
+    """sparse_target_cls_loss (each kind, per-anchor weight) and dfl_loss in one
+    fullgraph-compiled function (fake kernels, registered autograd, the reductions with a tensor
+    avg_factor): the eager values and gradients."""
     C, R = 6, 8
     logits = (torch.randn(2, 40, C, generator=gen) * 3).to(device)
     labels = torch.randint(-1, C, (2, 40), generator=gen).to(device)
@@ -108,6 +108,7 @@ def test_torch_compile_fullgraph_losses_match_eager(gen, device):
     target = (torch.rand(30, 4, generator=gen) * (R - 1)).to(device)
     weight = torch.rand(30, 4, generator=gen).to(device)
     cw = (torch.rand(C, generator=gen) + 0.5).to(device)
+    aw = torch.rand(2, 40, generator=gen).to(device)
 
     def losses(x, d):
         avg = scores.sum().clamp(min=1)
@@ -116,7 +117,10 @@ def test_torch_compile_fullgraph_losses_match_eager(gen, device):
                + tood_ext.sparse_target_cls_loss(x, labels, scores, "qfl", gamma=1.5)
                + tood_ext.sparse_target_cls_loss(x.sigmoid(), labels, scores, "qfl",
                                                  activated=True, reduction="mean")
-               + tood_ext.sparse_target_cls_loss(x, labels, scores, "vfl", alpha=0.5))
+               + tood_ext.sparse_target_cls_loss(x, labels, scores, "vfl", alpha=0.5)
+               + tood_ext.sparse_target_cls_loss(x, labels, scores, "focal", weight=aw)
+               + tood_ext.sparse_target_cls_loss(x.sigmoid(), labels, scores, "focal",
+                                                 activated=True, alpha=0.3))
         dfl = tood_ext.dfl_loss(d, target, weight, reduction="mean", avg_factor=weight.sum())
         return cls, dfl
 
