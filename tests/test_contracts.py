@@ -1,6 +1,6 @@
-"""The host contracts of the box-metric, TAL and deformable-sampling op families
-(csrc/box_ops/box_ops.h, csrc/tal/tal.h, csrc/deform/deform_sampling.h; the loss family's:
-tests/test_losses.py, tests/test_losses_emu.py), checked on every backend kernel: the CPU kernels (``torch.ops.tood_ext``) and
+"""The host contracts of the box-metric, TAL, deformable-sampling and loss op families
+(csrc/box_ops/box_ops.h, csrc/tal/tal.h, csrc/deform/deform_sampling.h, csrc/losses/losses.h),
+checked on every backend kernel: the CPU kernels (``torch.ops.tood_ext``) and
 the CUDA kernels compiled for the emulator (``torch.ops.tood_ext_emu``, tests/emu_build.py), or
 the real CUDA kernels on a machine with a GPU.
 
@@ -112,6 +112,24 @@ def valid_args(op: str, gen) -> dict:
         if op == "deform_sampling":
             return dict(input=x, offset=off, mask=mask)
         return dict(grad=torch.randn(2, 4, 3, 5, generator=gen), input=x, offset=off, mask=mask)
+    if op in ("sparse_target_cls_loss", "_sparse_target_cls_loss_backward"):  # (2, 7) anchors, C 5
+        pred = torch.randn(2, 7, 5, generator=gen) * 3
+        labels = torch.randint(-1, 5, (2, 7), generator=gen)
+        labels[0, 0] = 2  # a foreground anchor (the score checks)
+        args = dict(pred=pred, labels=labels, scores=torch.rand(2, 7, generator=gen),
+                    kind="vfl", gamma=2.0, alpha=0.75, activated=False,
+                    class_weight=torch.rand(5, generator=gen) + 0.5,
+                    weight=torch.rand(2, 7, generator=gen))
+        if op == "sparse_target_cls_loss":
+            return args
+        return dict(grad=torch.tensor(0.7), **args)
+    if op in ("dfl_loss", "_dfl_loss_backward"):  # (3, 2) rows of 6 bins
+        args = dict(pred_dist=torch.randn(3, 2, 6, generator=gen) * 2,
+                    target=torch.rand(3, 2, generator=gen) * 6 - 0.5,
+                    weight=torch.rand(3, 2, generator=gen))
+        if op == "dfl_loss":
+            return args
+        return dict(grad=torch.tensor(1.3), **args)
     if op.startswith(("probiou", "_probiou")):
         return _probiou_args(op, gen)
     raise AssertionError(op)
@@ -143,8 +161,11 @@ OPS = ["box_iou", "box_iou_aligned", "_box_iou_backward", "_box_iou_backward_ali
        "_iou_loss_backward", "alignment_metric", "task_aligned_assign", "deform_sampling",
        "_deform_sampling_backward", "probiou", "probiou_aligned", "_probiou_backward",
        "_probiou_backward_aligned", "probiou_loss", "_probiou_loss_backward",
-       "task_aligned_assign_rotated"]
-INT_ARGS = {"gt_labels": torch.int64}
+       "task_aligned_assign_rotated", "sparse_target_cls_loss",
+       "_sparse_target_cls_loss_backward", "dfl_loss", "_dfl_loss_backward"]
+# integer arguments: True where any integer dtype is accepted (the loss ops' labels: int8 to
+# int64, read as int64), False where only int64 is (TAL's gt_labels)
+INT_ARGS = {"gt_labels": False, "labels": True}
 BOOL_ARGS = {"gt_mask"}
 
 
@@ -164,10 +185,13 @@ def _tensor_cases(args: dict):
         if not isinstance(t, torch.Tensor):
             continue
         cases += [("drop-dim", name, lambda t: t[0] if t.dim() > 1 else t[None]),
-                  ("narrow", name, lambda t: t.narrow(0, 0, t.shape[0] - 1)),
                   ("meta", name, lambda t: t.to("meta"))]
+        if t.dim():
+            cases.append(("narrow", name, lambda t: t.narrow(0, 0, t.shape[0] - 1)))
         if name in INT_ARGS:
-            cases += [("int32", name, lambda t: t.int()), ("float", name, lambda t: t.float())]
+            cases += [("float", name, lambda t: t.float()), ("bool", name, lambda t: t.bool())]
+            if not INT_ARGS[name]:
+                cases.append(("int32", name, lambda t: t.int()))
         elif name in BOOL_ARGS:
             cases += [("uint8", name, lambda t: t.to(torch.uint8)),
                       ("int64", name, lambda t: t.long())]
@@ -194,13 +218,24 @@ SCALAR_CASES = {
                         (float("nan"), ValueError)],
     "floor": [(-0.5, ValueError), (float("inf"), ValueError), (float("nan"), ValueError)],
     "probiou_eps": [(-1.0, ValueError), (float("nan"), ValueError)],
+    "kind": [("eiou", ValueError), ("QFL", ValueError), ("", ValueError)],
+    "activated": [(True, ValueError)],  # probabilities: not with valid_args' kind="vfl"
+}
+# scalar cases of one op family only (TAL's alpha / beta are other numbers)
+OP_SCALAR_CASES = {
+    "sparse_target_cls_loss": {
+        "gamma": [(-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError)],
+        "alpha": [(-0.5, ValueError), (float("nan"), ValueError)],
+    },
 }
 
 
 def _cases(op: str):
     args = valid_args(op, torch.Generator().manual_seed(0))
     cases = [(f"{name}-{label}", name, fn, exc) for label, name, fn, exc in _tensor_cases(args)]
-    for name, bad in SCALAR_CASES.items():
+    scalar_cases = {**SCALAR_CASES, **OP_SCALAR_CASES.get(_schema_name(op).lstrip("_")
+                                                         .removesuffix("_backward"), {})}
+    for name, bad in scalar_cases.items():
         if name in args:
             cases += [(f"{name}={value!r}", name, (lambda _, v=value: v), exc)
                       for value, exc in bad]
@@ -374,3 +409,15 @@ def test_probiou_empty_inputs(request, backend, gen):
     assert call("probiou_loss", e[0], e[0], None, *s).shape == (0,)
     outs = call("_probiou_loss_backward", torch.ones(0), e[0], e[0], torch.ones(0), *s)
     assert [o.shape for o in outs] == [(0, 5), (0, 5), (0,)]
+
+
+@pytest.mark.parametrize("op", ["sparse_target_cls_loss", "_sparse_target_cls_loss_backward"])
+def test_labels_of_any_integer_dtype(request, backend, gen, op):
+    """The loss ops read labels of any signed integer dtype as int64 (the table's generic
+    int32 case refuses TAL's gt_labels, not these): the same bits as int64 labels."""
+    call, device = _kernel(backend, op, request)
+    args = _to(valid_args(op, gen), device)
+    want = call(*args.values())
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        got = call(*{**args, "labels": args["labels"].to(dtype)}.values())
+        assert _equal(got, want), dtype

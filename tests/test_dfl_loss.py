@@ -154,10 +154,7 @@ def test_bad_input(gen, impl):
         args = (kw.pop("pred_dist"), kw.pop("target"), kw.pop("weight"))
         with pytest.raises(exc, match=text):
             fn(*args, **kw)
-    ops = torch.ops.tood_ext
-    for bad in (torch.ones(2), torch.tensor(1.0, dtype=F64), torch.tensor(1.0, device="meta")):
-        with pytest.raises(RuntimeError, match="grad"):
-            ops._dfl_loss_backward(bad, pd, t, w)
+    # the backward op's gradient checks: tests/test_contracts.py's table
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -39,6 +39,9 @@ A GT with a non-finite coordinate is padding in every class here (no anchor, no 
 mmdet's NaN t is never > 0 and its NaN centre distance never > 0.01, so it gives such a GT no
 anchor either). Bad arguments raise before the op runs: TypeError for a non-tensor or a missing
 attribute, RuntimeError naming the tensor of a wrong shape.
+
+``QualityFocalLoss``, ``VarifocalLoss``, ``FocalLoss``: mmdet's loss modules on the fused
+classification loss op (:mod:`tood_ext.compat.mmdet_losses`, re-exported here).
 """
 from __future__ import annotations
 
@@ -47,7 +50,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["AssignResult", "BatchTaskAlignedAssigner", "TaskAlignedAssigner"]
+from .mmdet_losses import FocalLoss, QualityFocalLoss, VarifocalLoss
+
+__all__ = ["AssignResult", "BatchTaskAlignedAssigner", "FocalLoss", "QualityFocalLoss",
+           "TaskAlignedAssigner", "VarifocalLoss"]
 
 INF = 100000000  # mmdet's fill of max_overlaps on background anchors is -INF
 _HALF = (torch.float16, torch.bfloat16)

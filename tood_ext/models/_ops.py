@@ -15,7 +15,8 @@ __all__ = ["OPS_MODES", "get_ops"]
 
 
 def get_ops(mode: str) -> SimpleNamespace:
-    """Namespace with ``box_iou``, ``giou_loss``, ``deform_sampling``, ``task_aligned_assign``."""
+    """Namespace with ``box_iou``, ``giou_loss``, ``deform_sampling``, ``task_aligned_assign``,
+    ``sparse_target_cls_loss``."""
     if mode == "kernel":
         from .. import _loader
         from .. import ops as impl
@@ -27,4 +28,5 @@ def get_ops(mode: str) -> SimpleNamespace:
         raise ValueError(f"ops must be one of {OPS_MODES}, got {mode!r}")
     return SimpleNamespace(mode=mode, box_iou=impl.box_iou, giou_loss=impl.giou_loss,
                            deform_sampling=impl.deform_sampling,
-                           task_aligned_assign=impl.task_aligned_assign)
+                           task_aligned_assign=impl.task_aligned_assign,
+                           sparse_target_cls_loss=impl.sparse_target_cls_loss)

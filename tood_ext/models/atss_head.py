@@ -90,7 +90,11 @@ def quality_focal_loss_with_logits(logits: torch.Tensor, labels: torch.Tensor,
     """Summed quality focal loss on logits (mmdetection's ``QualityFocalLoss(use_sigmoid=True,
     activated=False, beta=gamma)``), unnormalised: every (n, c) contributes
     ``sigmoid(x)^gamma * BCEWithLogits(x, 0)``, the positive entries (n, labels[n]) instead
-    ``|score - sigmoid(x)|^gamma * BCEWithLogits(x, score)``. labels: (N,) class or -1."""
+    ``|score - sigmoid(x)|^gamma * BCEWithLogits(x, score)``. labels: (N,) class or -1.
+
+    The dense formula (a (N, C) per-element loss and ``index_put``), kept as the tests'
+    reference: :class:`~tood_ext.models.ATSS` computes it with the fused op
+    (:func:`tood_ext.models.losses.sparse_cls_loss`, ``kind="qfl"``)."""
     logits, score = logits.float(), score.float()
     p = logits.sigmoid()
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits),

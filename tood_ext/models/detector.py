@@ -7,13 +7,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import sigmoid_focal_loss
 
 from .assigners import centerness_target
-from .atss_head import ATSSHead, quality_focal_loss_with_logits
+from .atss_head import ATSSHead
 from .config import TOODConfig
 from .dense_detector import DenseDetector
-from .losses import focal_loss, quality_focal_loss, reduce_mean
+from .losses import reduce_mean, sparse_cls_loss
 from .tood_head import TOODHead
 
 __all__ = ["ATSS", "TOOD"]
@@ -30,7 +29,8 @@ class TOOD(DenseDetector):
     * :meth:`loss` (training) and :meth:`predict` (inference, no gradient).
 
     ``cfg.ops`` selects our kernels or the pure-PyTorch references for every op the model
-    calls (deformable sampling, TAL, IoU, GIoU loss); :meth:`set_ops` switches later.
+    calls (deformable sampling, TAL, IoU, GIoU loss, the classification loss);
+    :meth:`set_ops` switches later.
     """
 
     HEAD = "tood"
@@ -63,6 +63,13 @@ class TOOD(DenseDetector):
         sums are not divided by ``1 + float32 eps`` as mmdetection's ``avg_factor=1.0``
         reduction does (relative 1.2e-7). Without positives loss_bbox is
         ``0 * sum(bbox_preds)``: zero, still attached to the graph.
+
+        Both classification losses are one call of ``sparse_target_cls_loss`` on the (B, A)
+        labels and targets (``kind="qfl"`` on t_hat, ``kind="focal"`` on the ATSS epochs'
+        hard labels, score 1; ``activated=True``: P_align holds probabilities): no
+        (B * A, C) target or loss tensor. The dense formulas they replace
+        (:func:`tood_ext.models.losses.quality_focal_loss`, ``focal_loss``) agree to float
+        rounding (tests/test_model_cls_loss.py).
         """
         cfg, ops = self.cfg, self.head.ops
         scores, boxes, _, stride = self._flatten(out)
@@ -70,12 +77,12 @@ class TOOD(DenseDetector):
         tg = self.get_targets(out, targets, epoch)
         labels, fg, tgt, weight = tg["labels"], tg["fg_mask"], tg["boxes"], tg["weights"]
         if epoch < cfg.initial_epoch:
-            loss_cls = focal_loss(scores.reshape(-1, C), labels.reshape(-1), cfg.gamma,
-                                  cfg.focal_alpha)
+            loss_cls = sparse_cls_loss(ops, scores, labels, tg["soft_target"], "focal",
+                                       gamma=cfg.gamma, alpha=cfg.focal_alpha, activated=True)
             cls_factor = reduce_mean(fg.sum().float()).clamp(min=1)
         else:
-            loss_cls = quality_focal_loss(scores.reshape(-1, C), labels.reshape(-1),
-                                          tg["soft_target"].reshape(-1), cfg.gamma)
+            loss_cls = sparse_cls_loss(ops, scores, labels, tg["soft_target"], "qfl",
+                                       gamma=cfg.gamma, activated=True)
             cls_factor = reduce_mean(tg["soft_target"].sum()).clamp(min=1)
         weight = weight[fg]
         bbox_factor = reduce_mean(weight.sum()).clamp(min=1)
@@ -146,15 +153,13 @@ class ATSS(DenseDetector):
         n_pos = reduce_mean(fg.sum().float()).clamp(min=1)
         ctr_target = centerness_target(tg["anchors"].expand(B, A, 4)[fg], tgt[fg])
         if epoch < cfg.initial_epoch:
-            onehot = torch.zeros_like(logits)
-            onehot[fg, labels[fg]] = 1.0
-            loss_cls = sigmoid_focal_loss(logits, onehot, alpha=cfg.focal_alpha,
-                                          gamma=cfg.gamma, reduction="sum")
+            loss_cls = sparse_cls_loss(ops, logits, labels, tg["soft_target"], "focal",
+                                       gamma=cfg.gamma, alpha=cfg.focal_alpha)
             cls_factor = n_pos
             weight = ctr_target
         else:
-            loss_cls = quality_focal_loss_with_logits(logits.reshape(-1, C), labels.reshape(-1),
-                                                      tg["soft_target"].reshape(-1), cfg.gamma)
+            loss_cls = sparse_cls_loss(ops, logits, labels, tg["soft_target"], "qfl",
+                                       gamma=cfg.gamma)
             cls_factor = reduce_mean(tg["soft_target"].sum()).clamp(min=1)
             weight = tg["weights"][fg]
         bbox_factor = reduce_mean(weight.sum()).clamp(min=1)

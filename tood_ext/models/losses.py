@@ -1,12 +1,19 @@
-"""TOOD's classification losses (on already-activated probabilities) and the cross-process
-average of the normalisers."""
+"""TOOD's classification losses and the cross-process average of the normalisers.
+
+The detectors compute their classification losses with :func:`sparse_cls_loss`: the fused op
+``sparse_target_cls_loss`` (or its reference, per the head's ``ops`` switch) on the
+assignment's sparse output (a label and a score per anchor), without a dense (N, C) target.
+:func:`quality_focal_loss` and :func:`focal_loss` are the dense formulas the detectors used
+before (a (N, C) target, per-element BCE, ``index_put``), kept as the tests' reference of the
+detectors' losses.
+"""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["quality_focal_loss", "focal_loss", "reduce_mean"]
+__all__ = ["quality_focal_loss", "focal_loss", "reduce_mean", "sparse_cls_loss"]
 
 
 def _no_autocast(device_type: str):
@@ -14,10 +21,29 @@ def _no_autocast(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def sparse_cls_loss(ops, pred: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                    kind: str, **kw) -> torch.Tensor:
+    """Summed classification loss of a sparse target through ``ops.sparse_target_cls_loss``
+    (``ops``: the namespace of :func:`tood_ext.models._ops.get_ops`), unnormalised.
+
+    pred: (..., C) logits or probabilities (``activated=True``); labels: (...) int64 class in
+    [0, C) or -1 (background); scores: (...) the target score of the labelled class (t_hat, or
+    1 for a hard label), cast to pred's dtype. float16 / bfloat16 predictions are computed in
+    float32 (as the dense formulas did), float64 stays float64; autocast is off inside (the
+    reference's ``binary_cross_entropy`` refuses it). ``kw``: the op's keywords (gamma, alpha,
+    activated, ...).
+    """
+    with _no_autocast(pred.device.type):
+        if pred.dtype != torch.float64:
+            pred = pred.float()
+        return ops.sparse_target_cls_loss(pred, labels, scores.to(pred.dtype), kind, **kw)
+
+
 def quality_focal_loss(pred: torch.Tensor, labels: torch.Tensor, score: torch.Tensor,
                        gamma: float = 2.0) -> torch.Tensor:
     """Summed quality focal loss of probabilities (mmdetection's ``QualityFocalLoss(
-    use_sigmoid=True, activated=True, beta=gamma)``), unnormalised.
+    use_sigmoid=True, activated=True, beta=gamma)``), unnormalised; the dense formula (the
+    detector calls :func:`sparse_cls_loss` with ``kind="qfl", activated=True``).
 
     pred: (N, C) probabilities; labels: (N,) int64 class in [0, C) or -1 (background);
     score: (N,) soft target of the labelled class (t_hat). Every (n, c) contributes
@@ -41,7 +67,8 @@ def quality_focal_loss(pred: torch.Tensor, labels: torch.Tensor, score: torch.Te
 def focal_loss(pred: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
                alpha: float = 0.25) -> torch.Tensor:
     """Summed sigmoid focal loss of probabilities (mmdetection's ``FocalLoss(activated=True)``,
-    TOOD's loss of the ATSS epochs), unnormalised.
+    TOOD's loss of the ATSS epochs), unnormalised; the dense formula (the detector calls
+    :func:`sparse_cls_loss` with ``kind="focal", activated=True``).
 
     pred: (N, C) probabilities; labels: (N,) class in [0, C) or -1. With one-hot target y:
     ``(alpha y + (1 - alpha)(1 - y)) * pt^gamma * BCE(p, y)``, ``pt = (1 - p) y + p (1 - y)``.
