@@ -12,6 +12,14 @@
   dense twin. The peak-memory column holds each path's extra memory (the gradient included).
 * ``losses.qfl``: the same sizes at C=80 with ``kind="qfl", activated=True`` (TOOD's loss on
   P_align) against the reference.
+* ``losses.focal``: the same sizes at C=80 with ``kind="focal", activated=True`` (TOOD's loss
+  of its ATSS epochs, mmdetection's ``FocalLoss(use_sigmoid=True, activated=True)``): hard
+  labels (scores 1), a per-anchor ``weight`` (mmdetection's ``label_weights``: 1, 0 on ~2% of
+  the anchors, the ignored ones), ``avg_factor`` = the number of positives; against the
+  reference and ``mmdetection`` = mmdetection's dense path as written in ``FocalLoss`` /
+  ``py_focal_loss_with_prob`` (one-hot target by ``F.one_hot`` over C + 1 classes, the
+  background column dropped, the focal weight, ``binary_cross_entropy``, times
+  ``label_weights`` viewed (N, 1), summed / avg_factor).
 * ``losses.dfl``: the DFL of v8DetectionLoss (reg_max 16) on the foreground anchors of the same
   batch (5% of B * A = 6720 anchors, 4 sides each) and on all 134400 anchors, fwd+bwd:
   ``kernel`` = ``dfl_loss(pred_dist (n, 4, 16), target (n, 4), weight / 4)``, ``ultralytics`` =
@@ -58,15 +66,36 @@ def ultralytics_dense_cls_loss(pred, labels, scores):
     return bce.sum() / target_scores_sum
 
 
+def mmdet_dense_focal_loss_with_prob(pred, labels, label_weights, avg_factor, gamma=2.0,
+                                     alpha=0.25):
+    """mmdetection's FocalLoss(use_sigmoid=True, activated=True) on flattened (N, C)
+    probabilities and (N,) labels with background C (py_focal_loss_with_prob)."""
+    C = pred.shape[-1]
+    pred = pred.reshape(-1, C)
+    target = torch.nn.functional.one_hot(labels.reshape(-1), num_classes=C + 1)[:, :C]
+    target = target.type_as(pred)
+    pt = (1 - pred) * target + pred * (1 - target)
+    focal_weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
+    loss = torch.nn.functional.binary_cross_entropy(pred, target, reduction="none") * \
+        focal_weight
+    return (loss * label_weights.reshape(-1, 1)).sum() / avg_factor
+
+
 def _cls_case(device, B, A, C, kind="bce", activated=False):
     def setup():
         x, labels, scores = _inputs(B, A, C, device, activated=activated)
+        weight = None
+        if kind == "focal":  # hard labels, mmdetection's label_weights (0: ignored anchors)
+            scores = torch.ones_like(scores)
+            g = torch.Generator().manual_seed(SEED)
+            weight = (torch.rand(B, A, generator=g) >= 0.02).float().to(device)
 
         def fused(fn):
             def run():
-                avg = scores.sum().clamp(min=1)
-                loss = fn(x, labels, scores, kind, activated=activated, reduction="mean",
-                          avg_factor=avg)
+                avg = (labels >= 0).sum().clamp(min=1).float() if kind == "focal" else \
+                    scores.sum().clamp(min=1)
+                loss = fn(x, labels, scores, kind, activated=activated, weight=weight,
+                          reduction="mean", avg_factor=avg)
                 return (loss.detach(), *torch.autograd.grad(loss, x))
             return run
 
@@ -77,12 +106,22 @@ def _cls_case(device, B, A, C, kind="bce", activated=False):
                 loss = ultralytics_dense_cls_loss(x, labels, scores)
                 return (loss.detach(), *torch.autograd.grad(loss, x))
             impls["ultralytics"] = dense
+        if kind == "focal" and activated:
+            def mmdet():
+                mm_labels = torch.where(labels >= 0, labels, torch.full_like(labels, C))
+                avg = (labels >= 0).sum().clamp(min=1).float()
+                loss = mmdet_dense_focal_loss_with_prob(x, mm_labels, weight, avg)
+                return (loss.detach(), *torch.autograd.grad(loss, x))
+            impls["mmdetection"] = mmdet
         return impls
 
     name = f"losses.{'cls_loss' if kind == 'bce' else kind} B={B} A={A} C={C}"
-    note = ("sparse_target_cls_loss (fused fwd+bwd) vs ultralytics' dense target_scores + BCE + "
-            "sum, and the reference" if kind == "bce" else
-            "sparse_target_cls_loss qfl on probabilities (TOOD) vs the reference")
+    note = {"bce": "sparse_target_cls_loss (fused fwd+bwd) vs ultralytics' dense target_scores "
+                   "+ BCE + sum, and the reference",
+            "qfl": "sparse_target_cls_loss qfl on probabilities (TOOD) vs the reference",
+            "focal": "sparse_target_cls_loss focal on probabilities with label weights (TOOD's "
+                     "ATSS epochs) vs mmdetection's dense FocalLoss(activated=True) and the "
+                     "reference"}[kind]
     big = B * A * C >= 4e7
     return Case(name=name, family="losses", op="sparse_target_cls_loss", passes="fwd+bwd",
                 sizes={"B": B, "A": A, "C": C}, dtype="float32", setup=setup, note=note,
@@ -126,7 +165,9 @@ def _dfl_case(device, n, R=16):
 @register_family("losses")
 def cases(device: str, quick: bool = False) -> list:
     if quick:
-        return [_cls_case(device, 2, 336, 80), _dfl_case(device, 64)]
+        return [_cls_case(device, 2, 336, 80), _cls_case(device, 2, 336, 80, "focal", True),
+                _dfl_case(device, 64)]
     return [_cls_case(device, 16, 8400, C) for C in (80, 365, 1203)] + \
         [_cls_case(device, 16, 8400, 80, kind="qfl", activated=True),
+         _cls_case(device, 16, 8400, 80, kind="focal", activated=True),
          _dfl_case(device, 6720), _dfl_case(device, 134400)]

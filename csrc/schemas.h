@@ -35,11 +35,11 @@ inline void define_op_schemas(torch::Library& m) {
         "Tensor metric, Tensor soft_target)");
   // --- losses (csrc/losses) ---
   m.def("sparse_target_cls_loss(Tensor pred, Tensor labels, Tensor scores, str kind=\"bce\", "
-        "float gamma=2.0, float alpha=0.75, bool activated=False, Tensor? class_weight=None) "
-        "-> Tensor");
+        "float gamma=2.0, float? alpha=None, bool activated=False, Tensor? class_weight=None, "
+        "Tensor? weight=None) -> Tensor");
   m.def("_sparse_target_cls_loss_backward(Tensor grad, Tensor pred, Tensor labels, "
-        "Tensor scores, str kind, float gamma, float alpha, bool activated, "
-        "Tensor? class_weight) -> Tensor");
+        "Tensor scores, str kind, float gamma, float? alpha, bool activated, "
+        "Tensor? class_weight, Tensor? weight) -> Tensor");
   m.def("dfl_loss(Tensor pred_dist, Tensor target, Tensor? weight=None) -> Tensor");
   m.def("_dfl_loss_backward(Tensor grad, Tensor pred_dist, Tensor target, Tensor? weight) "
         "-> Tensor");

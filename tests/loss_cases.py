@@ -6,8 +6,9 @@ import torch
 
 F64 = torch.float64
 # (kind, activated)
-KINDS = [("bce", False), ("qfl", False), ("qfl", True), ("vfl", False)]
-KIND_IDS = ["bce", "qfl", "qfl-activated", "vfl"]
+KINDS = [("bce", False), ("qfl", False), ("qfl", True), ("vfl", False), ("focal", False),
+         ("focal", True)]
+KIND_IDS = ["bce", "qfl", "qfl-activated", "vfl", "focal", "focal-activated"]
 
 
 def draw(gen, shape, C, dtype=torch.float32, device="cpu", fg=0.3, activated=False,
@@ -34,17 +35,20 @@ def bad_cases(gen):
     low_label[0, 1] = -2
     bad_score = sc.clone()
     bad_score[0, 0] = 1.5
+    w = torch.rand(2, 8, generator=gen)
     return [
         # (what, kwargs override, exception, text in the message)
         ("pred list", dict(pred=[1.0]), TypeError, "pred"),
         ("labels None", dict(labels=None), TypeError, "labels"),
-        ("kind", dict(kind="focal"), ValueError, "kind"),
+        ("kind", dict(kind="fl"), ValueError, "kind"),
         ("reduction", dict(reduction="none"), ValueError, "reduction"),
         ("avg_factor str", dict(avg_factor="3"), TypeError, "avg_factor"),
         ("gamma negative", dict(gamma=-1.0), ValueError, "gamma"),
         ("alpha nan", dict(alpha=float("nan")), ValueError, "alpha"),
         ("gamma str", dict(gamma="2"), TypeError, "gamma"),
         ("activated bce", dict(kind="bce", activated=True), ValueError, "activated"),
+        ("activated vfl", dict(kind="vfl", activated=True), ValueError, "activated"),
+        ("alpha > 1 focal", dict(kind="focal", alpha=1.5), ValueError, "alpha"),
         ("activated int", dict(activated=1), TypeError, "activated"),
         ("label 5 >= C", dict(labels=bad_label), IndexError, "labels"),
         ("label -2", dict(labels=low_label), IndexError, "labels"),
@@ -55,9 +59,17 @@ def bad_cases(gen):
         ("scores dtype", dict(scores=sc.double()), RuntimeError, "scores"),
         ("score > 1 qfl", dict(scores=bad_score, kind="qfl"), ValueError, "scores"),
         ("score > 1 vfl", dict(scores=bad_score, kind="vfl"), ValueError, "scores"),
+        ("score > 1 focal", dict(scores=bad_score, kind="focal"), ValueError, "scores"),
         ("class_weight length", dict(class_weight=torch.ones(4)), RuntimeError, "class_weight"),
         ("class_weight dtype", dict(class_weight=torch.ones(5, dtype=F64)), RuntimeError,
          "class_weight"),
+        ("weight list", dict(weight=w.tolist()), TypeError, r"(?<!class_)weight"),
+        ("weight shape (A, B)", dict(weight=w.t()), RuntimeError, r"(?<!class_)weight"),
+        ("weight shape (B, A, 1)", dict(weight=w[..., None]), RuntimeError, r"(?<!class_)weight"),
+        ("weight shape (C,)", dict(weight=torch.ones(5)), RuntimeError, r"(?<!class_)weight"),
+        ("weight dtype", dict(weight=w.double()), RuntimeError, r"(?<!class_)weight"),
+        ("weight bool", dict(weight=w > 0.5), RuntimeError, r"(?<!class_)weight"),
+        ("weight on meta", dict(weight=w.to("meta")), RuntimeError, r"(?<!class_)weight"),
         ("pred int", dict(pred=x.long(), scores=sc), RuntimeError, "pred"),
         ("pred 0-d", dict(pred=torch.tensor(1.0), labels=torch.tensor(0), scores=torch.tensor(1.)),
          RuntimeError, "pred"),

@@ -1,7 +1,8 @@
 """tood_ext.sparse_target_cls_loss (csrc/losses): against its pure-PyTorch reference and against
 each peer's own formula on the dense target (ultralytics' v8DetectionLoss BCE with
-class_weights; mmdetection's quality_focal_loss / varifocal_loss, transcribed here from their
-semantics), values and gradients, random and edge inputs, opcheck, gradcheck, thread-count
+class_weights; mmdetection's quality_focal_loss / varifocal_loss / py_sigmoid_focal_loss /
+py_focal_loss_with_prob with label weights, transcribed here from their semantics), values and
+gradients, random and edge inputs, the per-anchor weight, opcheck, gradcheck, thread-count
 determinism, the bad-input table and the memory bound."""
 from __future__ import annotations
 
@@ -80,6 +81,28 @@ def mmdet_qfl(pred, labels, scores, beta=2.0, activated=False):
     return loss.sum(dim=1).sum()
 
 
+def mmdet_focal(pred, target, weight=None, gamma=2.0, alpha=0.25, activated=False,
+                avg_factor=None):
+    """mmdetection's py_sigmoid_focal_loss (logits) / py_focal_loss_with_prob (probabilities)
+    on pred (N, C) and target: (N,) labels with background C (one-hot, the background column
+    dropped) or a dense (N, C) float target; weight (N,) (label_weights, viewed (N, 1)); then
+    the sum, / avg_factor when given (weight_reduce_loss divides by avg_factor + float32 eps:
+    the op divides by the avg_factor it is given)."""
+    if target.dim() != pred.dim():
+        target = F.one_hot(target, num_classes=pred.size(1) + 1)[:, :pred.size(1)]
+    target = target.type_as(pred)
+    p = pred if activated else pred.sigmoid()
+    pt = (1 - p) * target + p * (1 - target)
+    focal_weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
+    if activated:
+        loss = F.binary_cross_entropy(pred, target, reduction="none") * focal_weight
+    else:
+        loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight
+    if weight is not None:
+        loss = loss * weight.view(-1, 1)
+    return loss.sum() / avg_factor if avg_factor is not None else loss.sum()
+
+
 def mmdet_vfl(pred, target, alpha=0.75, gamma=2.0):
     """mmdetection's varifocal_loss (iou_weighted=True) on the dense target; summed."""
     pred_sigmoid = pred.sigmoid()
@@ -94,19 +117,25 @@ def mmdet_vfl(pred, target, alpha=0.75, gamma=2.0):
 
 @pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
 @pytest.mark.parametrize("shape", [(3, 50), (70,), (2, 3, 7)])
-@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("weighted", ["none", "class", "anchor", "both"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_matches_reference(gen, kind, activated, shape, weighted, device):
     for dtype in dtypes_for(device):
         C = int(torch.randint(1, 40, (1,), generator=gen))
         x, lab, sc = draw(gen, shape, C, dtype, device, activated=activated)
-        cw = (torch.rand(C, generator=gen, dtype=F64) * 2).to(dtype=dtype, device=device) \
-            if weighted else None
-        kw = dict(activated=activated, class_weight=cw, gamma=1.5 if kind == "vfl" else 2.0)
+        cast = dict(dtype=dtype, device=device)
+        cw = (torch.rand(C, generator=gen, dtype=F64) * 2).to(**cast) \
+            if weighted in ("class", "both") else None
+        w = (torch.rand(shape, generator=gen, dtype=F64) * 2).to(**cast) \
+            if weighted in ("anchor", "both") else None
+        if w is not None and w.numel() > 3:
+            w.view(-1)[:3] = 0.0  # ignored anchors (mmdetection's label_weights = 0)
+        kw = dict(activated=activated, class_weight=cw, weight=w,
+                  gamma=1.5 if kind in ("vfl", "focal") else 2.0)
         got, g = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, kind, **kw)
-        cw64 = cw.double() if cw is not None else None
+        as64 = (lambda t: t.double() if t is not None else None)
         want, gw = loss_and_grad(ref.sparse_target_cls_loss, x.double(), lab, sc.double(), kind,
-                                 **{**kw, "class_weight": cw64})
+                                 **{**kw, "class_weight": as64(cw), "weight": as64(w)})
         assert got.dtype == (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
         assert g.dtype == dtype and g.shape == x.shape
         rtol = 1e-10 if dtype == F64 else 1e-4
@@ -166,6 +195,119 @@ def test_vfl_matches_mmdetection(gen, alpha, gamma):
     got = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, "vfl", alpha=alpha,
                         gamma=gamma)
     assert_same_value_and_grad(got, want)
+
+
+@pytest.mark.parametrize("activated", [False, True])
+@pytest.mark.parametrize("alpha,gamma", [(None, 2.0), (0.4, 1.5)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_focal_matches_mmdetection(gen, activated, alpha, gamma, weighted):
+    """Hard labels (scores 1, background C): mmdetection's FocalLoss, with label_weights and an
+    avg_factor; alpha=None is mmdetection's default 0.25."""
+    N, C = 300, 13
+    x, lab, _ = draw(gen, (N,), C, F64, activated=activated, fg=0.4)
+    ones = torch.ones(N, dtype=F64)
+    w = torch.rand(N, generator=gen, dtype=F64) if weighted else None
+    if weighted:
+        w[:20] = 0.0
+    mm_label = torch.where(lab >= 0, lab, torch.full_like(lab, C))
+    want = value_and_grad(lambda t: mmdet_focal(t, mm_label, w, gamma, 0.25 if alpha is None
+                                                else alpha, activated, avg_factor=17.0), x)
+    got = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, ones, "focal", gamma=gamma,
+                        alpha=alpha, activated=activated, weight=w, reduction="mean",
+                        avg_factor=17.0)
+    assert_same_value_and_grad(got, want)
+
+
+@pytest.mark.parametrize("activated", [False, True])
+def test_focal_soft_target_matches_mmdetection_formula(gen, activated):
+    """Scores in [0, 1]: mmdetection's focal formula on the dense soft target."""
+    x, lab, sc = draw(gen, (5, 60), 8, F64, activated=activated)
+    sc[0, :4] = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=F64)
+    target = dense_cls_target(lab, sc, 8, F64)
+    w = torch.rand(5, 60, generator=gen, dtype=F64)
+    want = value_and_grad(lambda t: mmdet_focal(t.view(-1, 8), target.view(-1, 8), w.view(-1),
+                                                alpha=0.3, activated=activated), x)
+    got = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, "focal", alpha=0.3,
+                        activated=activated, weight=w)
+    assert_same_value_and_grad(got, want)
+
+
+def test_alpha_default_is_the_kinds(gen):
+    """alpha=None: 0.25 for focal, 0.75 for vfl (the raw op's schema default None alike); an
+    explicit alpha is used as given."""
+    x, lab, sc = draw(gen, (4, 50), 6, F64)
+    op, raw = tood_ext.sparse_target_cls_loss, torch.ops.tood_ext.sparse_target_cls_loss
+    for kind, default in (("focal", 0.25), ("vfl", 0.75)):
+        want = op(x, lab, sc, kind, alpha=default)
+        assert torch.equal(op(x, lab, sc, kind), want)
+        assert torch.equal(raw(x, lab, sc, kind), want)
+        assert torch.equal(ref.sparse_target_cls_loss(x, lab, sc, kind), ref.sparse_target_cls_loss(
+            x, lab, sc, kind, alpha=default))
+        other = op(x, lab, sc, kind, alpha=0.5)
+        assert not torch.equal(other, want)
+        torch.testing.assert_close(other, ref.sparse_target_cls_loss(x, lab, sc, kind, alpha=0.5))
+    # alpha at focal's bounds
+    for a in (0.0, 1.0):
+        torch.testing.assert_close(op(x, lab, sc, "focal", alpha=a),
+                                   ref.sparse_target_cls_loss(x, lab, sc, "focal", alpha=a))
+
+
+# ---- the per-anchor weight ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+def test_weight_zeros_and_ones(gen, kind, activated):
+    """weight = 1: the unweighted bits; weight = 0 on some anchors: those anchors' terms and
+    gradient rows vanish (the loss of the other anchors alone); all zeros: 0 and a zero
+    gradient."""
+    x, lab, sc = draw(gen, (3, 90), 11, torch.float32, activated=activated)
+    op = tood_ext.sparse_target_cls_loss
+    base = loss_and_grad(op, x, lab, sc, kind, activated=activated)
+    ones = loss_and_grad(op, x, lab, sc, kind, activated=activated, weight=torch.ones(3, 90))
+    assert torch.equal(ones[1], base[1])
+    torch.testing.assert_close(ones[0], base[0], rtol=1e-6, atol=0)
+    keep = torch.rand(3, 90, generator=gen) < 0.5
+    loss, g = loss_and_grad(op, x, lab, sc, kind, activated=activated, weight=keep.float())
+    assert torch.equal(g[~keep], torch.zeros_like(g[~keep]))
+    assert torch.equal(g[keep], base[1][keep])
+    sub = op(x[keep], lab[keep], sc[keep], kind, activated=activated)
+    torch.testing.assert_close(loss, sub, rtol=1e-5, atol=0)
+    loss, g = loss_and_grad(op, x, lab, sc, kind, activated=activated, weight=torch.zeros(3, 90))
+    assert float(loss) == 0.0 and not g.any()
+
+
+@pytest.mark.parametrize("kind,activated", [("focal", False), ("qfl", True), ("bce", False)])
+def test_weight_scales_rows(gen, kind, activated):
+    """A random weight: the loss is sum_a w_a * loss_a, each gradient row scaled by w_a; a
+    strided (non-contiguous) weight gives the same; NaN in one anchor's weight makes the loss
+    NaN and only that row's gradient."""
+    x, lab, sc = draw(gen, (4, 70), 9, F64, activated=activated)
+    w = torch.rand(4, 70, generator=gen, dtype=F64) * 3
+    op = tood_ext.sparse_target_cls_loss
+    loss, g = loss_and_grad(op, x, lab, sc, kind, activated=activated, weight=w)
+    rows = torch.stack([op(x[i, j:j + 1], lab[i, j:j + 1], sc[i, j:j + 1], kind,
+                           activated=activated) for i in range(4) for j in range(70)])
+    torch.testing.assert_close(loss, (rows * w.flatten()).sum(), rtol=1e-12, atol=0)
+    _, g1 = loss_and_grad(op, x, lab, sc, kind, activated=activated)
+    torch.testing.assert_close(g, g1 * w[..., None], rtol=1e-12, atol=0)
+    wt = w.t().contiguous().t()  # the same values, strided
+    assert not wt.is_contiguous()
+    got = loss_and_grad(op, x, lab, sc, kind, activated=activated, weight=wt)
+    assert torch.equal(got[0], loss) and torch.equal(got[1], g)
+    w[2, 5] = float("nan")
+    loss, g = loss_and_grad(op, x, lab, sc, kind, activated=activated, weight=w)
+    nan = torch.isnan(g)
+    assert torch.isnan(loss) and nan[2, 5].all() and int(nan.sum()) == 9
+
+
+def test_weight_needs_no_gradient_and_gets_none(gen):
+    """No gradient flows to weight (documented): a weight that requires grad is a constant."""
+    x, lab, sc = draw(gen, (2, 30), 5, F64)
+    w = torch.rand(2, 30, generator=gen, dtype=F64, requires_grad=True)
+    x.requires_grad_()
+    loss = tood_ext.sparse_target_cls_loss(x, lab, sc, "focal", weight=w)
+    gx, gw = torch.autograd.grad(loss, (x, w), allow_unused=True, materialize_grads=True)
+    assert not gw.any() and gx.abs().sum() > 0
 
 
 # ---- edge inputs -------------------------------------------------------------------------------
@@ -251,13 +393,18 @@ def test_opcheck(gen, kind, activated):
     ops = torch.ops.tood_ext
     x, lab, sc = draw(gen, (2, 9), 5, F64, activated=activated)
     cw = torch.rand(5, generator=gen, dtype=F64)
+    w = torch.rand(2, 9, generator=gen, dtype=F64)
     torch.library.opcheck(ops.sparse_target_cls_loss.default,
-                          (x.requires_grad_(), lab, sc, kind, 2.0, 0.75, activated, cw))
+                          (x.requires_grad_(), lab, sc, kind, 2.0, 0.75, activated, cw, None))
     torch.library.opcheck(ops.sparse_target_cls_loss.default,
-                          (x.detach().float(), lab, sc.float(), kind, 1.5, 0.5, activated, None))
+                          (x.detach().requires_grad_(), lab, sc, kind, 2.0, None, activated,
+                           None, w))
+    torch.library.opcheck(ops.sparse_target_cls_loss.default,
+                          (x.detach().float(), lab, sc.float(), kind, 1.5, 0.5, activated, None,
+                           w.float()))
     torch.library.opcheck(ops._sparse_target_cls_loss_backward.default,
                           (torch.tensor(0.5, dtype=F64), x.detach(), lab, sc, kind, 2.0, 0.75,
-                           activated, cw))
+                           activated, cw, w))
 
 
 @pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
@@ -267,11 +414,13 @@ def test_gradcheck(gen, kind, activated, gamma):
     if activated:
         x = x.clamp(0.05, 0.95)  # finite differences stay inside [0, 1]
     cw = torch.rand(5, generator=gen, dtype=F64) + 0.5
+    w = torch.rand(3, 4, generator=gen, dtype=F64) * 2
     x.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda p: tood_ext.sparse_target_cls_loss(p, lab, sc, kind, gamma=gamma,
                                                   activated=activated, class_weight=cw,
-                                                  reduction="mean", avg_factor=2.0), (x,))
+                                                  weight=w, reduction="mean", avg_factor=2.0),
+        (x,))
 
 
 def test_double_backward_refused(gen):
@@ -287,10 +436,11 @@ def test_double_backward_refused(gen):
 def test_thread_count_does_not_change_bits(gen, kind, activated):
     x, lab, sc = draw(gen, (4, 3000), 37, torch.float32, activated=activated)
     cw = torch.rand(37, generator=gen)
-    out = loss_grad_per_thread_count(tood_ext.sparse_target_cls_loss, x, lab, sc, kind,
-                                     activated=activated, class_weight=cw)
-    for loss, g in out[1:]:
-        assert torch.equal(loss, out[0][0]) and torch.equal(g, out[0][1])
+    for w in (None, torch.rand(4, 3000, generator=gen)):
+        out = loss_grad_per_thread_count(tood_ext.sparse_target_cls_loss, x, lab, sc, kind,
+                                         activated=activated, class_weight=cw, weight=w)
+        for loss, g in out[1:]:
+            assert torch.equal(loss, out[0][0]) and torch.equal(g, out[0][1])
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -321,15 +471,21 @@ def test_bad_input(gen, impl):
 def test_backward_op_checks_the_gradient(gen):
     ops = torch.ops.tood_ext
     x, lab, sc = draw(gen, (2, 8), 5, torch.float32)
-    with pytest.raises(RuntimeError, match="grad"):
+    grad_error = r"grad (\(of the 0-d loss\)|has dtype|is on)"
+    with pytest.raises(RuntimeError, match=grad_error):
         ops._sparse_target_cls_loss_backward(torch.ones(2), x, lab, sc, "bce", 2.0, 0.75, False,
-                                             None)
-    with pytest.raises(RuntimeError, match="grad"):
+                                             None, None)
+    with pytest.raises(RuntimeError, match=grad_error):
         ops._sparse_target_cls_loss_backward(torch.tensor(1.0, dtype=F64), x, lab, sc, "bce",
-                                             2.0, 0.75, False, None)
-    with pytest.raises(RuntimeError, match="grad"):
+                                             2.0, 0.75, False, None, None)
+    with pytest.raises(RuntimeError, match=grad_error):
         ops._sparse_target_cls_loss_backward(torch.tensor(1.0, device="meta"), x, lab, sc, "bce",
-                                             2.0, 0.75, False, None)
+                                             2.0, 0.75, False, None, None)
+    # and the per-anchor weight, as the forward
+    for bad in (torch.ones(8, 2), torch.ones(2, 8, dtype=F64)):
+        with pytest.raises(RuntimeError, match="weight (must have shape|has dtype)"):
+            ops._sparse_target_cls_loss_backward(torch.tensor(1.0), x, lab, sc, "focal", 2.0,
+                                                 None, False, None, bad)
 
 
 # ---- memory ------------------------------------------------------------------------------------

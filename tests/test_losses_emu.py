@@ -2,7 +2,8 @@
 csrc/tools/cuda_emu.h (see test_cuda_emu.py), against the CPU kernels and the reference: the
 grid-stride loops, the per-block partial sums and their fixed-order final sum, with the launch's
 own grid, with every grid cut to 2 blocks (each loop takes several turns) and with the 64-bit
-index instantiations; and the shared host contract's errors on the emulated kernels."""
+index instantiations; every kind (focal included) with and without the per-class and the
+per-anchor weight; and the shared host contract's errors on the emulated kernels."""
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,11 @@ def test_emulated_kernels_match_cpu(gen, ops, kind, activated, dtype):
     x, lab, sc = draw(gen, (3, 700), 7, dtype, activated=activated)  # 14700 elements: 58 blocks
     x.view(-1)[5] = 100.0 if not activated else 1.0
     cw = torch.rand(7, generator=gen, dtype=F64).to(dtype)
-    for weight in (None, cw):
-        args = (x, lab, sc, kind, 1.5, 0.75, activated, weight)
+    w = (torch.rand(3, 700, generator=gen, dtype=F64) * 2).to(dtype)
+    w[1, :50] = 0.0
+    alpha = 0.3 if kind == "focal" else 0.75
+    for weight, row_weight in ((None, None), (cw, None), (None, w), (cw, w)):
+        args = (x, lab, sc, kind, 1.5, alpha, activated, weight, row_weight)
         got = ops.sparse_target_cls_loss(*args)
         want = torch.ops.tood_ext.sparse_target_cls_loss(*args)
         assert got.dtype == want.dtype and got.shape == ()
@@ -39,18 +43,23 @@ def test_emulated_kernels_match_cpu(gen, ops, kind, activated, dtype):
         torch.testing.assert_close(g, gc, rtol=1e-12 if dtype == F64 else 1e-6, atol=0)
         # and the reference
         want_ref = ref.sparse_target_cls_loss(x.double(), lab, sc.double(), kind, gamma=1.5,
-                                              activated=activated,
+                                              alpha=alpha, activated=activated,
                                               class_weight=None if weight is None
-                                              else weight.double())
+                                              else weight.double(),
+                                              weight=None if row_weight is None
+                                              else row_weight.double())
         assert_close(got.double(), want_ref, dtype=dtype)
 
 
 def test_emulated_forward_is_deterministic(gen, emu):
     x, lab, sc = draw(gen, (2, 3000), 11, torch.float32)
-    first = emu.sparse_target_cls_loss(x, lab, sc, "vfl", 2.0, 0.75, False, None)
-    for _ in range(2):  # the emulator shuffles the block order on every launch
-        assert torch.equal(emu.sparse_target_cls_loss(x, lab, sc, "vfl", 2.0, 0.75, False, None),
-                           first)
+    w = torch.rand(2, 3000, generator=gen)
+    for kind, weight in (("vfl", None), ("focal", w)):
+        first = emu.sparse_target_cls_loss(x, lab, sc, kind, 2.0, None, False, None, weight)
+        for _ in range(2):  # the emulator shuffles the block order on every launch
+            assert torch.equal(
+                emu.sparse_target_cls_loss(x, lab, sc, kind, 2.0, None, False, None, weight),
+                first)
 
 
 @pytest.mark.parametrize("shape", [(0, 9, 5), (4, 0, 5), (3, 4, 0)])
@@ -58,10 +67,13 @@ def test_emulated_empty(emu, shape):
     x = torch.zeros(shape)
     lab = torch.full(shape[:-1], -1, dtype=torch.long)
     sc = torch.zeros(shape[:-1])
-    assert float(emu.sparse_target_cls_loss(x, lab, sc, "bce", 2.0, 0.75, False, None)) == 0.0
-    g = emu._sparse_target_cls_loss_backward(torch.tensor(1.0), x, lab, sc, "bce", 2.0, 0.75,
-                                             False, None)
-    assert g.shape == x.shape
+    w = torch.ones(shape[:-1])
+    for kind, weight in (("bce", None), ("focal", w)):
+        assert float(emu.sparse_target_cls_loss(x, lab, sc, kind, 2.0, None, False, None,
+                                                weight)) == 0.0
+        g = emu._sparse_target_cls_loss_backward(torch.tensor(1.0), x, lab, sc, kind, 2.0, None,
+                                                 False, None, weight)
+        assert g.shape == x.shape
 
 
 def test_emulated_contract_errors(gen, emu):
@@ -78,20 +90,29 @@ def test_emulated_contract_errors(gen, emu):
             continue  # the emulator library has no meta kernels
         with pytest.raises(exc, match=text):
             emu.sparse_target_cls_loss(kw["pred"], kw["labels"], kw["scores"], kw["kind"], 2.0,
-                                       0.75, False, kw.get("class_weight"))
+                                       0.75, False, kw.get("class_weight"), kw.get("weight"))
+        if "weight" in over:  # the backward's contract too
+            with pytest.raises(exc, match=text):
+                emu._sparse_target_cls_loss_backward(
+                    torch.tensor(1.0), kw["pred"], kw["labels"], kw["scores"], kw["kind"], 2.0,
+                    0.75, False, None, kw["weight"])
         n += 1
-    assert n >= 10
+    assert n >= 15
     x, lab, sc = ok["pred"], ok["labels"], ok["scores"]
     with pytest.raises(ValueError, match="kind"):
-        emu.sparse_target_cls_loss(x, lab, sc, "focal", 2.0, 0.75, False, None)
+        emu.sparse_target_cls_loss(x, lab, sc, "fl", 2.0, 0.75, False, None, None)
     with pytest.raises(ValueError, match="gamma"):
-        emu.sparse_target_cls_loss(x, lab, sc, "qfl", -2.0, 0.75, False, None)
+        emu.sparse_target_cls_loss(x, lab, sc, "qfl", -2.0, 0.75, False, None, None)
+    with pytest.raises(ValueError, match="alpha"):
+        emu.sparse_target_cls_loss(x, lab, sc, "focal", 2.0, 1.5, False, None, None)
+    with pytest.raises(ValueError, match="activated"):
+        emu.sparse_target_cls_loss(x, lab, sc, "vfl", 2.0, None, True, None, None)
     with pytest.raises(RuntimeError, match="grad"):
         emu._sparse_target_cls_loss_backward(torch.ones(2), x, lab, sc, "bce", 2.0, 0.75, False,
-                                             None)
+                                             None, None)
     with pytest.raises(RuntimeError, match="grad"):
         emu._sparse_target_cls_loss_backward(torch.tensor(1.0, dtype=F64), x, lab, sc, "bce",
-                                             2.0, 0.75, False, None)
+                                             2.0, 0.75, False, None, None)
 
 
 # ---- dfl_loss ------------------------------------------------------------------------------------

@@ -43,16 +43,19 @@ struct Rows {
   const int64_t* labels;
   const scalar_t* scores;
   const scalar_t* cw;  // nullptr: no class weight
+  const scalar_t* w;   // nullptr: no per-anchor weight
   int64_t classes;
   explicit Rows(const SparseClsLossPlan& plan)
       : x(plan.pred.const_data_ptr<scalar_t>()),
         labels(plan.labels.const_data_ptr<int64_t>()),
         scores(plan.scores.const_data_ptr<scalar_t>()),
         cw(plan.class_weight.defined() ? plan.class_weight.const_data_ptr<scalar_t>() : nullptr),
+        w(plan.weight.defined() ? plan.weight.const_data_ptr<scalar_t>() : nullptr),
         classes(plan.classes) {}
 };
 
-// Sum of the losses of rows [begin, end), rows in order (double).
+// Sum of the losses of rows [begin, end), rows in order (double); a row's sum
+// times its anchor's weight (in double) when there is one.
 template <ClsLossKind K, bool kSquare, bool kWeighted, typename scalar_t>
 inline double cls_loss_rows(const Rows<scalar_t>& in,
                             const ClsLossParams<at::opmath_type<scalar_t>>& p, int64_t begin,
@@ -85,12 +88,14 @@ inline double cls_loss_rows(const Rows<scalar_t>& in,
     }
     acc_t row = 0;
     for (int k = 0; k < kLanes; ++k) row += lanes[k];
-    sum += static_cast<double>(row);
+    sum += in.w ? static_cast<double>(row) * static_cast<double>(in.w[r])
+                : static_cast<double>(row);
   }
   return sum;
 }
 
-// grad_pred of rows [begin, end): gw * dL/dx, gw = g (times the class weight).
+// grad_pred of rows [begin, end): gw * dL/dx, gw = g (times the anchor's weight)
+// (times the class weight).
 template <ClsLossKind K, bool kSquare, bool kWeighted, typename scalar_t>
 inline void cls_grad_rows(const Rows<scalar_t>& in,
                           const ClsLossParams<at::opmath_type<scalar_t>>& p,
@@ -101,26 +106,28 @@ inline void cls_grad_rows(const Rows<scalar_t>& in,
   for (int64_t r = begin; r < end; ++r) {
     const scalar_t* xr = in.x + r * C;
     scalar_t* gr = gx + r * C;
+    const acc_t g_r = in.w ? g * static_cast<acc_t>(in.w[r]) : g;
     for (int64_t c = 0; c < C; ++c) {  // background targets: vectorised
       const acc_t d = element_grad<K, kSquare>(static_cast<acc_t>(xr[c]), acc_t(0), p);
-      gr[c] = static_cast<scalar_t>((kWeighted ? g * static_cast<acc_t>(in.cw[c]) : g) * d);
+      gr[c] = static_cast<scalar_t>((kWeighted ? g_r * static_cast<acc_t>(in.cw[c]) : g_r) * d);
     }
     const int64_t label = in.labels[r];
     if (label >= 0) {
       const acc_t d = element_grad<K, kSquare>(static_cast<acc_t>(xr[label]),
                                                static_cast<acc_t>(in.scores[r]), p);
       gr[label] =
-          static_cast<scalar_t>((kWeighted ? g * static_cast<acc_t>(in.cw[label]) : g) * d);
+          static_cast<scalar_t>((kWeighted ? g_r * static_cast<acc_t>(in.cw[label]) : g_r) * d);
     }
   }
 }
 
 at::Tensor sparse_target_cls_loss_cpu(const at::Tensor& pred, const at::Tensor& labels,
                                       const at::Tensor& scores, c10::string_view kind,
-                                      double gamma, double alpha, bool activated,
-                                      const c10::optional<at::Tensor>& class_weight) {
-  const SparseClsLossPlan plan = prepare_sparse_target_cls_loss(pred, labels, scores, kind, gamma,
-                                                                alpha, activated, class_weight);
+                                      double gamma, c10::optional<double> alpha, bool activated,
+                                      const c10::optional<at::Tensor>& class_weight,
+                                      const c10::optional<at::Tensor>& weight) {
+  const SparseClsLossPlan plan = prepare_sparse_target_cls_loss(
+      pred, labels, scores, kind, gamma, alpha, activated, class_weight, weight);
   at::Tensor out = at::zeros({}, plan.loss_options);
   if (plan.numel() == 0) return out;
   const int64_t per = rows_per_chunk(plan.classes);
@@ -151,11 +158,12 @@ at::Tensor sparse_target_cls_loss_cpu(const at::Tensor& pred, const at::Tensor& 
 
 at::Tensor sparse_target_cls_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred,
                                                const at::Tensor& labels, const at::Tensor& scores,
-                                               c10::string_view kind, double gamma, double alpha,
-                                               bool activated,
-                                               const c10::optional<at::Tensor>& class_weight) {
+                                               c10::string_view kind, double gamma,
+                                               c10::optional<double> alpha, bool activated,
+                                               const c10::optional<at::Tensor>& class_weight,
+                                               const c10::optional<at::Tensor>& weight) {
   const SparseClsLossPlan plan = prepare_sparse_target_cls_loss(
-      pred, labels, scores, kind, gamma, alpha, activated, class_weight, &grad);
+      pred, labels, scores, kind, gamma, alpha, activated, class_weight, weight, &grad);
   at::Tensor grad_pred = at::empty(plan.pred.sizes(), plan.pred.options());
   if (plan.numel() == 0) return grad_pred.view(pred.sizes());
   AT_DISPATCH_FLOATING_TYPES(plan.pred.scalar_type(), "sparse_target_cls_loss_backward_cpu", [&] {

@@ -45,7 +45,8 @@ template <ClsLossKind K, bool kSquare, typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kLossThreads)
     cls_loss_partial_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ labels,
                             const scalar_t* __restrict__ scores,
-                            const scalar_t* __restrict__ class_weight, index_t classes, index_t n,
+                            const scalar_t* __restrict__ class_weight,
+                            const scalar_t* __restrict__ weight, index_t classes, index_t n,
                             ClsLossParams<at::opmath_type<scalar_t>> p,
                             double* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -56,7 +57,8 @@ __global__ void __launch_bounds__(kLossThreads)
     const int64_t label = labels[r];
     const acc_t t = label == static_cast<int64_t>(c) ? static_cast<acc_t>(scores[r]) : acc_t(0);
     const acc_t l = element_loss<K, kSquare>(static_cast<acc_t>(x[i]), t, p);
-    acc += class_weight ? static_cast<acc_t>(class_weight[c]) * l : l;
+    const acc_t lc = class_weight ? static_cast<acc_t>(class_weight[c]) * l : l;
+    acc += weight ? static_cast<acc_t>(weight[r]) * lc : lc;
   }
   const double total = block_sum(static_cast<double>(acc), buf);
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
@@ -80,6 +82,7 @@ __global__ void cls_loss_backward_kernel(const at::opmath_type<scalar_t>* __rest
                                          const int64_t* __restrict__ labels,
                                          const scalar_t* __restrict__ scores,
                                          const scalar_t* __restrict__ class_weight,
+                                         const scalar_t* __restrict__ weight,
                                          index_t classes, index_t n,
                                          ClsLossParams<at::opmath_type<scalar_t>> p,
                                          scalar_t* __restrict__ grad_pred) {
@@ -90,7 +93,8 @@ __global__ void cls_loss_backward_kernel(const at::opmath_type<scalar_t>* __rest
     const int64_t label = labels[r];
     const acc_t t = label == static_cast<int64_t>(c) ? static_cast<acc_t>(scores[r]) : acc_t(0);
     const acc_t d = element_grad<K, kSquare>(static_cast<acc_t>(x[i]), t, p);
-    const acc_t gw = class_weight ? g * static_cast<acc_t>(class_weight[c]) : g;
+    const acc_t g_r = weight ? g * static_cast<acc_t>(weight[r]) : g;  // as the CPU loop
+    const acc_t gw = class_weight ? g_r * static_cast<acc_t>(class_weight[c]) : g_r;
     grad_pred[i] = static_cast<scalar_t>(gw * d);
   }
 }
@@ -112,13 +116,20 @@ const scalar_t* class_weight_ptr(const SparseClsLossPlan& plan) {
   return plan.class_weight.defined() ? plan.class_weight.const_data_ptr<scalar_t>() : nullptr;
 }
 
+template <typename scalar_t>
+const scalar_t* weight_ptr(const SparseClsLossPlan& plan) {
+  return plan.weight.defined() ? plan.weight.const_data_ptr<scalar_t>() : nullptr;
+}
+
 at::Tensor sparse_target_cls_loss_cuda(const at::Tensor& pred, const at::Tensor& labels,
                                        const at::Tensor& scores, c10::string_view kind,
-                                       double gamma, double alpha, bool activated,
-                                       const c10::optional<at::Tensor>& class_weight) {
+                                       double gamma, c10::optional<double> alpha,
+                                       bool activated,
+                                       const c10::optional<at::Tensor>& class_weight,
+                                       const c10::optional<at::Tensor>& weight) {
   const DeviceGuard guard(pred.device());
-  const SparseClsLossPlan plan = prepare_sparse_target_cls_loss(pred, labels, scores, kind, gamma,
-                                                                alpha, activated, class_weight);
+  const SparseClsLossPlan plan = prepare_sparse_target_cls_loss(
+      pred, labels, scores, kind, gamma, alpha, activated, class_weight, weight);
   at::Tensor out = at::zeros({}, plan.loss_options);
   const int64_t n = plan.numel();
   if (n == 0) return out;
@@ -134,8 +145,9 @@ at::Tensor sparse_target_cls_loss_cuda(const at::Tensor& pred, const at::Tensor&
                                 index_t>,
         dim3(blocks), dim3(kLossThreads), stream, plan.pred.const_data_ptr<scalar_t>(),
         plan.labels.const_data_ptr<int64_t>(), plan.scores.const_data_ptr<scalar_t>(),
-        class_weight_ptr<scalar_t>(plan), static_cast<index_t>(plan.classes),
-        static_cast<index_t>(n), plan.params<acc_t>(), partial.mutable_data_ptr<double>());
+        class_weight_ptr<scalar_t>(plan), weight_ptr<scalar_t>(plan),
+        static_cast<index_t>(plan.classes), static_cast<index_t>(n), plan.params<acc_t>(),
+        partial.mutable_data_ptr<double>());
   });
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sparse_target_cls_loss_cuda_sum", [&] {
     launch_kernel(sum_partials_kernel<scalar_t>, dim3(1), dim3(kLossThreads), stream,
@@ -147,11 +159,13 @@ at::Tensor sparse_target_cls_loss_cuda(const at::Tensor& pred, const at::Tensor&
 at::Tensor sparse_target_cls_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred,
                                                 const at::Tensor& labels,
                                                 const at::Tensor& scores, c10::string_view kind,
-                                                double gamma, double alpha, bool activated,
-                                                const c10::optional<at::Tensor>& class_weight) {
+                                                double gamma, c10::optional<double> alpha,
+                                                bool activated,
+                                                const c10::optional<at::Tensor>& class_weight,
+                                                const c10::optional<at::Tensor>& weight) {
   const DeviceGuard guard(pred.device());
   const SparseClsLossPlan plan = prepare_sparse_target_cls_loss(
-      pred, labels, scores, kind, gamma, alpha, activated, class_weight, &grad);
+      pred, labels, scores, kind, gamma, alpha, activated, class_weight, weight, &grad);
   at::Tensor grad_pred = at::empty(plan.pred.sizes(), plan.pred.options());
   const int64_t n = plan.numel();
   if (n == 0) return grad_pred.view(pred.sizes());
@@ -166,8 +180,8 @@ at::Tensor sparse_target_cls_loss_backward_cuda(const at::Tensor& grad, const at
         dim3(num_blocks(n)), dim3(kThreads), stream, plan.grad.const_data_ptr<acc_t>(),
         plan.pred.const_data_ptr<scalar_t>(), plan.labels.const_data_ptr<int64_t>(),
         plan.scores.const_data_ptr<scalar_t>(), class_weight_ptr<scalar_t>(plan),
-        static_cast<index_t>(plan.classes), static_cast<index_t>(n), plan.params<acc_t>(),
-        grad_pred.mutable_data_ptr<scalar_t>());
+        weight_ptr<scalar_t>(plan), static_cast<index_t>(plan.classes),
+        static_cast<index_t>(n), plan.params<acc_t>(), grad_pred.mutable_data_ptr<scalar_t>());
   });
   return grad_pred.view(pred.sizes());
 }

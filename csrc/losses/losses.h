@@ -8,7 +8,7 @@
 // activated combination -> ValueError (TORCH_CHECK_VALUE); a tensor of the
 // wrong shape, dtype or device -> RuntimeError (TORCH_CHECK); a label outside
 // [-1, C) -> IndexError (TORCH_CHECK_INDEX); a score outside [0, 1] of a
-// foreground anchor for kinds qfl and vfl -> ValueError. Reading the labels and
+// foreground anchor for kinds qfl, vfl and focal -> ValueError. Reading the labels and
 // scores costs one device sync on CUDA.
 #pragma once
 
@@ -36,15 +36,26 @@ inline ClsLossKind parse_cls_loss_kind(c10::string_view kind, bool activated) {
     k = activated ? ClsLossKind::kQFLProb : ClsLossKind::kQFL;
   } else if (kind == "vfl") {
     k = ClsLossKind::kVFL;
+  } else if (kind == "focal") {
+    k = activated ? ClsLossKind::kFocalProb : ClsLossKind::kFocal;
   } else {
-    TORCH_CHECK_VALUE(false, "kind must be one of 'bce', 'qfl', 'vfl', got '", std::string(kind),
-                      "'");
+    TORCH_CHECK_VALUE(false, "kind must be one of 'bce', 'qfl', 'vfl', 'focal', got '",
+                      std::string(kind), "'");
   }
-  TORCH_CHECK_VALUE(!activated || k == ClsLossKind::kQFLProb,
-                    "activated=True (pred holds probabilities) is supported by kind='qfl' only, "
-                    "got kind='", std::string(kind), "'");
+  TORCH_CHECK_VALUE(!activated || k == ClsLossKind::kQFLProb || k == ClsLossKind::kFocalProb,
+                    "activated=True (pred holds probabilities) is supported by kind='qfl' and "
+                    "kind='focal' only, got kind='", std::string(kind), "'");
   return k;
 }
+
+inline bool is_focal_kind(ClsLossKind k) {
+  return k == ClsLossKind::kFocal || k == ClsLossKind::kFocalProb;
+}
+
+// alpha=None (the Python default): the kind's own default, 0.25 for focal
+// (mmdetection's FocalLoss), else 0.75 (vfl: mmdetection's VarifocalLoss,
+// PP-YOLOE; unused by bce and qfl).
+inline double default_alpha(ClsLossKind k) { return is_focal_kind(k) ? 0.25 : 0.75; }
 
 // Kinds whose target must be a quality in [0, 1] (bce takes any real target).
 inline bool kind_needs_unit_scores(ClsLossKind k) { return k != ClsLossKind::kBCE; }
@@ -57,6 +68,7 @@ struct SparseClsLossPlan {
   at::Tensor labels;        // (rows,) int64 contiguous
   at::Tensor scores;        // (rows,) contiguous, pred's dtype
   at::Tensor class_weight;  // (C,) contiguous, or undefined
+  at::Tensor weight;        // (rows,) contiguous per-anchor weight, or undefined
   ClsLossKind kind = ClsLossKind::kBCE;
   double gamma = 2.0, alpha = 0.75;
   at::TensorOptions loss_options;  // 0-d loss: float32 for half inputs, else pred's dtype
@@ -78,14 +90,18 @@ inline at::ScalarType loss_dtype(at::ScalarType pred_dtype) {
 // Every check of sparse_target_cls_loss (grad == nullptr) and of its backward.
 inline SparseClsLossPlan prepare_sparse_target_cls_loss(
     const at::Tensor& pred, const at::Tensor& labels, const at::Tensor& scores,
-    c10::string_view kind, double gamma, double alpha, bool activated,
-    const c10::optional<at::Tensor>& class_weight, const at::Tensor* grad = nullptr) {
+    c10::string_view kind, double gamma, c10::optional<double> alpha_opt, bool activated,
+    const c10::optional<at::Tensor>& class_weight, const c10::optional<at::Tensor>& weight,
+    const at::Tensor* grad = nullptr) {
   SparseClsLossPlan plan;
   plan.kind = parse_cls_loss_kind(kind, activated);
   TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0, "gamma must be a finite number >= 0, got ",
                     gamma);
+  const double alpha = alpha_opt.has_value() ? *alpha_opt : default_alpha(plan.kind);
   TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha >= 0, "alpha must be a finite number >= 0, got ",
                     alpha);
+  TORCH_CHECK_VALUE(!is_focal_kind(plan.kind) || alpha <= 1,
+                    "alpha must be in [0, 1] for kind='focal' (the positives' share), got ", alpha);
   plan.gamma = gamma;
   plan.alpha = alpha;
 
@@ -112,6 +128,13 @@ inline SparseClsLossPlan prepare_sparse_target_cls_loss(
                 ",) (one weight per class of pred), got ", class_weight->sizes());
     check_same_dtype(*class_weight, pred, "class_weight", "pred");
     check_same_device(*class_weight, pred, "class_weight", "pred");
+  }
+  const bool has_row_weight = weight.has_value() && weight->defined();
+  if (has_row_weight) {
+    TORCH_CHECK(weight->sizes() == lead, "weight must have shape pred.shape[:-1] = ", lead,
+                " (one weight per anchor), got ", weight->sizes());
+    check_same_dtype(*weight, pred, "weight", "pred");
+    check_same_device(*weight, pred, "weight", "pred");
   }
   plan.loss_options = pred.options().dtype(loss_dtype(pred.scalar_type()));
   if (grad != nullptr) {
@@ -146,6 +169,7 @@ inline SparseClsLossPlan prepare_sparse_target_cls_loss(
                                                  : labels.to(at::kLong).contiguous();
   plan.scores = scores.contiguous();
   if (has_weight) plan.class_weight = class_weight->contiguous();
+  if (has_row_weight) plan.weight = weight->contiguous();
   return plan;
 }
 

@@ -16,7 +16,15 @@
 // * kVFL:     L = w * bce(x, t), w = t where t > 0, else alpha |s - t|^gamma
 //             (mmdetection's varifocal loss, iou_weighted=True; w is
 //             differentiated where it depends on s).
-// A per-class weight multiplies L and dL/dx. NaN in x gives NaN in this
+// * kFocal:   L = (alpha t + (1 - alpha)(1 - t)) pt^gamma * bce(x, t),
+//             pt = (1 - s) t + s (1 - t) (mmdetection's py_sigmoid_focal_loss;
+//             its hard-label target t in {0, 1} generalised to a soft one;
+//             1 - s is computed as sigmoid(-x), not by a subtraction).
+// * kFocalProb: the same on a probability p (mmdetection's
+//             py_focal_loss_with_prob, FocalLoss(activated=True): TOOD's ATSS
+//             epochs), pt = (1 - p) t + p (1 - t), with bce_p as kQFLProb.
+// The focal factors are differentiated. A per-class weight (and the host's
+// per-anchor weight) multiplies L and dL/dx. NaN in x gives NaN in this
 // element only. No #ifdef on the device: the CPU tests prove the GPU math.
 #pragma once
 
@@ -31,7 +39,14 @@
 namespace tood_ext {
 namespace losses {
 
-enum class ClsLossKind : int { kBCE = 0, kQFL = 1, kQFLProb = 2, kVFL = 3 };
+enum class ClsLossKind : int {
+  kBCE = 0,
+  kQFL = 1,
+  kQFLProb = 2,
+  kVFL = 3,
+  kFocal = 4,
+  kFocalProb = 5
+};
 
 TOOD_HOST_DEVICE_INLINE float log_(float x) { return logf(x); }
 TOOD_HOST_DEVICE_INLINE double log_(double x) { return log(x); }
@@ -105,10 +120,11 @@ TOOD_HOST_DEVICE_INLINE T abs_pow_deriv(T a, const ClsLossParams<T>& p) {
   return a > T(0) ? p.gamma * powf_(a, p.gamma - T(1)) : T(0);
 }
 
-// bce-with-logits and sigmoid of x sharing one exp: e = exp(-|x|).
+// bce-with-logits and sigmoid of x sharing one exp: e = exp(-|x|); sigc =
+// 1 - sig = sigmoid(-x), without cancellation (kFocal only; unused: dropped).
 template <typename T>
 struct LogitTerms {
-  T bce, sig;
+  T bce, sig, sigc;
 };
 
 template <typename T>
@@ -120,6 +136,7 @@ TOOD_HOST_DEVICE_INLINE LogitTerms<T> logit_terms(T x, T t) {
   r.bce = (T(1) - t) * x - mn + log1p_unit(e);
   const T inv = T(1) / (T(1) + e);
   r.sig = x >= T(0) ? inv : e * inv;
+  r.sigc = x >= T(0) ? e * inv : inv;
   return r;
 }
 
@@ -140,6 +157,17 @@ TOOD_HOST_DEVICE_INLINE T prob_bce_grad(T p, T t) {
   return (p - t) / den;
 }
 
+// The focal loss's class-balance weight alpha t + (1 - alpha)(1 - t) (1 - alpha
+// at t = 0) and its pt = (1 - p) t + p (1 - t), from p and q = 1 - p.
+template <typename T>
+TOOD_HOST_DEVICE_INLINE T focal_alpha(T t, const ClsLossParams<T>& p) {
+  return p.alpha * t + (T(1) - p.alpha) * (T(1) - t);
+}
+template <typename T>
+TOOD_HOST_DEVICE_INLINE T focal_pt(T prob, T q, T t) {
+  return q * t + prob * (T(1) - t);
+}
+
 // Loss of one element (x, t) of kind K.
 template <ClsLossKind K, bool kSquare, typename T>
 TOOD_HOST_DEVICE_INLINE T element_loss(T x, T t, const ClsLossParams<T>& p) {
@@ -148,8 +176,17 @@ TOOD_HOST_DEVICE_INLINE T element_loss(T x, T t, const ClsLossParams<T>& p) {
     const T d = t - x;
     return abs_pow<kSquare>(d < T(0) ? -d : d, p) * prob_bce(x, t);
   }
+  if (K == ClsLossKind::kFocalProb) {
+    if (!(x >= T(0) && x <= T(1))) return std::numeric_limits<T>::quiet_NaN();
+    const T pt = focal_pt(x, T(1) - x, t);
+    return focal_alpha(t, p) * abs_pow<kSquare>(pt, p) * prob_bce(x, t);
+  }
   const LogitTerms<T> lt = logit_terms(x, t);
   if (K == ClsLossKind::kBCE) return lt.bce;
+  if (K == ClsLossKind::kFocal) {
+    const T pt = focal_pt(lt.sig, lt.sigc, t);
+    return focal_alpha(t, p) * abs_pow<kSquare>(pt, p) * lt.bce;
+  }
   const T d = lt.sig - t;
   const T ad = d < T(0) ? -d : d;
   if (K == ClsLossKind::kQFL) return abs_pow<kSquare>(ad, p) * lt.bce;
@@ -169,9 +206,22 @@ TOOD_HOST_DEVICE_INLINE T element_grad(T x, T t, const ClsLossParams<T>& p) {
     return abs_pow_deriv<kSquare>(ad, p) * sgn * prob_bce(x, t) +
            abs_pow<kSquare>(ad, p) * prob_bce_grad(x, t);
   }
+  if (K == ClsLossKind::kFocalProb) {  // dpt/dp = 1 - 2t
+    if (!(x >= T(0) && x <= T(1))) return std::numeric_limits<T>::quiet_NaN();
+    const T pt = focal_pt(x, T(1) - x, t);
+    return focal_alpha(t, p) * (abs_pow_deriv<kSquare>(pt, p) * (T(1) - T(2) * t) *
+                                    prob_bce(x, t) +
+                                abs_pow<kSquare>(pt, p) * prob_bce_grad(x, t));
+  }
   const LogitTerms<T> lt = logit_terms(x, t);
   const T d = lt.sig - t;  // also dbce/dx
   if (K == ClsLossKind::kBCE) return d;
+  if (K == ClsLossKind::kFocal) {  // dpt/dx = (1 - 2t) s (1 - s)
+    const T pt = focal_pt(lt.sig, lt.sigc, t);
+    const T dpt = (T(1) - T(2) * t) * (lt.sig * lt.sigc);
+    return focal_alpha(t, p) *
+           (abs_pow_deriv<kSquare>(pt, p) * dpt * lt.bce + abs_pow<kSquare>(pt, p) * d);
+  }
   const T ad = d < T(0) ? -d : d;
   const T sgn = d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0));
   const T dsig = lt.sig * (T(1) - lt.sig);
@@ -205,6 +255,12 @@ inline void dispatch_cls_loss(ClsLossKind kind, double gamma, Fn&& fn) {
       break;
     case ClsLossKind::kVFL:
       with_square(std::integral_constant<ClsLossKind, ClsLossKind::kVFL>{});
+      break;
+    case ClsLossKind::kFocal:
+      with_square(std::integral_constant<ClsLossKind, ClsLossKind::kFocal>{});
+      break;
+    case ClsLossKind::kFocalProb:
+      with_square(std::integral_constant<ClsLossKind, ClsLossKind::kFocalProb>{});
       break;
   }
 }

@@ -3,9 +3,10 @@ its fake kernel and its pure-PyTorch reference (:mod:`tood_ext.reference.losses`
 
 The same error policy as the kernels (csrc/losses/losses.h) and :mod:`tood_ext.ops._checks`:
 TypeError for a wrong Python type, ValueError for a bad non-tensor value (kind, reduction, gamma,
-alpha, ``activated`` with a kind other than ``qfl``) and for a foreground score outside [0, 1]
-where the kind needs a quality target (``qfl``, ``vfl``), RuntimeError for a tensor of the wrong
-shape, dtype or device, IndexError for a label outside [-1, C).
+alpha, ``activated`` with a kind other than ``qfl`` / ``focal``, ``focal``'s alpha outside
+[0, 1]) and for a foreground score outside [0, 1] where the kind needs a quality target
+(``qfl``, ``vfl``, ``focal``), RuntimeError for a tensor of the wrong shape, dtype or device
+(``class_weight``, ``weight`` included), IndexError for a label outside [-1, C).
 """
 from __future__ import annotations
 
@@ -15,38 +16,55 @@ import torch
 
 from ._checks import check_choice, check_number, check_tensors
 
-CLS_LOSS_KINDS = ("bce", "qfl", "vfl")
+CLS_LOSS_KINDS = ("bce", "qfl", "vfl", "focal")
 CLS_LOSS_REDUCTIONS = ("sum", "mean")
-UNIT_SCORE_KINDS = ("qfl", "vfl")  # the target is a quality in [0, 1]
+UNIT_SCORE_KINDS = ("qfl", "vfl", "focal")  # the target is a quality in [0, 1]
+ACTIVATED_KINDS = ("qfl", "focal")  # kinds that take probabilities (activated=True)
+# alpha=None: the kind's own default (mmdetection's FocalLoss: 0.25; VarifocalLoss / PP-YOLOE:
+# 0.75; bce and qfl do not use alpha). csrc/losses/losses.h's default_alpha is the same table.
+DEFAULT_ALPHA = {"focal": 0.25}
+DEFAULT_ALPHA_OTHER = 0.75
 
 OP = "sparse_target_cls_loss"
 
-__all__ = ["CLS_LOSS_KINDS", "CLS_LOSS_REDUCTIONS", "UNIT_SCORE_KINDS", "check_cls_loss_args",
-           "check_cls_loss_tensors", "check_dfl_args", "check_dfl_tensors", "loss_dtype",
-           "reduce_sum"]
+__all__ = ["ACTIVATED_KINDS", "CLS_LOSS_KINDS", "CLS_LOSS_REDUCTIONS", "DEFAULT_ALPHA",
+           "UNIT_SCORE_KINDS", "check_cls_loss_args", "check_cls_loss_tensors", "check_dfl_args",
+           "check_dfl_tensors", "loss_dtype", "reduce_sum", "resolve_alpha"]
+
+
+def resolve_alpha(kind: str, alpha) -> float:
+    """``alpha``, or for ``alpha=None`` the kind's default (:data:`DEFAULT_ALPHA`)."""
+    if alpha is None:
+        return DEFAULT_ALPHA.get(kind, DEFAULT_ALPHA_OTHER)
+    return alpha
 
 
 def check_cls_loss_args(pred, labels, scores, kind, gamma, alpha, activated, class_weight,
-                        reduction, avg_factor) -> None:
-    """The non-tensor arguments and the Python types of the tensors (before any dispatch)."""
-    check_tensors(OP, optional=("class_weight",), pred=pred, labels=labels, scores=scores,
-                  class_weight=class_weight)
+                        reduction, avg_factor, weight=None) -> None:
+    """The non-tensor arguments and the Python types of the tensors (before any dispatch);
+    ``alpha`` may be None (the kind's default)."""
+    check_tensors(OP, optional=("class_weight", "weight"), pred=pred, labels=labels,
+                  scores=scores, class_weight=class_weight, weight=weight)
     check_choice("kind", kind, CLS_LOSS_KINDS)
     check_choice("reduction", reduction, CLS_LOSS_REDUCTIONS)
     if avg_factor is not None:
         check_number(OP, "avg_factor", avg_factor, tensor_ok=True)
     if not isinstance(activated, bool):
         raise TypeError(f"tood_ext.{OP}: activated must be a bool, got {activated!r}")
-    for name, value in (("gamma", gamma), ("alpha", alpha)):
+    for name, value in (("gamma", gamma), ("alpha", resolve_alpha(kind, alpha))):
         check_number(OP, name, value)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if activated and kind != "qfl":
+    if kind == "focal" and resolve_alpha(kind, alpha) > 1:
+        raise ValueError(f"alpha must be in [0, 1] for kind='focal' (the positives' share), got "
+                         f"{alpha}")
+    if activated and kind not in ACTIVATED_KINDS:
         raise ValueError("activated=True (pred holds probabilities) is supported by kind='qfl' "
-                         f"only, got kind={kind!r}")
+                         f"and kind='focal' only, got kind={kind!r}")
 
 
-def check_cls_loss_tensors(pred, labels, scores, kind, class_weight, values: bool = True) -> None:
+def check_cls_loss_tensors(pred, labels, scores, kind, class_weight, values: bool = True,
+                           weight=None) -> None:
     """The tensor checks of the kernels (csrc/losses/losses.h), for the reference and, with
     ``values=False`` (shapes, dtypes, devices only), the fake kernel."""
     if pred.dim() < 1:
@@ -73,6 +91,11 @@ def check_cls_loss_tensors(pred, labels, scores, kind, class_weight, values: boo
             raise RuntimeError(f"class_weight must have shape (C,) = ({C},) (one weight per "
                                f"class of pred), got {list(class_weight.shape)}")
         _same(class_weight, "class_weight", pred)
+    if weight is not None:
+        if tuple(weight.shape) != lead:
+            raise RuntimeError(f"weight must have shape pred.shape[:-1] = {list(lead)} (one "
+                               f"weight per anchor), got {list(weight.shape)}")
+        _same(weight, "weight", pred)
     if not values or labels.numel() == 0:
         return
     bad = (labels < -1) | (labels >= C)

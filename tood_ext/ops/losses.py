@@ -19,21 +19,38 @@ background anchors' scores are never read). With ``s = sigmoid(x)`` and
 * ``kind="vfl"``: ``w * bce(x, t)`` with ``w = t`` where ``t > 0``, else
   ``alpha * |s - t|^gamma`` (mmdetection's ``VarifocalLoss``, ``iou_weighted=True``; the
   PP-YOLOE / RT-DETR form). Scores must lie in [0, 1].
+* ``kind="focal"``: ``(alpha t + (1 - alpha)(1 - t)) * pt^gamma * bce(x, t)`` with
+  ``pt = (1 - s) t + s (1 - t)`` (mmdetection's ``FocalLoss(use_sigmoid=True)``,
+  ``py_sigmoid_focal_loss``; with scores 1 its hard one-hot target, with scores in [0, 1] the
+  same formula on a soft target). ``activated=True``: pred holds probabilities p,
+  ``pt = (1 - p) t + p (1 - t)`` and ``bce_p`` as for qfl (mmdetection's
+  ``FocalLoss(activated=True)``, TOOD's loss of its ATSS epochs). ``1 - s`` is computed as
+  ``sigmoid(-x)`` (no cancellation at large logits). Scores must lie in [0, 1], alpha in [0, 1].
+
+``alpha=None`` (the default) takes the kind's own default: 0.25 for ``focal`` (mmdetection's
+``FocalLoss``), 0.75 for ``vfl`` (``VarifocalLoss``, PP-YOLOE); bce and qfl ignore alpha. An
+explicit alpha is used as given. (The registered op ``torch.ops.tood_ext.sparse_target_cls_loss``
+takes ``alpha: float? = None`` with the same rule.)
 
 The focal factors are differentiated (as mmdetection's autograd does). ``class_weight`` (C,)
-multiplies each class's terms (ultralytics' ``class_weights``). The op returns the sum over
-all elements, in pred's dtype (float32 for float16/bfloat16 inputs, which are computed in
-float32: CUDA only); ``reduction="mean"`` divides it by ``avg_factor`` when given, else by
-``pred.numel()`` (1 at least). A NaN in pred makes the loss NaN and only its own element's
-gradient NaN. Empty inputs give 0 and an empty gradient. ``labels`` and ``scores`` are
-targets: no gradient flows to them (nor to ``class_weight``).
+multiplies each class's terms (ultralytics' ``class_weights``); ``weight`` (...) multiplies
+each anchor's whole row of terms (mmdetection's ``label_weights``; any real value, 0 ignores
+the anchor's finite terms; None: no extra work), and the gradient's row alike. The op returns
+the sum over all elements, in pred's dtype (float32 for float16/bfloat16 inputs, which are
+computed in float32: CUDA only); ``reduction="mean"`` divides it by ``avg_factor`` when given,
+else by ``pred.numel()`` (1 at least). (mmdetection's ``weight_reduce_loss`` divides by
+``avg_factor + eps``, eps = float32's: a drop-in passes that sum as avg_factor.) A NaN in
+pred makes the loss NaN and only its own element's gradient NaN (a NaN weight: its row's).
+Empty inputs give 0 and an empty gradient. ``labels``, ``scores``, ``class_weight`` and
+``weight`` are constants: no gradient flows to them (as mmdetection's label weights, which
+never require one).
 
 Deterministic: the forward sums fixed chunks of rows into a buffer of partial sums added in a
 fixed order (CPU: chunks independent of the thread count; CUDA: per-block slots, no atomics).
 The backward computes each element's gradient in one pass and writes only ``grad_pred``.
-Extra memory: O(rows) (the int64 copy of non-int64 labels, the label checks, the partial sums)
-in forward; the gradient in backward. Validating labels and scores reads them (one device
-sync on CUDA).
+Extra memory: O(rows) (the int64 copy of non-int64 labels, the label checks, the partial sums,
+a contiguous copy of a strided ``weight``) in forward; the gradient in backward. Validating
+labels and scores reads them (one device sync on CUDA).
 """
 from __future__ import annotations
 
@@ -41,15 +58,16 @@ import torch
 
 from .. import _loader
 from ._losses_spec import (CLS_LOSS_KINDS, check_cls_loss_args, check_cls_loss_tensors,
-                           check_dfl_args, check_dfl_tensors, loss_dtype, reduce_sum)
+                           check_dfl_args, check_dfl_tensors, loss_dtype, reduce_sum,
+                           resolve_alpha)
 
 __all__ = ["CLS_LOSS_KINDS", "dfl_loss", "sparse_target_cls_loss"]
 
 
 def sparse_target_cls_loss(pred: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-                           kind: str = "bce", *, gamma: float = 2.0, alpha: float = 0.75,
+                           kind: str = "bce", *, gamma: float = 2.0, alpha: float | None = None,
                            activated: bool = False, class_weight: torch.Tensor | None = None,
-                           reduction: str = "sum",
+                           weight: torch.Tensor | None = None, reduction: str = "sum",
                            avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
     """Classification loss of a sparse (label, score) target per anchor, fused fwd + bwd.
 
@@ -57,20 +75,24 @@ def sparse_target_cls_loss(pred: torch.Tensor, labels: torch.Tensor, scores: tor
         pred: (..., C) logits (probabilities for ``kind="qfl", activated=True``).
         labels: (...) integer class of each anchor in [-1, C); -1 is background.
         scores: (...) target score of each anchor's label (TAL's ``soft_target``), pred's dtype.
-        kind: ``"bce"`` | ``"qfl"`` | ``"vfl"`` (module docstring).
-        gamma, alpha: focusing exponent (qfl, vfl) and the VFL negatives' factor.
-        activated: pred holds probabilities (qfl only).
+        kind: ``"bce"`` | ``"qfl"`` | ``"vfl"`` | ``"focal"`` (module docstring).
+        gamma: focusing exponent (qfl, vfl, focal).
+        alpha: the VFL negatives' factor / the focal loss's positive share; None: the kind's
+            default (0.75 for vfl, 0.25 for focal).
+        activated: pred holds probabilities (qfl and focal only).
         class_weight: (C,) per-class weight, or None.
+        weight: (...) per-anchor weight (pred.shape[:-1], pred's dtype and device), or None.
         reduction: ``"sum"`` | ``"mean"`` (sum / avg_factor, else sum / pred.numel()).
 
     Returns the 0-d loss. Nothing of size (..., C) is allocated besides the gradient.
     """
     check_cls_loss_args(pred, labels, scores, kind, gamma, alpha, activated, class_weight,
-                        reduction, avg_factor)
+                        reduction, avg_factor, weight)
     _loader.check_inputs("sparse_target_cls_loss", pred=pred, labels=labels, scores=scores,
-                         class_weight=class_weight)
-    total = torch.ops.tood_ext.sparse_target_cls_loss(pred, labels, scores, kind, float(gamma),
-                                                      float(alpha), activated, class_weight)
+                         class_weight=class_weight, weight=weight)
+    total = torch.ops.tood_ext.sparse_target_cls_loss(
+        pred, labels, scores, kind, float(gamma), float(resolve_alpha(kind, alpha)), activated,
+        class_weight, weight)
     return reduce_sum(total, pred.numel(), reduction, avg_factor)
 
 
@@ -114,14 +136,17 @@ def _register():
     lib = "tood_ext::"
 
     @torch.library.register_fake(lib + "sparse_target_cls_loss")
-    def _fake(pred, labels, scores, kind="bce", gamma=2.0, alpha=0.75, activated=False,
-              class_weight=None):
-        check_cls_loss_tensors(pred, labels, scores, kind, class_weight, values=False)
+    def _fake(pred, labels, scores, kind="bce", gamma=2.0, alpha=None, activated=False,
+              class_weight=None, weight=None):
+        check_cls_loss_tensors(pred, labels, scores, kind, class_weight, values=False,
+                               weight=weight)
         return pred.new_empty((), dtype=loss_dtype(pred.dtype))
 
     @torch.library.register_fake(lib + "_sparse_target_cls_loss_backward")
-    def _backward_fake(grad, pred, labels, scores, kind, gamma, alpha, activated, class_weight):
-        check_cls_loss_tensors(pred, labels, scores, kind, class_weight, values=False)
+    def _backward_fake(grad, pred, labels, scores, kind, gamma, alpha, activated, class_weight,
+                       weight):
+        check_cls_loss_tensors(pred, labels, scores, kind, class_weight, values=False,
+                               weight=weight)
         torch._check(grad.dim() == 0, lambda: "grad (of the 0-d loss) must be 0-d")
         if grad.device != pred.device:
             raise RuntimeError(f"grad is on {grad.device} but pred is on {pred.device}; all "
@@ -129,17 +154,17 @@ def _register():
         return torch.empty_like(pred, memory_format=torch.contiguous_format)
 
     def _setup(ctx, inputs, output):
-        pred, labels, scores, kind, gamma, alpha, activated, class_weight = inputs
-        ctx.save_for_backward(pred, labels, scores, class_weight)
+        pred, labels, scores, kind, gamma, alpha, activated, class_weight, weight = inputs
+        ctx.save_for_backward(pred, labels, scores, class_weight, weight)
         ctx.args = (kind, gamma, alpha, activated)
 
     def _backward(ctx, grad):
-        pred, labels, scores, class_weight = ctx.saved_tensors
+        pred, labels, scores, class_weight, weight = ctx.saved_tensors
         grad_pred = None
         if ctx.needs_input_grad[0]:
             grad_pred = torch.ops.tood_ext._sparse_target_cls_loss_backward(
-                grad, pred, labels, scores, *ctx.args, class_weight)
-        return grad_pred, None, None, None, None, None, None, None
+                grad, pred, labels, scores, *ctx.args, class_weight, weight)
+        return grad_pred, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(lib + "sparse_target_cls_loss", _backward,
                                     setup_context=_setup)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops._losses_spec import (check_cls_loss_args, check_cls_loss_tensors, check_dfl_args,
-                                check_dfl_tensors, loss_dtype, reduce_sum)
+                                check_dfl_tensors, loss_dtype, reduce_sum, resolve_alpha)
 
 __all__ = ["dense_cls_target", "dfl_loss", "sparse_target_cls_loss"]
 
@@ -26,22 +26,36 @@ def dense_cls_target(labels: torch.Tensor, scores: torch.Tensor, num_classes: in
 
 
 def sparse_target_cls_loss(pred: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-                           kind: str = "bce", *, gamma: float = 2.0, alpha: float = 0.75,
+                           kind: str = "bce", *, gamma: float = 2.0, alpha: float | None = None,
                            activated: bool = False, class_weight: torch.Tensor | None = None,
-                           reduction: str = "sum",
+                           weight: torch.Tensor | None = None, reduction: str = "sum",
                            avg_factor: float | torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`tood_ext.ops.sparse_target_cls_loss`: materialises the (..., C)
     target and per-element loss."""
     check_cls_loss_args(pred, labels, scores, kind, gamma, alpha, activated, class_weight,
-                        reduction, avg_factor)
-    check_cls_loss_tensors(pred, labels, scores, kind, class_weight)
+                        reduction, avg_factor, weight)
+    check_cls_loss_tensors(pred, labels, scores, kind, class_weight, weight=weight)
+    alpha = resolve_alpha(kind, alpha)
     if pred.is_cuda is False and pred.dtype in (torch.float16, torch.bfloat16):
         raise RuntimeError(f"pred must be float32 or float64 on CPU (float16/bfloat16 are "
                            f"CUDA-only), got {pred.dtype}")
     work = loss_dtype(pred.dtype)
     x = pred.to(work)
     t = dense_cls_target(labels, scores, pred.shape[-1], work)
-    if kind == "qfl" and activated:
+    if kind == "focal":  # mmdetection's py_sigmoid_focal_loss / py_focal_loss_with_prob
+        if activated:
+            inside = (x >= 0) & (x <= 1)
+            p = torch.where(inside, x, 0.5)
+            bce = F.binary_cross_entropy(p, t, reduction="none")
+            q = 1 - p
+        else:
+            bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+            p, q = x.sigmoid(), (-x).sigmoid()
+        pt = q * t + p * (1 - t)
+        loss = bce * ((alpha * t + (1 - alpha) * (1 - t)) * pt.pow(gamma))
+        if activated:
+            loss = torch.where(inside, loss, torch.full_like(loss, float("nan")))
+    elif kind == "qfl" and activated:
         inside = (x >= 0) & (x <= 1)
         p = torch.where(inside, x, 0.5)  # F.binary_cross_entropy refuses them: NaN below
         loss = F.binary_cross_entropy(p, t, reduction="none") * (t - p).abs().pow(gamma)
@@ -57,6 +71,8 @@ def sparse_target_cls_loss(pred: torch.Tensor, labels: torch.Tensor, scores: tor
             loss = bce * torch.where(t > 0, t, focal)
     if class_weight is not None:
         loss = loss * class_weight.to(work)
+    if weight is not None:
+        loss = loss * weight.to(work)[..., None]
     return reduce_sum(loss.sum(), pred.numel(), reduction, avg_factor)
 
 
