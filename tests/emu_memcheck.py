@@ -68,6 +68,25 @@ def tal(ops, gen):
         ops.task_aligned_assign(*metric_inputs(gen, B, A, 3, G, dtype=F64))
 
 
+def losses(ops, gen):
+    """sparse_target_cls_loss (every kind, the class and the anchor weight) and dfl_loss."""
+    from loss_cases import KINDS, draw
+
+    for shape, C in [((3, 70), 7), ((0, 5), 3), ((2, 4), 1)]:
+        for kind, activated in KINDS:
+            x, lab, sc = draw(gen, shape, C, F64, activated=activated)
+            w = torch.rand(shape, generator=gen, dtype=F64)
+            cw = torch.rand(C, generator=gen, dtype=F64)
+            for args in ((None, None), (cw, w)):
+                full = (x, lab, sc, kind, 1.5, None, activated, *args)
+                ops.sparse_target_cls_loss(*full)
+                ops._sparse_target_cls_loss_backward(torch.tensor(0.5, dtype=F64), *full)
+    pd = torch.randn(300, 16, generator=gen, dtype=F64)
+    t = torch.rand(300, generator=gen, dtype=F64) * 15
+    ops.dfl_loss(pd, t, None)
+    ops._dfl_loss_backward(torch.tensor(1.0, dtype=F64), pd, t, t)
+
+
 def main() -> int:
     import tood_ext  # noqa: F401  (the CPU kernels compared with)
 
@@ -82,6 +101,7 @@ def main() -> int:
         ops._set_force_int64_index(int64_index)
         deform(ops, gen)
         box_ops(ops, gen)
+        losses(ops, gen)
         if not int64_index:  # TAL's kernels index in 64 bits always
             tal(ops, gen)
     ops._set_grid_cap(0)

@@ -8,7 +8,9 @@
 // activated combination -> ValueError (TORCH_CHECK_VALUE); a tensor of the
 // wrong shape, dtype or device -> RuntimeError (TORCH_CHECK); a label outside
 // [-1, C) -> IndexError (TORCH_CHECK_INDEX); a score outside [0, 1] of a
-// foreground anchor for kinds qfl, vfl and focal -> ValueError. Reading the labels and
+// foreground anchor for kinds qfl, vfl and focal -> ValueError; focal's alpha
+// outside [0, 1] -> ValueError. The per-anchor weight: shape pred.shape[:-1],
+// pred's dtype and device (RuntimeError), any value. Reading the labels and
 // scores costs one device sync on CUDA.
 #pragma once
 
