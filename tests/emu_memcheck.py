@@ -95,7 +95,8 @@ def tal(ops, gen):
 
 
 def losses(ops, gen):
-    """sparse_target_cls_loss (every kind, the class and the anchor weight) and dfl_loss."""
+    """sparse_target_cls_loss (every kind, the class and the anchor weight, row-major and
+    class-major pred) and dfl_loss."""
     from loss_cases import KINDS, draw
 
     for shape, C in [((3, 70), 7), ((0, 5), 3), ((2, 4), 1)]:
@@ -103,10 +104,12 @@ def losses(ops, gen):
             x, lab, sc = draw(gen, shape, C, F64, activated=activated)
             w = torch.rand(shape, generator=gen, dtype=F64)
             cw = torch.rand(C, generator=gen, dtype=F64)
+            class_major = x.transpose(-1, -2).contiguous().transpose(-1, -2)  # read in place
             for args in ((None, None), (cw, w)):
-                full = (x, lab, sc, kind, 1.5, None, activated, *args)
-                ops.sparse_target_cls_loss(*full)
-                ops._sparse_target_cls_loss_backward(torch.tensor(0.5, dtype=F64), *full)
+                for pred in (x, class_major):
+                    full = (pred, lab, sc, kind, 1.5, None, activated, *args)
+                    ops.sparse_target_cls_loss(*full)
+                    ops._sparse_target_cls_loss_backward(torch.tensor(0.5, dtype=F64), *full)
     pd = torch.randn(300, 16, generator=gen, dtype=F64)
     t = torch.rand(300, generator=gen, dtype=F64) * 15
     ops.dfl_loss(pd, t, None)

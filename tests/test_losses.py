@@ -437,10 +437,112 @@ def test_thread_count_does_not_change_bits(gen, kind, activated):
     x, lab, sc = draw(gen, (4, 3000), 37, torch.float32, activated=activated)
     cw = torch.rand(37, generator=gen)
     for w in (None, torch.rand(4, 3000, generator=gen)):
-        out = loss_grad_per_thread_count(tood_ext.sparse_target_cls_loss, x, lab, sc, kind,
-                                         activated=activated, class_weight=cw, weight=w)
-        for loss, g in out[1:]:
-            assert torch.equal(loss, out[0][0]) and torch.equal(g, out[0][1])
+        for pred in (x, class_major(x)):  # both layouts of the kernels
+            out = loss_grad_per_thread_count(tood_ext.sparse_target_cls_loss, pred, lab, sc,
+                                             kind, activated=activated, class_weight=cw,
+                                             weight=w)
+            for loss, g in out[1:]:
+                assert torch.equal(loss, out[0][0]) and torch.equal(g, out[0][1])
+
+
+# ---- class-major pred: a (B, A, C) view of a contiguous (B, C, A) tensor, read in place ----------
+
+
+def class_major(x):
+    """x's values as a class-major (..., A, C) view of a contiguous (..., C, A) tensor."""
+    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_class_major_layout(gen, kind, activated, dtype):
+    """The class-major view gives the row-major layout's loss (summed in another order: to
+    rounding) and its gradient bit for bit, written in pred's layout (no copy of pred or of
+    the gradient), with and without the weights; 2-d and 4-d views too."""
+    x, lab, sc = draw(gen, (3, 1100), 7, dtype, activated=activated)  # lines of 1100 anchors
+    x[0, 5, 2] = 1.0 if activated else 100.0  # an extreme element, background or not
+    lab[0, 5] = 2
+    cw = torch.rand(7, generator=gen, dtype=F64).to(dtype) + 0.5
+    w = torch.rand(3, 1100, generator=gen, dtype=F64).to(dtype)
+    rtol = 1e-12 if dtype == F64 else 2e-6
+    for class_weight, weight in ((None, None), (cw, None), (None, w), (cw, w)):
+        kw = dict(activated=activated, class_weight=class_weight, weight=weight)
+        want, gw = loss_and_grad(tood_ext.sparse_target_cls_loss, x, lab, sc, kind, **kw)
+        xc = class_major(x)
+        assert not xc.is_contiguous()
+        got, g = loss_and_grad(tood_ext.sparse_target_cls_loss, xc, lab, sc, kind, **kw)
+        torch.testing.assert_close(got, want, rtol=rtol, atol=0)
+        assert g.stride() == xc.stride()
+        assert torch.equal(g, gw)
+        r = ref.sparse_target_cls_loss(x.double(), lab, sc.double(), kind, activated=activated,
+                                       class_weight=None if class_weight is None
+                                       else class_weight.double(),
+                                       weight=None if weight is None else weight.double())
+        assert_close(got.double(), r, dtype=dtype)
+    for xs, ls, ss in ((x[0], lab[0], sc[0]),  # 2-d (A, C), and 4-d: rows l * A + a
+                       (x.reshape(3, 2, 550, 7), lab.reshape(3, 2, 550), sc.reshape(3, 2, 550))):
+        want, gw = loss_and_grad(tood_ext.sparse_target_cls_loss, xs, ls, ss, kind,
+                                 activated=activated)
+        got, g = loss_and_grad(tood_ext.sparse_target_cls_loss, class_major(xs), ls, ss, kind,
+                               activated=activated)
+        torch.testing.assert_close(got, want, rtol=rtol, atol=0)
+        assert torch.equal(g, gw) and g.stride() == class_major(xs).stride()
+
+
+def test_class_major_nan_and_memory(gen):
+    """A NaN in the class-major view: NaN loss, only its element's gradient NaN; the op's
+    extra memory is the gradient (no copy of pred)."""
+    x, lab, sc = draw(gen, (2, 3000), 40, torch.float32)
+    xc = class_major(x)
+    xc.data[1, 17, lab[1, 17].clamp(0)] = float("nan")
+    loss, g = loss_and_grad(tood_ext.sparse_target_cls_loss, xc, lab, sc, "bce")
+    assert loss.isnan()
+    nan = g.isnan()
+    assert nan.sum() == 1 and nan[1, 17, lab[1, 17].clamp(0)]
+    xc = class_major(x).requires_grad_()
+
+    def step():
+        loss = tood_ext.sparse_target_cls_loss(xc, lab, sc, "bce")
+        return torch.autograd.grad(loss, xc)
+    extra = peak_extra_memory(step, "cpu")
+    assert extra <= x.numel() * 4 + 64 * lab.numel() + (1 << 16)  # gradient + O(rows)
+
+
+def test_avx2_and_baseline_give_the_same_bits(gen, tmp_path):
+    """The CPU loops' AVX2 clone (picked when the CPU has it) and the baseline build
+    (TOOD_EXT_CPU_ISA=generic, in a subprocess) give the same loss and gradient bits, both
+    layouts, every kind."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "isa.py"
+    script.write_text(
+        "import sys, torch, tood_ext\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from loss_cases import KINDS, draw\n"
+        "gen = torch.Generator().manual_seed(7)\n"
+        "out = []\n"
+        "for kind, act in KINDS:\n"
+        "    x, lab, sc = draw(gen, (2, 1030), 23, torch.float32, activated=act)\n"
+        "    w = torch.rand(2, 1030, generator=gen)\n"
+        "    for xin in (x, x.transpose(1, 2).contiguous().transpose(1, 2)):\n"
+        "        xin = xin.detach().requires_grad_()\n"
+        "        loss = tood_ext.sparse_target_cls_loss(xin, lab, sc, kind, activated=act,\n"
+        "                                               weight=w)\n"
+        "        out.append((loss.detach(), *torch.autograd.grad(loss, xin)))\n"
+        "torch.save(out, sys.argv[1])\n")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(tests_dir)
+    results = []
+    for isa in ("generic", "auto"):
+        env = dict(os.environ, TOOD_EXT_CPU_ISA=isa,
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        path = tmp_path / f"{isa}.pt"
+        subprocess.run([sys.executable, str(script), str(path), tests_dir], env=env, check=True)
+        results.append(torch.load(path))
+    for a, b in zip(*results):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
 # ---- bad input ---------------------------------------------------------------------------------

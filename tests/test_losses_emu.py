@@ -63,6 +63,30 @@ def test_emulated_forward_is_deterministic(gen, emu):
                 first)
 
 
+@pytest.mark.parametrize("kind,activated", KINDS, ids=KIND_IDS)
+def test_emulated_class_major(gen, ops, kind, activated):
+    """pred as a class-major (B, A, C) view of a contiguous (B, C, A) tensor: the emulated
+    kernels read it in place and write grad_pred in its layout; loss and gradient equal the
+    CPU kernels' on the same view (and on its contiguous copy)."""
+    x, lab, sc = draw(gen, (3, 700), 7, torch.float32, activated=activated)
+    xc = x.transpose(1, 2).contiguous().transpose(1, 2)
+    cw = torch.rand(7, generator=gen) + 0.5
+    w = torch.rand(3, 700, generator=gen)
+    for class_weight, weight in ((None, None), (cw, w)):
+        args = (lab, sc, kind, 1.5, None, activated, class_weight, weight)
+        got = ops.sparse_target_cls_loss(xc, *args)
+        torch.testing.assert_close(got, torch.ops.tood_ext.sparse_target_cls_loss(xc, *args),
+                                   rtol=1e-5, atol=0)
+        torch.testing.assert_close(got, torch.ops.tood_ext.sparse_target_cls_loss(x, *args),
+                                   rtol=1e-5, atol=0)
+        grad = torch.tensor(0.37)
+        g = ops._sparse_target_cls_loss_backward(grad, xc, *args)
+        assert g.stride() == xc.stride()
+        torch.testing.assert_close(
+            g, torch.ops.tood_ext._sparse_target_cls_loss_backward(grad, x, *args),
+            rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(0, 9, 5), (4, 0, 5), (3, 4, 0)])
 def test_emulated_empty(emu, shape):
     x = torch.zeros(shape)

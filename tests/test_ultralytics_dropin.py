@@ -309,6 +309,31 @@ def test_fused_loss_equals_ultralytics(gen, monkeypatch, which, class_weights, r
     assert len(calls) >= compared, "the fused classification loss was not used"
 
 
+@pytest.mark.parametrize("kind", ["tiny", "crowded", "empty"])
+def test_fused_loss_assigns_from_the_gt_class_columns(gen, kind):
+    """The fused loss's assignment from the (B, A, G) sigmoid of each GT's class column of the
+    head's (B, C, A) logits (``_gt_class_scores``) equals the adapter's ``forward_sparse`` on
+    the whole (B, A, C) sigmoid; the shortcut steps aside (None) when G >= C or a valid GT's
+    label is outside [0, C)."""
+    from tood_ext.compat.ultralytics_fused import _gt_class_scores
+
+    nc = 40  # > G (up to 30 GTs per image)
+    _, _, pb, ap, gl, gb, mg = assigner_inputs(gen, 2, nc, 160, kind)
+    logits = torch.randn(2, nc, pb.shape[1], generator=gen) * 2 - 2  # the head's (B, C, A)
+    assigner = tul.TaskAlignedAssigner(topk=10, num_classes=nc, alpha=0.5, beta=6.0,
+                                       stride=list(STRIDES))
+    want = assigner.forward_sparse(logits.permute(0, 2, 1).sigmoid(), pb, ap, gl, gb, mg)
+    cols = _gt_class_scores(logits, gl, mg)
+    assert cols is not None and cols.shape == (2, pb.shape[1], gb.shape[1])
+    got = assigner._forward_sparse_gt_scores(cols, pb, ap, gl, gb, mg)
+    assert _same_outputs(got, want)
+    if gb.shape[1] > 0:
+        assert _gt_class_scores(logits[:, : gb.shape[1]], gl.clamp(max=0), mg) is None  # G >= C
+        bad = gl.clone()
+        bad[mg.bool()] = nc  # a valid GT of class C
+        assert (_gt_class_scores(logits, bad, mg) is None) == bool(mg.any())
+
+
 def test_fused_loss_leaves_other_assigners_to_ultralytics(gen):
     """A loss whose assigner is not the adapter (built before the patch) keeps ultralytics'
     method under ``fused_loss=True``, bit for bit."""

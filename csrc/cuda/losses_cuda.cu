@@ -11,6 +11,10 @@
 // * backward: one thread per element writes grad_pred; nothing else of size
 //   (rows, C) is allocated. The 0-d incoming gradient is read on the device
 //   (no sync).
+// * pred's layout (SparseClsLossPlan): element i of the loops is element i in
+//   memory, row-major or class-major (a (..., C, A) buffer viewed as (..., A,
+//   C), read in place; grad_pred written in it); cls_element gives its anchor
+//   row and class. The forward's order is the memory order in both.
 // * launches use the current stream under a device guard and are checked.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -41,19 +45,37 @@ __device__ __forceinline__ double block_sum(double v, double* buf) {
   return buf[0];
 }
 
+// The anchor row r and class c of element i in memory: row-major (anchors ==
+// 0) i = r * C + c; class-major i = (l * C + c) * A + a with r = l * A + a.
+template <typename index_t>
+__device__ __forceinline__ void cls_element(index_t i, index_t classes, index_t anchors,
+                                            index_t& r, index_t& c) {
+  if (anchors == 0) {
+    r = i / classes;
+    c = i - r * classes;
+    return;
+  }
+  const index_t line = i / anchors;
+  const index_t l = line / classes;
+  c = line - l * classes;
+  r = l * anchors + (i - line * anchors);
+}
+
 template <ClsLossKind K, bool kSquare, typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kLossThreads)
     cls_loss_partial_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ labels,
                             const scalar_t* __restrict__ scores,
                             const scalar_t* __restrict__ class_weight,
-                            const scalar_t* __restrict__ weight, index_t classes, index_t n,
+                            const scalar_t* __restrict__ weight, index_t classes,
+                            index_t anchors, index_t n,
                             ClsLossParams<at::opmath_type<scalar_t>> p,
                             double* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ double buf[kLossThreads];
   acc_t acc = 0;
   for (index_t i = global_thread<index_t>(); i < n; i += grid_stride<index_t>()) {
-    const index_t r = i / classes, c = i - r * classes;
+    index_t r, c;
+    cls_element(i, classes, anchors, r, c);
     const int64_t label = labels[r];
     const acc_t t = label == static_cast<int64_t>(c) ? static_cast<acc_t>(scores[r]) : acc_t(0);
     const acc_t l = element_loss<K, kSquare>(static_cast<acc_t>(x[i]), t, p);
@@ -83,13 +105,14 @@ __global__ void cls_loss_backward_kernel(const at::opmath_type<scalar_t>* __rest
                                          const scalar_t* __restrict__ scores,
                                          const scalar_t* __restrict__ class_weight,
                                          const scalar_t* __restrict__ weight,
-                                         index_t classes, index_t n,
+                                         index_t classes, index_t anchors, index_t n,
                                          ClsLossParams<at::opmath_type<scalar_t>> p,
                                          scalar_t* __restrict__ grad_pred) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t g = grad[0];
   for (index_t i = global_thread<index_t>(); i < n; i += grid_stride<index_t>()) {
-    const index_t r = i / classes, c = i - r * classes;
+    index_t r, c;
+    cls_element(i, classes, anchors, r, c);
     const int64_t label = labels[r];
     const acc_t t = label == static_cast<int64_t>(c) ? static_cast<acc_t>(scores[r]) : acc_t(0);
     const acc_t d = element_grad<K, kSquare>(static_cast<acc_t>(x[i]), t, p);
@@ -146,7 +169,8 @@ at::Tensor sparse_target_cls_loss_cuda(const at::Tensor& pred, const at::Tensor&
         dim3(blocks), dim3(kLossThreads), stream, plan.pred.const_data_ptr<scalar_t>(),
         plan.labels.const_data_ptr<int64_t>(), plan.scores.const_data_ptr<scalar_t>(),
         class_weight_ptr<scalar_t>(plan), weight_ptr<scalar_t>(plan),
-        static_cast<index_t>(plan.classes), static_cast<index_t>(n), plan.params<acc_t>(),
+        static_cast<index_t>(plan.classes), static_cast<index_t>(plan.anchors),
+        static_cast<index_t>(n), plan.params<acc_t>(),
         partial.mutable_data_ptr<double>());
   });
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sparse_target_cls_loss_cuda_sum", [&] {
@@ -166,7 +190,7 @@ at::Tensor sparse_target_cls_loss_backward_cuda(const at::Tensor& grad, const at
   const DeviceGuard guard(pred.device());
   const SparseClsLossPlan plan = prepare_sparse_target_cls_loss(
       pred, labels, scores, kind, gamma, alpha, activated, class_weight, weight, &grad);
-  at::Tensor grad_pred = at::empty(plan.pred.sizes(), plan.pred.options());
+  at::Tensor grad_pred = grad_pred_like(plan);
   const int64_t n = plan.numel();
   if (n == 0) return grad_pred.view(pred.sizes());
   const cudaStream_t stream = current_stream();
@@ -181,9 +205,10 @@ at::Tensor sparse_target_cls_loss_backward_cuda(const at::Tensor& grad, const at
         plan.pred.const_data_ptr<scalar_t>(), plan.labels.const_data_ptr<int64_t>(),
         plan.scores.const_data_ptr<scalar_t>(), class_weight_ptr<scalar_t>(plan),
         weight_ptr<scalar_t>(plan), static_cast<index_t>(plan.classes),
+        static_cast<index_t>(plan.anchors),
         static_cast<index_t>(n), plan.params<acc_t>(), grad_pred.mutable_data_ptr<scalar_t>());
   });
-  return grad_pred.view(pred.sizes());
+  return grad_pred;
 }
 
 // ---- dfl_loss: one thread per row (R = reg_max bins, 16 in YOLOv8) ----------

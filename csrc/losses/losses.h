@@ -62,11 +62,19 @@ inline double default_alpha(ClsLossKind k) { return is_focal_kind(k) ? 0.25 : 0.
 // Kinds whose target must be a quality in [0, 1] (bce takes any real target).
 inline bool kind_needs_unit_scores(ClsLossKind k) { return k != ClsLossKind::kBCE; }
 
-// The checked, contiguous inputs of one call and what the kernels need.
+// The checked inputs of one call and what the kernels need.
+//
+// pred's layout: row-major (the (rows, C) contiguous tensor; any other layout
+// is copied to it), or class-major, read in place: a (..., A, C) tensor whose
+// last two dims transposed are contiguous, i.e. a (..., C, A) buffer viewed
+// as (..., A, C) (ultralytics' head output permute(0, 2, 1)). Element (l, a, c)
+// of the class-major buffer is at (l * C + c) * A + a, its anchor row l * A + a.
+// grad_pred has pred's layout (grad_pred_like).
 struct SparseClsLossPlan {
   int64_t rows = 0;     // anchors: pred.numel() / C
   int64_t classes = 0;  // C = pred.size(-1)
-  at::Tensor pred;          // (rows, C) contiguous
+  int64_t anchors = 0;  // class-major: A = pred.size(-2); row-major: 0
+  at::Tensor pred;          // (rows, C) contiguous, or class-major (above)
   at::Tensor labels;        // (rows,) int64 contiguous
   at::Tensor scores;        // (rows,) contiguous, pred's dtype
   at::Tensor class_weight;  // (C,) contiguous, or undefined
@@ -77,6 +85,7 @@ struct SparseClsLossPlan {
   at::Tensor grad;                 // backward: the 0-d incoming gradient
 
   int64_t numel() const { return rows * classes; }
+  bool class_major() const { return anchors > 0; }
   template <typename T>
   ClsLossParams<T> params() const {
     return ClsLossParams<T>{static_cast<T>(gamma), static_cast<T>(alpha)};
@@ -166,13 +175,25 @@ inline SparseClsLossPlan prepare_sparse_target_cls_loss(
       }
     }
   }
-  plan.pred = pred.contiguous();
+  if (pred.dim() >= 2 && !pred.is_contiguous() && pred.transpose(-1, -2).is_contiguous()) {
+    plan.anchors = pred.size(-2);  // class-major, in place (> 0: pred is not empty here)
+    plan.pred = pred;
+  } else {
+    plan.pred = pred.contiguous();
+  }
   plan.labels = labels.scalar_type() == at::kLong ? labels.contiguous()
                                                  : labels.to(at::kLong).contiguous();
   plan.scores = scores.contiguous();
   if (has_weight) plan.class_weight = class_weight->contiguous();
   if (has_row_weight) plan.weight = weight->contiguous();
   return plan;
+}
+
+// An uninitialised gradient of pred's shape in the plan's layout: (rows, C)
+// contiguous, or class-major ((..., C, A) contiguous viewed as (..., A, C)).
+inline at::Tensor grad_pred_like(const SparseClsLossPlan& plan) {
+  if (!plan.class_major()) return at::empty(plan.pred.sizes(), plan.pred.options());
+  return at::empty(plan.pred.transpose(-1, -2).sizes(), plan.pred.options()).transpose(-1, -2);
 }
 
 // ---- dfl_loss ---------------------------------------------------------------

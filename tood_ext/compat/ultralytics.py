@@ -237,6 +237,27 @@ class TaskAlignedAssigner(nn.Module):
         return self._assign_sparse(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
                                    mask_gt)
 
+    @torch.no_grad()
+    def _forward_sparse_gt_scores(self, gt_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                                  mask_gt):
+        """:meth:`forward_sparse` given, instead of the (B, A, C) probabilities, only the
+        columns that the assignment reads: ``gt_scores`` (B, A, G), the probability of each
+        GT's class, ``gt_scores[b, a, g] = pd_scores[b, a, gt_labels[b, g]]`` (the fused loss
+        gathers them from the head's logits: no (B, A, C) sigmoid). The labels of valid GTs
+        must lie in [0, num_classes) (the caller checks). Same outputs as
+        :meth:`forward_sparse`."""
+        gt_bboxes, mask_gt = _check_forward_args(gt_scores, pd_bboxes, anc_points, gt_labels,
+                                                 gt_bboxes, mask_gt)
+        self.bs = gt_scores.shape[0]
+        self.n_max_boxes = G = gt_bboxes.shape[1]
+        if G == 0:
+            zero = gt_scores.new_zeros(gt_scores.shape[:2])
+            return (torch.full_like(zero, self.num_classes), torch.zeros_like(pd_bboxes), zero,
+                    torch.zeros_like(zero, dtype=torch.bool), torch.zeros_like(zero))
+        column = torch.arange(G, device=gt_scores.device).expand(self.bs, G)  # GT g: column g
+        return self._assign_sparse(gt_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                                   mask_gt, score_labels=column)
+
     # -----------------------------------------------------------------------------------------
 
     @staticmethod
@@ -247,13 +268,16 @@ class TaskAlignedAssigner(nn.Module):
 
         return task_aligned_assign
 
-    def _assign_sparse(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+    def _assign_sparse(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                       score_labels=None):
+        """score_labels (B, G): the column of pd_scores holding each GT's score (default: its
+        class, gt_labels)."""
         task_aligned_assign = self._tal_op()
         B, A, C = pd_scores.shape
         G = gt_bboxes.shape[1]
         dev = pd_scores.device
         valid = mask_gt.reshape(B, G).bool()
-        labels = gt_labels.reshape(B, G).long()
+        labels = gt_labels.reshape(B, G).long() if score_labels is None else score_labels
         # ultralytics' align_metric dtype; the op runs in it (float32 for half types on CPU)
         work = torch.promote_types(pd_scores.dtype, pd_bboxes.dtype)
         op_dtype = torch.float32 if (work in _HALF and dev.type == "cpu") else work

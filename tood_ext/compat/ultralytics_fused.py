@@ -7,9 +7,15 @@ row sum (the box / DFL weight). Each needs only the one non-zero per anchor that
 already has: ``target_labels`` and ``norm`` (t_hat, 0 off the positives). The method that
 :func:`fused_method` makes runs the same steps on those:
 
-* the assignment: the adapter's :meth:`TaskAlignedAssigner.forward_sparse` (no target_scores);
+* the assignment: the adapter's :meth:`TaskAlignedAssigner.forward_sparse` (no target_scores)
+  on only the scores it reads: per GT the column of its class, gathered from the head's
+  (B, C, A) logits and passed through the sigmoid, (B, A, G) instead of ultralytics' (B, A, C)
+  sigmoid (when G < C; else the whole sigmoid, as ultralytics);
 * cls: :func:`tood_ext.sparse_target_cls_loss` (``kind="bce"``, ultralytics' ``class_weights``
   as ``class_weight``), one pass forward and backward, no (B, A, C) target, loss or buffer;
+  it reads the head's class-major (B, C, A) scores in place through the (B, A, C) view
+  ``permute(0, 2, 1)`` and writes their gradient in that layout (ultralytics copies them
+  with ``.contiguous()`` first);
 * the normaliser: ``norm.sum().clamp(min=1)`` (the sum of target_scores, summed in another order:
   equal to float rounding);
 * box and DFL (reg_max > 1: YOLOv8 / 11): on the positive rows only, ``w = norm``, the fused
@@ -56,7 +62,7 @@ def _sparse_targets_and_loss(self, preds: dict, batch: dict) -> tuple:
 
     loss = torch.zeros(3, device=self.device)  # box, cls, dfl
     pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()
-    pred_scores = preds["scores"].permute(0, 2, 1).contiguous()
+    pred_scores = preds["scores"].permute(0, 2, 1)  # (B, A, C) view: the op reads it in place
     anchor_points, stride_tensor = make_anchors(preds["feats"], self.stride, 0.5)
 
     dtype = pred_scores.dtype
@@ -68,14 +74,15 @@ def _sparse_targets_and_loss(self, preds: dict, batch: dict) -> tuple:
     mask_gt = gt_bboxes.sum(2, keepdim=True).gt_(0.0)
 
     pred_bboxes = self.bbox_decode(anchor_points, pred_distri)
-    target_labels, target_bboxes, norm, fg_mask, target_gt_idx = self.assigner.forward_sparse(
-        pred_scores.detach().sigmoid(),
-        (pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype),
-        anchor_points * stride_tensor,
-        gt_labels,
-        gt_bboxes,
-        mask_gt,
-    )
+    gt_scores = _gt_class_scores(preds["scores"].detach(), gt_labels, mask_gt)
+    assign_args = ((pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype),
+                   anchor_points * stride_tensor, gt_labels, gt_bboxes, mask_gt)
+    if gt_scores is not None:
+        target_labels, target_bboxes, norm, fg_mask, target_gt_idx = \
+            self.assigner._forward_sparse_gt_scores(gt_scores, *assign_args)
+    else:
+        target_labels, target_bboxes, norm, fg_mask, target_gt_idx = \
+            self.assigner.forward_sparse(pred_scores.detach().sigmoid(), *assign_args)
     target_scores_sum = norm.sum().clamp_(min=1)
 
     # cls: the target is norm at target_labels on the positives, 0 everywhere else
@@ -101,6 +108,25 @@ def _sparse_targets_and_loss(self, preds: dict, batch: dict) -> tuple:
         loss,
         dict(zip(self.loss_names, loss.detach())),
     )
+
+
+def _gt_class_scores(scores: torch.Tensor, gt_labels: torch.Tensor, mask_gt: torch.Tensor):
+    """The assigner's probabilities of the GTs' classes only: (B, A, G) with ``[b, a, g] =
+    sigmoid(scores[b, gt_labels[b, g], a])`` from the head's (B, C, A) logits ``scores``
+    (padding GTs: class 0), or None where that is not smaller than the (B, A, C) sigmoid
+    (G >= C) or a valid GT's label lies outside [0, C) (the adapter's own checks then raise
+    on the whole scores, as without this shortcut)."""
+    B, C, A = scores.shape
+    G = gt_labels.shape[1]
+    if G >= C:
+        return None
+    labels = gt_labels.reshape(B, G)
+    valid = mask_gt.reshape(B, G).bool()
+    if bool(((valid & ((labels < 0) | (labels >= C) | (labels != labels.floor()))).any())):
+        return None
+    index = torch.where(valid, labels.long(), torch.zeros_like(labels, dtype=torch.long))
+    cols = scores.gather(1, index[:, :, None].expand(B, G, A))  # (B, G, A)
+    return cols.sigmoid_().transpose(1, 2)  # (B, A, G) view
 
 
 def _box_and_dfl(self, pred_distri, pred_bboxes, anchor_points, target_bboxes, norm, fg_mask,

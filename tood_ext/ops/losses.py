@@ -45,9 +45,17 @@ Empty inputs give 0 and an empty gradient. ``labels``, ``scores``, ``class_weigh
 ``weight`` are constants: no gradient flows to them (as mmdetection's label weights, which
 never require one).
 
+Layouts: ``pred`` row-major (its classes contiguous; any other layout is copied to it first),
+or class-major, read in place: a (..., A, C) view of a contiguous (..., C, A) tensor (a detection
+head's (B, C, A) output ``.permute(0, 2, 1)``), whose gradient is then written in the same
+layout (no copy of either). The same gradient bits in both; the loss summed in another order
+(csrc/cpu/losses_cpu.cpp documents both orders): equal to float rounding.
+
 Deterministic: the forward sums fixed chunks of rows into a buffer of partial sums added in a
 fixed order (CPU: chunks independent of the thread count; CUDA: per-block slots, no atomics).
-The backward computes each element's gradient in one pass and writes only ``grad_pred``.
+The backward computes each element's gradient in one pass and writes only ``grad_pred``. The
+CPU loops run 8-wide on AVX2 CPUs (a clone picked at run time; ``TOOD_EXT_CPU_ISA=generic``:
+the baseline), with the same bits as the baseline.
 Extra memory: O(rows) (the int64 copy of non-int64 labels, the label checks, the partial sums,
 a contiguous copy of a strided ``weight``) in forward; the gradient in backward. Validating
 labels and scores reads them (one device sync on CUDA).
@@ -132,6 +140,22 @@ def dfl_loss(pred_dist: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 # ---------------------------------------------------------------------------------------------
 
 
+def _class_major(pred: torch.Tensor) -> bool:
+    """Whether the kernels read pred in place as class-major: a (..., A, C) view of a
+    contiguous (..., C, A) tensor (csrc/losses/losses.h, SparseClsLossPlan)."""
+    return pred.dim() >= 2 and not pred.is_contiguous() and \
+        pred.transpose(-1, -2).is_contiguous()
+
+
+def _grad_pred_like(pred: torch.Tensor) -> torch.Tensor:
+    """An empty gradient in the layout the kernels write: pred's if class-major, else
+    contiguous."""
+    if _class_major(pred):
+        return torch.empty_like(pred.transpose(-1, -2),
+                                memory_format=torch.contiguous_format).transpose(-1, -2)
+    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
 def _register():
     lib = "tood_ext::"
 
@@ -151,7 +175,7 @@ def _register():
         if grad.device != pred.device:
             raise RuntimeError(f"grad is on {grad.device} but pred is on {pred.device}; all "
                                "inputs must be on the same device")
-        return torch.empty_like(pred, memory_format=torch.contiguous_format)
+        return _grad_pred_like(pred)
 
     def _setup(ctx, inputs, output):
         pred, labels, scores, kind, gamma, alpha, activated, class_weight, weight = inputs
