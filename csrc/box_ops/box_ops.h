@@ -73,14 +73,51 @@ inline void check_box_pair(const at::Tensor& a, const char* a_name, const at::Te
   check_same_device(b, a, b_name, a_name);
 }
 
-// box_iou's inputs. aligned: batch 1, n = the number of pairs, m 1.
-struct BoxIouArgs {
+// The layout of a pair op over two box tensors a (..., N, W) and b (..., M, W)
+// (box_iou, probiou): pairwise, batch = the product of the leading dims and
+// out_sizes (..., N, M); aligned (same shapes), batch 1, n = the number of
+// pairs, m 1 and out_sizes (..., N).
+struct PairLayout {
+  int64_t batch, n, m;
+  std::vector<int64_t> out_sizes;
+};
+
+// Checks the shapes of a and b (already checked (..., W)) against the layout;
+// op, a_name, b_name and box_width W word the errors.
+inline void set_pair_layout(PairLayout& s, const char* op, const at::Tensor& a,
+                            const char* a_name, const at::Tensor& b, const char* b_name,
+                            bool aligned, int64_t box_width) {
+  if (aligned) {
+    TORCH_CHECK(a.sizes() == b.sizes(), "aligned ", op, " needs ", a_name, " and ", b_name,
+                " of the same shape (..., N, ", box_width, "), got ", a.sizes(), " and ",
+                b.sizes());
+    s.out_sizes = leading_dims(a, 1);
+    s.batch = 1;
+    s.n = a.numel() / box_width;
+    s.m = 1;
+  } else {
+    TORCH_CHECK(a.dim() >= 2 && b.dim() >= 2, "pairwise ", op, " needs ", a_name, " (..., N, ",
+                box_width, ") and ", b_name, " (..., M, ", box_width, "), got shapes ",
+                a.sizes(), " and ", b.sizes());
+    auto lead1 = leading_dims(a, 2), lead2 = leading_dims(b, 2);
+    TORCH_CHECK(lead1 == lead2, "pairwise ", op, " needs the same leading (batch) dims in ",
+                a_name, " ", a.sizes(), " and ", b_name, " ", b.sizes());
+    s.batch = 1;
+    for (int64_t d : lead1) s.batch *= d;
+    s.n = a.size(-2);
+    s.m = b.size(-2);
+    s.out_sizes = lead1;
+    s.out_sizes.push_back(s.n);
+    s.out_sizes.push_back(s.m);
+  }
+}
+
+// box_iou's inputs (the layout: PairLayout).
+struct BoxIouArgs : PairLayout {
   at::Tensor boxes1, boxes2;  // contiguous
   IoUMode mode;
   bool aligned;
   double eps;
-  int64_t batch, n, m;
-  std::vector<int64_t> out_sizes;  // (..., N, M), aligned (..., N)
 };
 
 inline BoxIouArgs box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxes2,
@@ -90,28 +127,7 @@ inline BoxIouArgs box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxes
   s.aligned = aligned;
   s.eps = eps;
   check_box_pair(boxes1, "boxes1", boxes2, "boxes2");
-  if (aligned) {
-    TORCH_CHECK(boxes1.sizes() == boxes2.sizes(), "aligned box_iou needs boxes1 and boxes2 of "
-                "the same shape (..., N, 4), got ", boxes1.sizes(), " and ", boxes2.sizes());
-    s.out_sizes = leading_dims(boxes1, 1);
-    s.batch = 1;
-    s.n = boxes1.numel() / 4;
-    s.m = 1;
-  } else {
-    TORCH_CHECK(boxes1.dim() >= 2 && boxes2.dim() >= 2,
-                "pairwise box_iou needs boxes1 (..., N, 4) and boxes2 (..., M, 4), got shapes ",
-                boxes1.sizes(), " and ", boxes2.sizes());
-    auto lead1 = leading_dims(boxes1, 2), lead2 = leading_dims(boxes2, 2);
-    TORCH_CHECK(lead1 == lead2, "pairwise box_iou needs the same leading (batch) dims in "
-                "boxes1 ", boxes1.sizes(), " and boxes2 ", boxes2.sizes());
-    s.batch = 1;
-    for (int64_t d : lead1) s.batch *= d;
-    s.n = boxes1.size(-2);
-    s.m = boxes2.size(-2);
-    s.out_sizes = lead1;
-    s.out_sizes.push_back(s.n);
-    s.out_sizes.push_back(s.m);
-  }
+  set_pair_layout(s, "box_iou", boxes1, "boxes1", boxes2, "boxes2", aligned, 4);
   s.boxes1 = boxes1.contiguous();
   s.boxes2 = boxes2.contiguous();
   return s;
@@ -174,25 +190,23 @@ inline BoxIouBackwardContract prepare_box_iou_backward(const at::Tensor& grad,
   return c;
 }
 
-// iou_loss's inputs: n = the number of box pairs.
-struct IouLossArgs {
+// The inputs of an element-wise box-pair loss (iou_loss, probiou_loss), its
+// own modes and scalars aside: n = the number of box pairs.
+struct PairLossInputs {
   at::Tensor pred, target;  // contiguous
   at::Tensor weight;        // contiguous; undefined without a weight
-  IoUMode mode;
-  double eps;
   std::vector<int64_t> out_sizes;  // the unreduced loss: pred's shape without its last dim
   int64_t n;
 };
 
-inline IouLossArgs iou_loss_args(const at::Tensor& pred, const at::Tensor& target,
-                                 const c10::optional<at::Tensor>& weight, c10::string_view mode,
-                                 double eps) {
-  IouLossArgs s;
-  s.mode = parse_iou_mode(mode);
-  s.eps = eps;
-  check_box_pair(pred, "pred", target, "target");
+// The checks such a loss shares once the family has checked pred and target
+// ((..., box_width), dtype, device): the same shapes, the optional weight;
+// then the contiguous inputs.
+inline void set_pair_loss_inputs(PairLossInputs& s, const at::Tensor& pred,
+                                 const at::Tensor& target,
+                                 const c10::optional<at::Tensor>& weight, int64_t box_width) {
   TORCH_CHECK(pred.sizes() == target.sizes(), "pred and target must have the same shape "
-              "(..., 4), got ", pred.sizes(), " and ", target.sizes());
+              "(..., ", box_width, "), got ", pred.sizes(), " and ", target.sizes());
   s.out_sizes = leading_dims(pred, 1);
   const bool has_w = weight.has_value() && weight->defined();
   if (has_w) {
@@ -205,15 +219,46 @@ inline IouLossArgs iou_loss_args(const at::Tensor& pred, const at::Tensor& targe
   s.pred = pred.contiguous();
   s.target = target.contiguous();
   if (has_w) s.weight = weight->contiguous();
-  s.n = pred.numel() / 4;
+  s.n = pred.numel() / box_width;
+}
+
+// The backward contract of such a loss (Args: its PairLossInputs and
+// scalars), with its outputs uninitialised: every element is written.
+template <typename Args>
+struct PairLossBackwardContract : Args, GradInput {
+  at::Tensor grad_pred, grad_target, grad_weight;
+};
+
+template <typename Args>
+PairLossBackwardContract<Args> pair_loss_backward_contract(Args args, const at::Tensor& grad,
+                                                           const at::Tensor& pred) {
+  GradInput g = grad_input(grad, args.out_sizes, "the unreduced loss", pred, "pred");
+  PairLossBackwardContract<Args> c{std::move(args), std::move(g)};
+  c.grad_pred = at::empty_like(c.pred);
+  c.grad_target = at::empty_like(c.target);
+  c.grad_weight = at::empty(c.out_sizes, c.pred.options());
+  return c;
+}
+
+// iou_loss's inputs.
+struct IouLossArgs : PairLossInputs {
+  IoUMode mode;
+  double eps;
+};
+
+inline IouLossArgs iou_loss_args(const at::Tensor& pred, const at::Tensor& target,
+                                 const c10::optional<at::Tensor>& weight, c10::string_view mode,
+                                 double eps) {
+  IouLossArgs s;
+  s.mode = parse_iou_mode(mode);
+  s.eps = eps;
+  check_box_pair(pred, "pred", target, "target");
+  set_pair_loss_inputs(s, pred, target, weight, 4);
   return s;
 }
 
 using IouLossContract = ForwardContract<IouLossArgs>;
-
-struct IouLossBackwardContract : IouLossArgs, GradInput {
-  at::Tensor grad_pred, grad_target, grad_weight;  // uninitialised; every element written
-};
+using IouLossBackwardContract = PairLossBackwardContract<IouLossArgs>;
 
 inline IouLossContract prepare_iou_loss(const at::Tensor& pred, const at::Tensor& target,
                                         const c10::optional<at::Tensor>& weight,
@@ -226,13 +271,7 @@ inline IouLossBackwardContract prepare_iou_loss_backward(const at::Tensor& grad,
                                                          const at::Tensor& target,
                                                          const c10::optional<at::Tensor>& weight,
                                                          c10::string_view mode, double eps) {
-  IouLossArgs args = iou_loss_args(pred, target, weight, mode, eps);
-  GradInput g = grad_input(grad, args.out_sizes, "the unreduced loss", pred, "pred");
-  IouLossBackwardContract c{std::move(args), std::move(g)};
-  c.grad_pred = at::empty_like(c.pred);
-  c.grad_target = at::empty_like(c.target);
-  c.grad_weight = at::empty(c.out_sizes, c.pred.options());
-  return c;
+  return pair_loss_backward_contract(iou_loss_args(pred, target, weight, mode, eps), grad, pred);
 }
 
 // The raw pointers of the element-wise pair values (aligned box_iou and

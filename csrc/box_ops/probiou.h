@@ -50,13 +50,11 @@ inline void check_scalars(double eps, double floor) {
                     "floor must be a finite number >= 0, got ", floor);
 }
 
-// probiou's inputs. aligned: batch 1, n = the number of pairs, m 1.
-struct ProbIouArgs {
+// probiou's inputs (the layout: box_ops::PairLayout).
+struct ProbIouArgs : box_ops::PairLayout {
   at::Tensor b1, b2;  // contiguous
   bool aligned, ciou;
   double eps, floor;
-  int64_t batch, n, m;
-  std::vector<int64_t> out_sizes;  // (..., N, M), aligned (..., N)
 };
 
 inline ProbIouArgs probiou_args(const at::Tensor& b1, const at::Tensor& b2, bool aligned,
@@ -68,28 +66,7 @@ inline ProbIouArgs probiou_args(const at::Tensor& b1, const at::Tensor& b2, bool
   s.eps = eps;
   s.floor = floor;
   check_obb_pair(b1, "b1", b2, "b2");
-  if (aligned) {
-    TORCH_CHECK(b1.sizes() == b2.sizes(), "aligned probiou needs b1 and b2 of the same shape "
-                "(..., N, 5), got ", b1.sizes(), " and ", b2.sizes());
-    s.out_sizes = box_ops::leading_dims(b1, 1);
-    s.batch = 1;
-    s.n = b1.numel() / 5;
-    s.m = 1;
-  } else {
-    TORCH_CHECK(b1.dim() >= 2 && b2.dim() >= 2,
-                "pairwise probiou needs b1 (..., N, 5) and b2 (..., M, 5), got shapes ",
-                b1.sizes(), " and ", b2.sizes());
-    auto lead1 = box_ops::leading_dims(b1, 2), lead2 = box_ops::leading_dims(b2, 2);
-    TORCH_CHECK(lead1 == lead2, "pairwise probiou needs the same leading (batch) dims in b1 ",
-                b1.sizes(), " and b2 ", b2.sizes());
-    s.batch = 1;
-    for (int64_t d : lead1) s.batch *= d;
-    s.n = b1.size(-2);
-    s.m = b2.size(-2);
-    s.out_sizes = lead1;
-    s.out_sizes.push_back(s.n);
-    s.out_sizes.push_back(s.m);
-  }
+  box_ops::set_pair_layout(s, "probiou", b1, "b1", b2, "b2", aligned, 5);
   s.b1 = b1.contiguous();
   s.b2 = b2.contiguous();
   return s;
@@ -118,14 +95,10 @@ inline ProbIouBackwardContract prepare_probiou_backward(const at::Tensor& grad,
   return c;
 }
 
-// probiou_loss's inputs: n = the number of box pairs.
-struct ProbIouLossArgs {
-  at::Tensor pred, target;  // contiguous
-  at::Tensor weight;        // contiguous; undefined without a weight
+// probiou_loss's inputs.
+struct ProbIouLossArgs : box_ops::PairLossInputs {
   bool ciou;
   double eps, floor;
-  std::vector<int64_t> out_sizes;  // the unreduced loss: pred's shape without its last dim
-  int64_t n;
 };
 
 inline ProbIouLossArgs probiou_loss_args(const at::Tensor& pred, const at::Tensor& target,
@@ -137,29 +110,12 @@ inline ProbIouLossArgs probiou_loss_args(const at::Tensor& pred, const at::Tenso
   s.eps = eps;
   s.floor = floor;
   check_obb_pair(pred, "pred", target, "target");
-  TORCH_CHECK(pred.sizes() == target.sizes(), "pred and target must have the same shape "
-              "(..., 5), got ", pred.sizes(), " and ", target.sizes());
-  s.out_sizes = box_ops::leading_dims(pred, 1);
-  const bool has_w = weight.has_value() && weight->defined();
-  if (has_w) {
-    check_same_dtype(*weight, pred, "weight", "pred");
-    check_same_device(*weight, pred, "weight", "pred");
-    TORCH_CHECK(weight->sizes() == at::IntArrayRef(s.out_sizes),
-                "weight must have the shape of pred without its last dim, ",
-                at::IntArrayRef(s.out_sizes), ", got ", weight->sizes());
-  }
-  s.pred = pred.contiguous();
-  s.target = target.contiguous();
-  if (has_w) s.weight = weight->contiguous();
-  s.n = pred.numel() / 5;
+  box_ops::set_pair_loss_inputs(s, pred, target, weight, 5);
   return s;
 }
 
 using ProbIouLossContract = ForwardContract<ProbIouLossArgs>;
-
-struct ProbIouLossBackwardContract : ProbIouLossArgs, GradInput {
-  at::Tensor grad_pred, grad_target, grad_weight;  // uninitialised; every element written
-};
+using ProbIouLossBackwardContract = box_ops::PairLossBackwardContract<ProbIouLossArgs>;
 
 inline ProbIouLossContract prepare_probiou_loss(const at::Tensor& pred, const at::Tensor& target,
                                                 const c10::optional<at::Tensor>& weight,
@@ -171,13 +127,8 @@ inline ProbIouLossContract prepare_probiou_loss(const at::Tensor& pred, const at
 inline ProbIouLossBackwardContract prepare_probiou_loss_backward(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
     const c10::optional<at::Tensor>& weight, double eps, double floor, bool ciou) {
-  ProbIouLossArgs args = probiou_loss_args(pred, target, weight, eps, floor, ciou);
-  GradInput g = box_ops::grad_input(grad, args.out_sizes, "the unreduced loss", pred, "pred");
-  ProbIouLossBackwardContract c{std::move(args), std::move(g)};
-  c.grad_pred = at::empty_like(c.pred);
-  c.grad_target = at::empty_like(c.target);
-  c.grad_weight = at::empty(c.out_sizes, c.pred.options());
-  return c;
+  return box_ops::pair_loss_backward_contract(
+      probiou_loss_args(pred, target, weight, eps, floor, ciou), grad, pred);
 }
 
 // The raw pointers of the element-wise pair values (aligned probiou and
