@@ -81,6 +81,30 @@ def _float_inputs(ref_name: str, ref: torch.Tensor, half_on_cpu: bool, **others)
     check_same_device("", ref_name, ref, **others)
 
 
+def pair_shape(op: str, names: tuple[str, str], a: torch.Tensor, b: torch.Tensor,
+               aligned: bool, broadcast: bool, box_width: int):
+    """The layout checks of a pair op over two box tensors a (..., N, W) and b (..., M, W)
+    (box_iou, probiou; the C++ ``set_pair_layout``), once the family has checked their last
+    dims, dtypes and devices. Returns ``(shape, a, b)``: aligned (..., N), pairwise
+    (..., N, M), a and b expanded to the broadcast leading dims where ``broadcast``."""
+    n1, n2 = names
+    W = box_width
+    if aligned:
+        if a.shape != b.shape:
+            raise RuntimeError(f"aligned {op} needs {n1} and {n2} of the same shape "
+                               f"(..., N, {W}), got {list(a.shape)} and {list(b.shape)}")
+        return tuple(a.shape[:-1]), a, b
+    if a.dim() < 2 or b.dim() < 2:
+        raise RuntimeError(f"pairwise {op} needs {n1} (..., N, {W}) and {n2} (..., M, {W}), "
+                           f"got shapes {list(a.shape)} and {list(b.shape)}")
+    if broadcast:
+        a, b = broadcast_leading(a, b, op, names, W)
+    elif a.shape[:-2] != b.shape[:-2]:
+        raise RuntimeError(f"pairwise {op} needs the same leading (batch) dims in {n1} "
+                           f"{list(a.shape)} and {n2} {list(b.shape)}")
+    return (*a.shape[:-1], b.shape[-2]), a, b
+
+
 def box_iou_shape(boxes1: torch.Tensor, boxes2: torch.Tensor, aligned: bool,
                   broadcast: bool = False, half_on_cpu: bool = False):
     """The output shape of ``box_iou``. ``broadcast``: the wrappers' pairwise form, whose
@@ -89,21 +113,7 @@ def box_iou_shape(boxes1: torch.Tensor, boxes2: torch.Tensor, aligned: bool,
     check_box_shape("boxes1", boxes1)
     check_box_shape("boxes2", boxes2)
     _float_inputs("boxes1", boxes1, half_on_cpu, boxes2=boxes2)
-    if aligned:
-        if boxes1.shape != boxes2.shape:
-            raise RuntimeError(f"aligned box_iou needs boxes1 and boxes2 of the same shape "
-                               f"(..., N, 4), got {list(boxes1.shape)} and "
-                               f"{list(boxes2.shape)}")
-        return tuple(boxes1.shape[:-1]), boxes1, boxes2
-    if boxes1.dim() < 2 or boxes2.dim() < 2:
-        raise RuntimeError(f"pairwise box_iou needs boxes1 (..., N, 4) and boxes2 (..., M, 4), "
-                           f"got shapes {list(boxes1.shape)} and {list(boxes2.shape)}")
-    if broadcast:
-        boxes1, boxes2 = broadcast_leading(boxes1, boxes2)
-    elif boxes1.shape[:-2] != boxes2.shape[:-2]:
-        raise RuntimeError(f"pairwise box_iou needs the same leading (batch) dims in boxes1 "
-                           f"{list(boxes1.shape)} and boxes2 {list(boxes2.shape)}")
-    return (*boxes1.shape[:-1], boxes2.shape[-2]), boxes1, boxes2
+    return pair_shape("box_iou", ("boxes1", "boxes2"), boxes1, boxes2, aligned, broadcast, 4)
 
 
 def _check_grad(grad: torch.Tensor, ref_name: str, ref: torch.Tensor, shape, what: str) -> None:
@@ -121,20 +131,28 @@ def box_iou_grad_shape(grad, boxes1, boxes2, aligned: bool) -> None:
     _check_grad(grad, "boxes1", boxes1, shape, "box_iou's output")
 
 
-def iou_loss_shape(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                   half_on_cpu: bool = False) -> tuple:
-    """The shape of the unreduced ``iou_loss``: pred's without its last dim."""
-    check_box_shape("pred", pred)
-    check_box_shape("target", target)
-    _float_inputs("pred", pred, half_on_cpu, target=target, weight=weight)
+def pair_loss_shape(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                    box_width: int) -> tuple:
+    """The shape of an unreduced element-wise box-pair loss (iou_loss, probiou_loss): pred's
+    without its last dim, once the family has checked the boxes' last dims, dtypes and
+    devices; target of pred's shape, weight of the loss's (the C++ ``set_pair_loss_inputs``)."""
     if pred.shape != target.shape:
-        raise RuntimeError(f"pred and target must have the same shape (..., 4), got "
+        raise RuntimeError(f"pred and target must have the same shape (..., {box_width}), got "
                            f"{list(pred.shape)} and {list(target.shape)}")
     shape = tuple(pred.shape[:-1])
     if weight is not None and tuple(weight.shape) != shape:
         raise RuntimeError(f"weight must have the shape of pred without its last dim, "
                            f"{list(shape)}, got {list(weight.shape)}")
     return shape
+
+
+def iou_loss_shape(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                   half_on_cpu: bool = False) -> tuple:
+    """The shape of the unreduced ``iou_loss``: pred's without its last dim."""
+    check_box_shape("pred", pred)
+    check_box_shape("target", target)
+    _float_inputs("pred", pred, half_on_cpu, target=target, weight=weight)
+    return pair_loss_shape(pred, target, weight, 4)
 
 
 def iou_loss_grad_shape(grad, pred, target, weight) -> None:

@@ -146,17 +146,21 @@ def check_box_shape(name: str, t: torch.Tensor) -> None:
                            f"{list(t.shape)}")
 
 
-def broadcast_leading(boxes1: torch.Tensor, boxes2: torch.Tensor):
-    """Pairwise box_iou: boxes1 (..., N, 4) and boxes2 (..., M, 4) expanded to the broadcast of
-    their leading (batch) dims; RuntimeError naming both shapes when they do not broadcast."""
+def broadcast_leading(boxes1: torch.Tensor, boxes2: torch.Tensor, op: str = "box_iou",
+                      names: tuple[str, str] = ("boxes1", "boxes2"), box_width: int = 4):
+    """Pairwise ``op`` (box_iou; probiou with its names and width 5): boxes1 (..., N, W) and
+    boxes2 (..., M, W) expanded to the broadcast of their leading (batch) dims; RuntimeError
+    naming both shapes when they do not broadcast."""
+    n1, n2 = names
+    W = box_width
     lead1, lead2 = boxes1.shape[:-2], boxes2.shape[:-2]
     try:
         lead = torch.broadcast_shapes(lead1, lead2)
     except RuntimeError:
-        raise RuntimeError(f"pairwise box_iou: the leading (batch) dims of boxes1 {tuple(lead1)} "
-                           f"and boxes2 {tuple(lead2)} do not broadcast (boxes1 has shape "
-                           f"{tuple(boxes1.shape)}, boxes2 {tuple(boxes2.shape)}; expected "
-                           "(..., N, 4) and (..., M, 4) with broadcastable '...')") from None
+        raise RuntimeError(f"pairwise {op}: the leading (batch) dims of {n1} {tuple(lead1)} "
+                           f"and {n2} {tuple(lead2)} do not broadcast ({n1} has shape "
+                           f"{tuple(boxes1.shape)}, {n2} {tuple(boxes2.shape)}; expected "
+                           f"(..., N, {W}) and (..., M, {W}) with broadcastable '...')") from None
     return boxes1.expand(*lead, *boxes1.shape[-2:]), boxes2.expand(*lead, *boxes2.shape[-2:])
 
 

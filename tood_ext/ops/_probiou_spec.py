@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from .._reduction import check_reduction
-from ._box_spec import _check_grad, _float_inputs  # the box family's dtype/device/grad checks
-from ._checks import check_bool, check_number, check_tensors
+from ._box_spec import _check_grad, _float_inputs, pair_loss_shape, pair_shape  # shared with box_iou
+from ._checks import broadcast_leading, check_bool, check_number, check_tensors
 
 EPS = 1e-7  # ultralytics' default eps of probiou
 FLOOR = 0.0  # ultralytics' default floor (RotatedBboxLoss passes 0.01)
@@ -60,15 +60,7 @@ def check_obb_shape(name: str, t: torch.Tensor) -> None:
 def broadcast_obb_leading(b1: torch.Tensor, b2: torch.Tensor):
     """Pairwise probiou: b1 (..., N, 5) and b2 (..., M, 5) expanded to the broadcast of their
     leading (batch) dims; RuntimeError naming both shapes when they do not broadcast."""
-    lead1, lead2 = b1.shape[:-2], b2.shape[:-2]
-    try:
-        lead = torch.broadcast_shapes(lead1, lead2)
-    except RuntimeError:
-        raise RuntimeError(f"pairwise probiou: the leading (batch) dims of b1 {tuple(lead1)} and "
-                           f"b2 {tuple(lead2)} do not broadcast (b1 has shape {tuple(b1.shape)}, "
-                           f"b2 {tuple(b2.shape)}; expected (..., N, 5) and (..., M, 5) with "
-                           "broadcastable '...')") from None
-    return b1.expand(*lead, *b1.shape[-2:]), b2.expand(*lead, *b2.shape[-2:])
+    return broadcast_leading(b1, b2, "probiou", ("b1", "b2"), 5)
 
 
 def probiou_shape(b1: torch.Tensor, b2: torch.Tensor, aligned: bool, broadcast: bool = False,
@@ -79,20 +71,7 @@ def probiou_shape(b1: torch.Tensor, b2: torch.Tensor, aligned: bool, broadcast: 
     check_obb_shape("b1", b1)
     check_obb_shape("b2", b2)
     _float_inputs("b1", b1, half_on_cpu, b2=b2)
-    if aligned:
-        if b1.shape != b2.shape:
-            raise RuntimeError(f"aligned probiou needs b1 and b2 of the same shape (..., N, 5), "
-                               f"got {list(b1.shape)} and {list(b2.shape)}")
-        return tuple(b1.shape[:-1]), b1, b2
-    if b1.dim() < 2 or b2.dim() < 2:
-        raise RuntimeError(f"pairwise probiou needs b1 (..., N, 5) and b2 (..., M, 5), got "
-                           f"shapes {list(b1.shape)} and {list(b2.shape)}")
-    if broadcast:
-        b1, b2 = broadcast_obb_leading(b1, b2)
-    elif b1.shape[:-2] != b2.shape[:-2]:
-        raise RuntimeError(f"pairwise probiou needs the same leading (batch) dims in b1 "
-                           f"{list(b1.shape)} and b2 {list(b2.shape)}")
-    return (*b1.shape[:-1], b2.shape[-2]), b1, b2
+    return pair_shape("probiou", ("b1", "b2"), b1, b2, aligned, broadcast, 5)
 
 
 def probiou_grad_shape(grad, b1, b2, aligned: bool) -> None:
@@ -108,14 +87,7 @@ def probiou_loss_shape(pred: torch.Tensor, target: torch.Tensor, weight: torch.T
     check_obb_shape("pred", pred)
     check_obb_shape("target", target)
     _float_inputs("pred", pred, half_on_cpu, target=target, weight=weight)
-    if pred.shape != target.shape:
-        raise RuntimeError(f"pred and target must have the same shape (..., 5), got "
-                           f"{list(pred.shape)} and {list(target.shape)}")
-    shape = tuple(pred.shape[:-1])
-    if weight is not None and tuple(weight.shape) != shape:
-        raise RuntimeError(f"weight must have the shape of pred without its last dim, "
-                           f"{list(shape)}, got {list(weight.shape)}")
-    return shape
+    return pair_loss_shape(pred, target, weight, 5)
 
 
 def probiou_loss_grad_shape(grad, pred, target, weight) -> None:

@@ -135,6 +135,18 @@ def alignment_metric(pred_scores: torch.Tensor, pred_boxes: torch.Tensor,
 # ---------------------------------------------------------------------------------------------
 
 
+def register_no_double_backward(name: str) -> None:
+    """Autograd of the backward op ``tood_ext::name`` (box_iou's, iou_loss's, probiou's ...):
+    a RuntimeError, double backward is not supported."""
+    def setup(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"tood_ext: double backward through {name} is not supported")
+
+    torch.library.register_autograd("tood_ext::" + name, backward, setup_context=setup)
+
+
 def _register():
     lib = "tood_ext::"
 
@@ -212,17 +224,8 @@ def _register():
     torch.library.register_autograd(lib + "iou_loss", _iou_loss_backward,
                                     setup_context=_iou_loss_setup)
 
-    def _no_double_backward(name):
-        def setup(ctx, inputs, output):
-            pass
-
-        def backward(ctx, *grads):
-            raise RuntimeError(f"tood_ext: double backward through {name} is not supported")
-
-        torch.library.register_autograd(lib + name, backward, setup_context=setup)
-
-    _no_double_backward("_box_iou_backward")
-    _no_double_backward("_iou_loss_backward")
+    register_no_double_backward("_box_iou_backward")
+    register_no_double_backward("_iou_loss_backward")
 
     def _metric_setup(ctx, inputs, output):
         ctx.mark_non_differentiable(*output)

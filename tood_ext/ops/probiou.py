@@ -34,6 +34,7 @@ from .. import _loader
 from .._reduction import reduce_loss
 from . import _probiou_spec as spec
 from ._checks import check_tensors
+from .box_ops import register_no_double_backward
 
 __all__ = ["probiou", "probiou_loss"]
 
@@ -152,17 +153,8 @@ def _register():
     torch.library.register_autograd(lib + "probiou_loss", _loss_backward,
                                     setup_context=_loss_setup)
 
-    def _no_double_backward(name):
-        def setup(ctx, inputs, output):
-            pass
-
-        def backward(ctx, *grads):
-            raise RuntimeError(f"tood_ext: double backward through {name} is not supported")
-
-        torch.library.register_autograd(lib + name, backward, setup_context=setup)
-
-    _no_double_backward("_probiou_backward")
-    _no_double_backward("_probiou_loss_backward")
+    register_no_double_backward("_probiou_backward")
+    register_no_double_backward("_probiou_loss_backward")
 
 
 if _loader.has_ops():
