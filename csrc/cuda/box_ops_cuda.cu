@@ -135,10 +135,7 @@ __global__ void box_iou_backward_rows_kernel(const PairwiseGrad<scalar_t, index_
   const index_t gstride = in.gstride, n = in.n, m = in.m, rows = in.batch * in.n;
   const acc_t eps = in.eps;
   const int lane = threadIdx.x & 31;
-  const index_t warps_per_block = blockDim.x >> 5;
-  const index_t warp = static_cast<index_t>(blockIdx.x) * warps_per_block + (threadIdx.x >> 5);
-  const index_t warp_stride = static_cast<index_t>(gridDim.x) * warps_per_block;
-  for (index_t r = warp; r < rows; r += warp_stride) {
+  for (index_t r = global_warp<index_t>(); r < rows; r += warp_grid_stride<index_t>()) {
     acc_t ba[4], acc[4] = {0, 0, 0, 0};
     load_box(b1 + 4 * r, ba);
     const scalar_t* row2 = b2 + 4 * (r / n) * m;
@@ -150,22 +147,13 @@ __global__ void box_iou_backward_rows_kernel(const PairwiseGrad<scalar_t, index_
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[c] += g * ga[c];
     }
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        acc[c] += __shfl_down_sync(0xffffffffu, acc[c], offset);
-      }
-    }
+    warp_sum(acc);
     if (lane == 0) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) g1[4 * r + c] = static_cast<scalar_t>(acc[c]);
     }
   }
 }
-
-constexpr int kColTile = 32;  // columns per block (threadIdx.x)
-constexpr int kColRows = 16;  // row lanes per block (threadIdx.y)
 
 // grad(boxes2)[b, j] = sum_i grad[b, i, j] * d iou(i, j) / d boxes2[j]: a block
 // per 32 columns; coalesced reads of grad along j, fixed-order reduction over y.
@@ -196,14 +184,7 @@ __global__ void box_iou_backward_cols_kernel(const PairwiseGrad<scalar_t, index_
         for (int c = 0; c < 4; ++c) acc[c] += g * gb[c];
       }
     }
-#pragma unroll
-    for (int c = 0; c < 4; ++c) partial[threadIdx.y][threadIdx.x][c] = acc[c];
-    __syncthreads();
-    if (threadIdx.y == 0 && j < m) {
-      for (int y = 1; y < kColRows; ++y) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[c] += partial[y][threadIdx.x][c];
-      }
+    if (column_tile_sum(partial, acc) && j < m) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) g2[4 * (bi * m + j) + c] = static_cast<scalar_t>(acc[c]);
     }
@@ -238,7 +219,6 @@ void launch_box_iou_pairwise(const BoxIouContract& c, cudaStream_t stream) {
 
 template <typename scalar_t, IoUMode kMode>
 void launch_box_iou_pairwise(const BoxIouBackwardContract& c, cudaStream_t stream) {
-  const int64_t rows = c.batch * c.n;
   const int64_t max_index =
       std::max({c.grad.numel(), 4 * c.boxes1.numel(), 4 * c.boxes2.numel()});
   with_kernel_index_type(max_index, [&](auto index_c) {
@@ -248,14 +228,10 @@ void launch_box_iou_pairwise(const BoxIouBackwardContract& c, cudaStream_t strea
         c.boxes1.const_data_ptr<scalar_t>(), c.boxes2.const_data_ptr<scalar_t>(),
         static_cast<index_t>(c.batch), static_cast<index_t>(c.n), static_cast<index_t>(c.m),
         static_cast<at::opmath_type<scalar_t>>(c.eps)};
-    const int warps_per_block = kThreads / 32;
-    launch_kernel(box_iou_backward_rows_kernel<scalar_t, kMode, index_t>,
-                  num_blocks(rows, warps_per_block), kThreads, stream, in,
-                  c.grad_boxes1.mutable_data_ptr<scalar_t>());
-    const int64_t tiles = c.batch * ((c.m + kColTile - 1) / kColTile);
-    launch_kernel(box_iou_backward_cols_kernel<scalar_t, kMode, index_t>, num_blocks(tiles, 1),
-                  dim3(kColTile, kColRows), stream, in,
-                  c.grad_boxes2.mutable_data_ptr<scalar_t>());
+    launch_pairwise_backward(box_iou_backward_rows_kernel<scalar_t, kMode, index_t>,
+                             box_iou_backward_cols_kernel<scalar_t, kMode, index_t>, c.batch,
+                             c.n, c.m, stream, in, c.grad_boxes1.mutable_data_ptr<scalar_t>(),
+                             c.grad_boxes2.mutable_data_ptr<scalar_t>());
   });
 }
 

@@ -113,4 +113,67 @@ __device__ __forceinline__ index_t grid_stride() {
   return static_cast<index_t>(gridDim.x) * blockDim.x;
 }
 
+// ---- fixed-order reductions of the atomics-free pairwise backward kernels -----
+// (box_iou's and probiou's: grad of the first set a warp per row, of the
+// second a block per kColTile columns.)
+
+// A warp per row: this thread's warp over the grid, and the grid's warps.
+template <typename index_t>
+__device__ __forceinline__ index_t global_warp() {
+  const index_t warps_per_block = blockDim.x >> 5;
+  return static_cast<index_t>(blockIdx.x) * warps_per_block + (threadIdx.x >> 5);
+}
+
+template <typename index_t>
+__device__ __forceinline__ index_t warp_grid_stride() {
+  const index_t warps_per_block = blockDim.x >> 5;
+  return static_cast<index_t>(gridDim.x) * warps_per_block;
+}
+
+// Sums each acc[c] over the warp's 32 lanes in a fixed order; lane 0 gets the sums.
+template <typename T, int K>
+__device__ __forceinline__ void warp_sum(T (&acc)[K]) {
+#pragma unroll
+  for (int c = 0; c < K; ++c) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      acc[c] += __shfl_down_sync(0xffffffffu, acc[c], offset);
+    }
+  }
+}
+
+constexpr int kColTile = 32;  // columns per block (threadIdx.x)
+constexpr int kColRows = 16;  // row lanes per block (threadIdx.y)
+
+// A block of kColTile x kColRows threads: sums each acc[c] over threadIdx.y in
+// a fixed order through the block's shared partial; true in the threads of
+// row 0, whose acc then hold the sums. Every thread of the block calls it; the
+// caller syncs before partial is written again.
+template <typename T, int K>
+__device__ __forceinline__ bool column_tile_sum(T (&partial)[kColRows][kColTile][K],
+                                                T (&acc)[K]) {
+#pragma unroll
+  for (int c = 0; c < K; ++c) partial[threadIdx.y][threadIdx.x][c] = acc[c];
+  __syncthreads();
+  if (threadIdx.y != 0) return false;
+  for (int y = 1; y < kColRows; ++y) {
+#pragma unroll
+    for (int c = 0; c < K; ++c) acc[c] += partial[y][threadIdx.x][c];
+  }
+  return true;
+}
+
+// Launches the pair: rows_kernel(in, g1), a warp per row of the batch * n
+// rows, and cols_kernel(in, g2), a block per kColTile of the m columns of
+// each of the batch images.
+template <typename RowsKernel, typename ColsKernel, typename In, typename T>
+void launch_pairwise_backward(RowsKernel rows_kernel, ColsKernel cols_kernel, int64_t batch,
+                              int64_t n, int64_t m, cudaStream_t stream, const In& in, T* g1,
+                              T* g2) {
+  const int warps_per_block = kThreads / 32;
+  launch_kernel(rows_kernel, num_blocks(batch * n, warps_per_block), kThreads, stream, in, g1);
+  const int64_t tiles = batch * ((m + kColTile - 1) / kColTile);
+  launch_kernel(cols_kernel, num_blocks(tiles, 1), dim3(kColTile, kColRows), stream, in, g2);
+}
+
 }  // namespace tood_ext

@@ -131,10 +131,7 @@ __global__ void probiou_backward_rows_kernel(const PairwiseGrad<scalar_t, index_
   const index_t gstride = in.gstride, n = in.n, m = in.m, rows = in.batch * in.n;
   const Params<acc_t> s = in.s;
   const int lane = threadIdx.x & 31;
-  const index_t warps_per_block = blockDim.x >> 5;
-  const index_t warp = static_cast<index_t>(blockIdx.x) * warps_per_block + (threadIdx.x >> 5);
-  const index_t warp_stride = static_cast<index_t>(gridDim.x) * warps_per_block;
-  for (index_t r = warp; r < rows; r += warp_stride) {
+  for (index_t r = global_warp<index_t>(); r < rows; r += warp_grid_stride<index_t>()) {
     acc_t ba[5], acc[7] = {0, 0, 0, 0, 0, 0, 0};
     load_obb(b1 + 5 * r, ba);
     const Obb<acc_t> p = prepared(ba, s);
@@ -149,19 +146,10 @@ __global__ void probiou_backward_rows_kernel(const PairwiseGrad<scalar_t, index_
 #pragma unroll
       for (int c = 0; c < 7; ++c) acc[c] += part[c];
     }
-#pragma unroll
-    for (int c = 0; c < 7; ++c) {
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        acc[c] += __shfl_down_sync(0xffffffffu, acc[c], offset);
-      }
-    }
+    warp_sum(acc);
     if (lane == 0) store_box_grad(b1 + 5 * r, acc, s, g1 + 5 * r);
   }
 }
-
-constexpr int kColTile = 32;  // columns per block (threadIdx.x)
-constexpr int kColRows = 16;  // row lanes per block (threadIdx.y)
 
 // grad(b2)[b, j]: a block per 32 columns; coalesced reads of grad along j,
 // fixed-order reduction over y, then one per-box backward per column.
@@ -196,14 +184,7 @@ __global__ void probiou_backward_cols_kernel(const PairwiseGrad<scalar_t, index_
         for (int c = 0; c < 7; ++c) acc[c] += part[c];
       }
     }
-#pragma unroll
-    for (int c = 0; c < 7; ++c) partial[threadIdx.y][threadIdx.x][c] = acc[c];
-    __syncthreads();
-    if (threadIdx.y == 0 && j < m) {
-      for (int y = 1; y < kColRows; ++y) {
-#pragma unroll
-        for (int c = 0; c < 7; ++c) acc[c] += partial[y][threadIdx.x][c];
-      }
+    if (column_tile_sum(partial, acc) && j < m) {
       store_box_grad(b2 + 5 * (bi * m + j), acc, s, g2 + 5 * (bi * m + j));
     }
     __syncthreads();
@@ -226,7 +207,6 @@ void launch_probiou_pairwise(const ProbIouContract& c, cudaStream_t stream) {
 
 template <typename scalar_t>
 void launch_probiou_pairwise(const ProbIouBackwardContract& c, cudaStream_t stream) {
-  const int64_t rows = c.batch * c.n;
   const int64_t max_index = std::max({c.grad.numel(), 5 * c.b1.numel(), 5 * c.b2.numel()});
   with_kernel_index_type(max_index, [&](auto index_c) {
     using index_t = decltype(index_c);
@@ -235,13 +215,10 @@ void launch_probiou_pairwise(const ProbIouBackwardContract& c, cudaStream_t stre
         c.b1.const_data_ptr<scalar_t>(),   c.b2.const_data_ptr<scalar_t>(),
         static_cast<index_t>(c.batch),     static_cast<index_t>(c.n),
         static_cast<index_t>(c.m),         params_of<scalar_t>(c.eps, c.floor, c.ciou)};
-    const int warps_per_block = kThreads / 32;
-    launch_kernel(probiou_backward_rows_kernel<scalar_t, index_t>,
-                  num_blocks(rows, warps_per_block), kThreads, stream, in,
-                  c.grad_b1.mutable_data_ptr<scalar_t>());
-    const int64_t tiles = c.batch * ((c.m + kColTile - 1) / kColTile);
-    launch_kernel(probiou_backward_cols_kernel<scalar_t, index_t>, num_blocks(tiles, 1),
-                  dim3(kColTile, kColRows), stream, in, c.grad_b2.mutable_data_ptr<scalar_t>());
+    launch_pairwise_backward(probiou_backward_rows_kernel<scalar_t, index_t>,
+                             probiou_backward_cols_kernel<scalar_t, index_t>, c.batch, c.n, c.m,
+                             stream, in, c.grad_b1.mutable_data_ptr<scalar_t>(),
+                             c.grad_b2.mutable_data_ptr<scalar_t>());
   });
 }
 
