@@ -19,7 +19,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import types
 
 import torch
@@ -27,21 +26,15 @@ import torch
 from tood_ext.testing.ultralytics import random_v8_batch, tiny_v8_model
 from tood_ext.reference.tal import task_aligned_assign as ref_tal
 
-from .harness import Case, register_family
+from .harness import Case, optional_module, register_family
 from .tal import _gen, anchor_grid, image_side, tal_inputs
 
 UL_CFG = dict(topk=10, alpha=0.5, beta=6.0)  # v8DetectionLoss's assigner
 
 
 def _has_ultralytics() -> bool:
-    if importlib.util.find_spec("ultralytics") is None:
-        return False
-    try:
-        import ultralytics.utils.loss  # noqa: F401
-        import ultralytics.utils.tal  # noqa: F401
-    except Exception:  # noqa: BLE001 - optional peer
-        return False
-    return True
+    return all(optional_module(m) is not None
+               for m in ("ultralytics.utils.loss", "ultralytics.utils.tal"))
 
 
 def _adapter_classes():

@@ -109,6 +109,20 @@ class Case:
 _FAMILIES: dict[str, Callable[[str, bool], list]] = {}
 
 
+def optional_module(name: str):
+    """The module ``name`` of an optional peer (e.g. ``"ultralytics.utils.tal"``), or None
+    when its package is not installed or the import fails: the peer's column is left out."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(name.partition(".")[0]) is None:
+        return None
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - optional peer
+        return None
+
+
 def register_family(name: str):
     """Decorator: ``@register_family("box_ops") def cases(device, quick) -> list[Case]``."""
 

@@ -17,26 +17,19 @@
 """
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 
 from tood_ext.testing.ultralytics_obb import obb_assigner_inputs
 
-from .harness import Case, register_family
+from .harness import Case, optional_module, register_family
 
 UL_CFG = dict(topk=10, alpha=0.5, beta=6.0)  # v8OBBLoss's assigner
 SEED = 20
 
 
 def _has_ultralytics() -> bool:
-    if importlib.util.find_spec("ultralytics") is None:
-        return False
-    try:
-        import ultralytics.utils.tal  # noqa: F401
-    except Exception:  # noqa: BLE001 - optional peer
-        return False
-    return True
+    return optional_module("ultralytics.utils.tal") is not None
 
 
 def _adapter_classes():

@@ -10,7 +10,6 @@ Sizes: 1024-px aerial images, A = 21504 anchors (strides 8/16/32).
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
@@ -18,7 +17,7 @@ import torch
 import tood_ext
 from tood_ext import reference as ref
 
-from .harness import Case, fwd_bwd, register_family
+from .harness import Case, fwd_bwd, optional_module, register_family
 
 IMG = 1024.0
 SEED = 0
@@ -50,13 +49,7 @@ def jitter_obbs(target: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _ultralytics():
-    if importlib.util.find_spec("ultralytics") is None:
-        return None
-    try:
-        from ultralytics.utils import metrics
-    except Exception:  # noqa: BLE001 - optional peer: its column is left out
-        return None
-    return metrics
+    return optional_module("ultralytics.utils.metrics")
 
 
 def pairwise_case(device, n, m, passes="fwd"):
