@@ -36,7 +36,7 @@ ul_loss = pytest.importorskip("ultralytics.utils.loss")
 
 from tood_ext.compat import ultralytics as tul  # noqa: E402
 from tood_ext.testing.ultralytics import STRIDES, random_v8_preds as v8_preds  # noqa: E402
-from tood_ext.testing.ultralytics import tiny_v8_model  # noqa: E402
+from tood_ext.testing.ultralytics import random_gt_counts_and_sides, tiny_v8_model  # noqa: E402
 
 KINDS = ("tiny", "crowded", "mixed", "empty")
 lowest_index_topk = tul.lowest_index_topk
@@ -52,13 +52,8 @@ def v8_targets(gen, B: int, nc: int, kind: str) -> dict:
     0.3-4% of the image (below stride_val, widened by ultralytics' inside test); ``crowded``: up
     to 30 GTs of 2-30% clustered in a fifth of the image; ``mixed``: 0-24 GTs of 0.5-30%;
     ``empty``: no GT at all. In every kind about one image in five has none."""
-    lo, hi, most = {"tiny": (0.003, 0.04, 30), "crowded": (0.02, 0.3, 30),
-                    "mixed": (0.005, 0.3, 24), "empty": (0.01, 0.1, 0)}[kind]
-    counts = torch.randint(0, most + 1, (B,), generator=gen)
-    counts[torch.rand(B, generator=gen) < 0.2] = 0
-    batch_idx = torch.repeat_interleave(torch.arange(B), counts).float()
+    batch_idx, wh = random_gt_counts_and_sides(gen, B, kind)
     n = batch_idx.numel()
-    wh = lo + torch.rand(n, 2, generator=gen) * (hi - lo)
     if kind == "crowded":
         centre = 0.2 + 0.6 * torch.rand(B, 2, generator=gen)
         xy = centre[batch_idx.long()] + (torch.rand(n, 2, generator=gen) - 0.5) * 0.2

@@ -12,9 +12,24 @@ import types
 
 import torch
 
-__all__ = ["STRIDES", "random_v8_batch", "random_v8_preds", "tiny_v8_model"]
+__all__ = ["STRIDES", "random_gt_counts_and_sides", "random_v8_batch", "random_v8_preds",
+           "tiny_v8_model"]
 
 STRIDES = (8, 16, 32)
+
+
+def random_gt_counts_and_sides(gen: torch.Generator, B: int, kind: str):
+    """The GT counts and sides of a random target batch (v8 and OBB alike) of one ``kind``:
+    ``tiny``: up to 30 GTs of sides 0.3-4% of the image; ``crowded``: up to 30 of 2-30%;
+    ``mixed``: 0-24 of 0.5-30%; ``empty``: none. About one image in five has none. Returns
+    ``(batch_idx, wh)``: the float image index of each GT (n,) and its normalised sides (n, 2)."""
+    lo, hi, most = {"tiny": (0.003, 0.04, 30), "crowded": (0.02, 0.3, 30),
+                    "mixed": (0.005, 0.3, 24), "empty": (0.01, 0.1, 0)}[kind]
+    counts = torch.randint(0, most + 1, (B,), generator=gen)
+    counts[torch.rand(B, generator=gen) < 0.2] = 0
+    batch_idx = torch.repeat_interleave(torch.arange(B), counts).float()
+    wh = lo + torch.rand(batch_idx.numel(), 2, generator=gen) * (hi - lo)
+    return batch_idx, wh
 
 
 def tiny_v8_model(nc: int, reg_max: int = 16, device="cpu") -> torch.nn.Module:

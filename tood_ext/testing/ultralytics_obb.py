@@ -17,7 +17,7 @@ import types
 
 import torch
 
-from .ultralytics import STRIDES
+from .ultralytics import STRIDES, random_gt_counts_and_sides
 
 __all__ = ["OBB_KINDS", "obb_assigner_inputs", "random_obb_preds", "random_obb_targets",
            "tiny_obb_model"]
@@ -56,13 +56,8 @@ def random_obb_targets(gen: torch.Generator, B: int, nc: int, kind: str) -> dict
     inside test); ``crowded``: up to 30 GTs of 2-30% clustered in a fifth of the image;
     ``mixed``: 0-24 GTs of 0.5-30%, some thin (aspect up to 1:15); ``empty``: no GT at all. In
     every kind about one image in five has none."""
-    lo, hi, most = {"tiny": (0.003, 0.04, 30), "crowded": (0.02, 0.3, 30),
-                    "mixed": (0.005, 0.3, 24), "empty": (0.01, 0.1, 0)}[kind]
-    counts = torch.randint(0, most + 1, (B,), generator=gen)
-    counts[torch.rand(B, generator=gen) < 0.2] = 0
-    batch_idx = torch.repeat_interleave(torch.arange(B), counts).float()
+    batch_idx, wh = random_gt_counts_and_sides(gen, B, kind)
     n = batch_idx.numel()
-    wh = lo + torch.rand(n, 2, generator=gen) * (hi - lo)
     if kind == "mixed":  # a third thin: one side a fifteenth to a third of the other
         thin = torch.rand(n, generator=gen) < 0.33
         wh[thin, 1] = wh[thin, 0] * (1 / 15 + torch.rand(int(thin.sum()), generator=gen) * 0.27)
