@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,6 +38,7 @@ ul_loss = pytest.importorskip("ultralytics.utils.loss")
 from tood_ext.compat import ultralytics as tul  # noqa: E402
 from tood_ext.testing.ultralytics import STRIDES, random_v8_preds as v8_preds  # noqa: E402
 from tood_ext.testing.ultralytics import random_gt_counts_and_sides, tiny_v8_model  # noqa: E402
+from tood_ext.testing.ultralytics_obb import probiou_rounds_to_zero  # noqa: E402
 
 KINDS = ("tiny", "crowded", "mixed", "empty")
 lowest_index_topk = tul.lowest_index_topk
@@ -94,9 +96,41 @@ def recording(loss):
             del branch.assigner.forward
 
 
+def _rounding_decides_topk(assigner, t, u, inside, pb, gb) -> bool:
+    """Oriented boxes: an inside pair whose ProbIoU is 0 or a few 1e-8 by float32 rounding alone
+    (``probiou_rounds_to_zero``), where that decides a GT's top-k set under the lowest-index
+    tie rule (ultralytics' positives need no t > 0: a zero t taken by index is positive too),
+    or which GT an anchor in >= 2 GTs goes to."""
+    from tood_ext.reference.probiou import probiou_pair  # ultralytics' arithmetic
+
+    rounding = inside & probiou_rounds_to_zero(probiou_pair(gb[:, :, None].double(),
+                                                            pb[:, None].double()))
+    if not bool(rounding.any()):
+        return False
+    A = t.shape[-1]
+    k = min(assigner.topk, A)
+    order = torch.sort(t, dim=-1, descending=True, stable=True).indices[..., :k]
+    sel = torch.zeros_like(inside).scatter_(-1, order, True)
+    tiny = (2 * torch.finfo(torch.float32).eps) ** assigner.beta
+    kth = torch.where(sel, t, torch.full_like(t, math.inf)).amin(-1, keepdim=True)
+    # a 0 (or a tiny t) outside the top k turning into a tiny t that enters it
+    if bool((rounding & ~sel & (kth <= tiny)).any()):
+        return True
+    # a tiny t in the top k turning into 0: then ranked among the zeros by anchor index
+    positives = (sel & (t > 0)).sum(-1, keepdim=True)
+    zeros_before = (t == 0).cumsum(-1) - (t == 0).long()
+    if bool((rounding & sel & (t > 0) & (positives - 1 + zeros_before >= k)).any()):
+        return True
+    tiny_best = torch.where(inside, u, torch.zeros_like(u)).amax(1) < 2 * torch.finfo(
+        torch.float32).eps
+    return bool((rounding.any(1) & (inside.sum(1) >= 2) & tiny_best).any())
+
+
 def near_ties(assigner, ps, pb, ap, gl, gb, mg, rel: float = 1e-6) -> bool:
     """A decision of ultralytics' assignment that float rounding of u or t could flip: a GT's
-    k-th vs (k+1)-th metric, or the two largest (inside-masked) u of an anchor inside >= 2 GTs."""
+    k-th vs (k+1)-th metric, or the two largest (inside-masked) u of an anchor inside >= 2 GTs;
+    for oriented boxes also a ProbIoU of an inside pair that is 0 or not by rounding where that
+    decides (``_rounding_decides_topk``)."""
     assigner.bs, assigner.n_max_boxes = ps.shape[0], gb.shape[1]
     if gb.shape[1] == 0:
         return False
@@ -104,6 +138,8 @@ def near_ties(assigner, ps, pb, ap, gl, gb, mg, rel: float = 1e-6) -> bool:
     t, u = assigner.get_box_metrics(ps, pb, gl, gb, inside)
     k = min(assigner.topk + 1, t.shape[-1])
     top = t.topk(k, dim=-1).values
+    if gb.shape[-1] == 5 and _rounding_decides_topk(assigner, t, u, inside, pb, gb):
+        return True
     a, b = top[..., k - 2], top[..., k - 1]
     if bool(((b > 0) & (a - b <= rel * a)).any()):
         return True

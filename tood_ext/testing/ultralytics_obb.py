@@ -8,7 +8,8 @@ and benchmarks.
 * :func:`random_obb_targets`: a target batch in ultralytics' OBB format (normalised
   ``(cx, cy, w, h)`` and the angle in radians) of one of several kinds (tiny, crowded, mixed,
   empty);
-* :func:`obb_assigner_inputs`: the assigner's inputs at a given scale (the benchmarks').
+* :func:`obb_assigner_inputs`: the assigner's inputs at a given scale (the benchmarks');
+* :func:`probiou_rounds_to_zero`: which ProbIoU values rounding could turn from 0 to positive.
 """
 from __future__ import annotations
 
@@ -19,10 +20,25 @@ import torch
 
 from .ultralytics import STRIDES, random_gt_counts_and_sides
 
-__all__ = ["OBB_KINDS", "obb_assigner_inputs", "random_obb_preds", "random_obb_targets",
-           "tiny_obb_model"]
+__all__ = ["OBB_KINDS", "obb_assigner_inputs", "probiou_rounds_to_zero", "random_obb_preds",
+           "random_obb_targets", "tiny_obb_model"]
 
 OBB_KINDS = ("tiny", "crowded", "mixed", "empty")
+
+
+def probiou_rounds_to_zero(u_raw: torch.Tensor, dtype=torch.float32, eps: float = 1e-7,
+                           ulps: float = 2.0) -> torch.Tensor:
+    """Where a ProbIoU, computed in float64 *before* the clamp at 0 (``u_raw``), is 0 or not
+    in ``dtype`` by rounding alone.
+
+    u = 1 - sqrt(1 - e^-bd + eps) is a difference of numbers near 1: around u = 0 it carries
+    an absolute rounding error of about one epsilon of the dtype (1.2e-7 in float32), so a
+    true u in [0, ``ulps`` eps) may come out exactly 0 or a few 1e-8, and t = s^alpha * u^beta
+    decides between a tiny positive metric and a zero one. Below 1 - sqrt(1 + 0.75 eps)
+    (e^-bd < eps / 4, every pair at the clamp bd = 100 included) 1 - e^-bd + eps rounds to
+    >= 1 in float32 and float64 alike: u is exactly 0 everywhere, not ambiguous.
+    """
+    return (u_raw >= 1 - math.sqrt(1 + 0.75 * eps)) & (u_raw < ulps * torch.finfo(dtype).eps)
 
 
 def tiny_obb_model(nc: int, reg_max: int = 16, device="cpu") -> torch.nn.Module:
@@ -37,12 +53,19 @@ def tiny_obb_model(nc: int, reg_max: int = 16, device="cpu") -> torch.nn.Module:
 
 def random_obb_preds(gen: torch.Generator, B: int, nc: int, size: int, reg_max: int = 16,
                      score_shift: float = -2.0, device="cpu") -> dict:
-    """``preds`` of ``v8OBBLoss.loss``: ``boxes`` (B, 4 * reg_max, A) DFL logits ~ N(0, 2^2),
-    ``scores`` (B, nc, A) logits ~ N(score_shift, 1), ``angle`` (B, 1, A) in [-pi/4, 3pi/4)
-    (the OBB head's range), all leaves requiring grad, and the zero ``feats`` of the grids."""
+    """``preds`` of ``v8OBBLoss.loss``: ``boxes`` (B, 4 * reg_max, A) DFL logits ~ N(0, 2^2)
+    (reg_max 1: the distances themselves, uniform in [0.25, 6) strides: boxes of 0.5-12
+    strides, as a head's; N(0, 2^2) distances would make half the boxes inside out and most
+    ProbIoUs ~0, where rounding alone picks the candidates), ``scores`` (B, nc, A) logits
+    ~ N(score_shift, 1), ``angle`` (B, 1, A) in [-pi/4, 3pi/4) (the OBB head's range), all
+    leaves requiring grad, and the zero ``feats`` of the grids."""
     feats = [torch.zeros(B, 1, size // s, size // s, device=device) for s in STRIDES]
     A = sum(f.shape[2] * f.shape[3] for f in feats)
-    boxes = (torch.randn(B, 4 * reg_max, A, generator=gen) * 2).to(device).requires_grad_()
+    if reg_max == 1:
+        boxes = 0.25 + torch.rand(B, 4, A, generator=gen) * 5.75
+    else:
+        boxes = torch.randn(B, 4 * reg_max, A, generator=gen) * 2
+    boxes = boxes.to(device).requires_grad_()
     scores = (torch.randn(B, nc, A, generator=gen) + score_shift).to(device).requires_grad_()
     angle = ((torch.rand(B, 1, A, generator=gen) - 0.25) * math.pi).to(device).requires_grad_()
     return {"boxes": boxes, "scores": scores, "angle": angle, "feats": feats}
