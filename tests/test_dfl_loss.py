@@ -32,10 +32,11 @@ def loss_and_grad(fn, pd, t, w, **kw):
 
 @pytest.mark.parametrize("shape", [(40,), (7, 4), (2, 3, 4)])
 @pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("bins", ["random", 16])  # 16: the CPU loops' compile-time path
 @pytest.mark.parametrize("device", DEVICES)
-def test_matches_reference(gen, shape, weighted, device):
+def test_matches_reference(gen, shape, weighted, bins, device):
     for dtype in dtypes_for(device):
-        R = int(torch.randint(2, 20, (1,), generator=gen))
+        R = int(torch.randint(2, 20, (1,), generator=gen)) if bins == "random" else bins
         pd, t, w = draw(gen, shape, R, dtype, device)
         w = w if weighted else None
         got, g = loss_and_grad(tood_ext.dfl_loss, pd, t, w)

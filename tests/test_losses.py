@@ -511,7 +511,7 @@ def test_class_major_nan_and_memory(gen):
 def test_avx2_and_baseline_give_the_same_bits(gen, tmp_path):
     """The CPU loops' AVX2 clone (picked when the CPU has it) and the baseline build
     (TOOD_EXT_CPU_ISA=generic, in a subprocess) give the same loss and gradient bits, both
-    layouts, every kind."""
+    layouts, every kind; and dfl_loss's (reg_max 16: the compile-time path, and 7)."""
     import os
     import subprocess
     import sys
@@ -531,6 +531,11 @@ def test_avx2_and_baseline_give_the_same_bits(gen, tmp_path):
         "        loss = tood_ext.sparse_target_cls_loss(xin, lab, sc, kind, activated=act,\n"
         "                                               weight=w)\n"
         "        out.append((loss.detach(), *torch.autograd.grad(loss, xin)))\n"
+        "for R in (16, 7):\n"
+        "    pd = (torch.randn(3001, 4, R, generator=gen) * 3).requires_grad_()\n"
+        "    t = torch.rand(3001, 4, generator=gen) * R\n"
+        "    loss = tood_ext.dfl_loss(pd, t, torch.rand(3001, 4, generator=gen))\n"
+        "    out.append((loss.detach(), *torch.autograd.grad(loss, pd)))\n"
         "torch.save(out, sys.argv[1])\n")
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(tests_dir)

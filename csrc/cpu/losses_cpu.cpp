@@ -392,6 +392,33 @@ at::Tensor sparse_target_cls_loss_backward_cpu(const at::Tensor& grad, const at:
 
 // ---- dfl_loss -------------------------------------------------------------------
 
+// Rows [r0, r1): kBins > 0 is the bin count known at compile time (16: ultralytics'
+// reg_max; the lane loops of dfl_loss_utils.h then unroll into two 8-wide vectors in
+// the AVX2 clone), 0 reads it from `bins`. The same operations in the same order
+// either way.
+template <int64_t kBins, typename acc_t, typename scalar_t>
+TOOD_LOSS_INLINE double dfl_rows_loss(const scalar_t* x, const scalar_t* y, const scalar_t* w,
+                                      int64_t bins, int64_t r0, int64_t r1) {
+  const int64_t R = kBins > 0 ? kBins : bins;
+  double sum = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const acc_t l = dfl_row_loss<acc_t>(x + r * R, R, static_cast<acc_t>(y[r]));
+    sum += static_cast<double>(w ? static_cast<acc_t>(w[r]) * l : l);
+  }
+  return sum;
+}
+
+template <int64_t kBins, typename acc_t, typename scalar_t>
+TOOD_LOSS_INLINE void dfl_rows_grad(const scalar_t* x, const scalar_t* y, const scalar_t* w,
+                                    acc_t g, int64_t bins, int64_t r0, int64_t r1,
+                                    scalar_t* gx) {
+  const int64_t R = kBins > 0 ? kBins : bins;
+  for (int64_t r = r0; r < r1; ++r) {
+    const acc_t scale = w ? g * static_cast<acc_t>(w[r]) : g;
+    dfl_row_grad<acc_t>(x + r * R, R, static_cast<acc_t>(y[r]), scale, gx + r * R);
+  }
+}
+
 at::Tensor dfl_loss_cpu(const at::Tensor& pred_dist, const at::Tensor& target,
                         const c10::optional<at::Tensor>& weight) {
   const DflLossPlan plan = prepare_dfl_loss(pred_dist, target, weight);
@@ -401,6 +428,7 @@ at::Tensor dfl_loss_cpu(const at::Tensor& pred_dist, const at::Tensor& target,
   const int64_t chunks = (plan.rows + per - 1) / per;
   at::Tensor partial = at::empty({chunks}, plan.pred.options().dtype(at::kDouble));
   double* part = partial.mutable_data_ptr<double>();
+  const bool avx2 = use_avx2();
   AT_DISPATCH_FLOATING_TYPES(plan.pred.scalar_type(), "dfl_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = plan.pred.const_data_ptr<scalar_t>();
@@ -409,12 +437,12 @@ at::Tensor dfl_loss_cpu(const at::Tensor& pred_dist, const at::Tensor& target,
     const int64_t R = plan.bins;
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
-        const int64_t r1 = std::min(plan.rows, (ch + 1) * per);
+        const int64_t r0 = ch * per, r1 = std::min(plan.rows, (ch + 1) * per);
         double sum = 0;
-        for (int64_t r = ch * per; r < r1; ++r) {
-          const acc_t l = dfl_row_loss<acc_t>(x + r * R, R, static_cast<acc_t>(y[r]));
-          sum += static_cast<double>(w ? static_cast<acc_t>(w[r]) * l : l);
-        }
+        with_cpu_isa(avx2, [&]() TOOD_INLINE_BODY {
+          sum = R == 16 ? dfl_rows_loss<16, acc_t>(x, y, w, R, r0, r1)
+                        : dfl_rows_loss<0, acc_t>(x, y, w, R, r0, r1);
+        });
         part[ch] = sum;
       }
     });
@@ -431,6 +459,7 @@ at::Tensor dfl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred_
   const DflLossPlan plan = prepare_dfl_loss(pred_dist, target, weight, &grad);
   at::Tensor grad_pred = at::empty(plan.pred.sizes(), plan.pred.options());
   if (plan.numel() == 0) return grad_pred.view(pred_dist.sizes());
+  const bool avx2 = use_avx2();
   AT_DISPATCH_FLOATING_TYPES(plan.pred.scalar_type(), "dfl_loss_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = plan.pred.const_data_ptr<scalar_t>();
@@ -440,10 +469,13 @@ at::Tensor dfl_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred_
     const acc_t g = static_cast<acc_t>(plan.grad.item<double>());
     const int64_t R = plan.bins;
     at::parallel_for(0, plan.rows, rows_per_chunk(R), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const acc_t scale = w ? g * static_cast<acc_t>(w[r]) : g;
-        dfl_row_grad<acc_t>(x + r * R, R, static_cast<acc_t>(y[r]), scale, gx + r * R);
-      }
+      with_cpu_isa(avx2, [&]() TOOD_INLINE_BODY {
+        if (R == 16) {
+          dfl_rows_grad<16, acc_t>(x, y, w, g, R, begin, end, gx);
+        } else {
+          dfl_rows_grad<0, acc_t>(x, y, w, g, R, begin, end, gx);
+        }
+      });
     });
   });
   return grad_pred.view(pred_dist.sizes());

@@ -36,16 +36,38 @@ TOOD_HOST_DEVICE_INLINE DflBins<T> dfl_bins(T y, int64_t bins) {
   return b;
 }
 
+// The row loops work in kDflLanes interleaved lanes (bin c in lane c % kDflLanes,
+// the lanes combined in a fixed order at the end): elementwise over the lanes, so
+// that a compiler vectorises them (for R = 16 on the CPU: the bins of a row in two
+// 8-wide AVX2 vectors, see csrc/cpu/losses_cpu.cpp) without reassociating a sum.
+// The order is the same on every device.
+constexpr int kDflLanes = 8;
+
 // log(sum(exp(x))) of one row, max-shifted (a NaN logit gives NaN: through the sum).
 template <typename T, typename scalar_t>
 TOOD_HOST_DEVICE_INLINE T row_logsumexp(const scalar_t* x, int64_t bins) {
-  T m = static_cast<T>(x[0]);
-  for (int64_t c = 1; c < bins; ++c) {
-    const T v = static_cast<T>(x[c]);
-    m = v > m ? v : m;
+  T lane[kDflLanes];
+  for (int j = 0; j < kDflLanes; ++j) lane[j] = static_cast<T>(x[0]);
+  for (int64_t c0 = 0; c0 < bins; c0 += kDflLanes) {
+    for (int j = 0; j < kDflLanes; ++j) {
+      const int64_t c = c0 + j;
+      const T v = c < bins ? static_cast<T>(x[c]) : lane[j];
+      lane[j] = v > lane[j] ? v : lane[j];  // a NaN never wins
+    }
+  }
+  T m = lane[0];
+  for (int j = 1; j < kDflLanes; ++j) m = lane[j] > m ? lane[j] : m;
+  for (int j = 0; j < kDflLanes; ++j) lane[j] = 0;
+  for (int64_t c0 = 0; c0 < bins; c0 += kDflLanes) {
+    for (int j = 0; j < kDflLanes; ++j) {
+      const int64_t c = c0 + j;
+      // exp(x - m); the bins past the row's end add exp(-inf) = 0 through a product
+      const T e = exp_neg(m - static_cast<T>(x[c < bins ? c : 0]));
+      lane[j] += e * (c < bins ? T(1) : T(0));
+    }
   }
   T s = 0;
-  for (int64_t c = 0; c < bins; ++c) s += exp_neg(m - static_cast<T>(x[c]));  // exp(x - m)
+  for (int j = 0; j < kDflLanes; ++j) s += lane[j];
   return m + log_(s);
 }
 
@@ -63,10 +85,12 @@ TOOD_HOST_DEVICE_INLINE void dfl_row_grad(const scalar_t* x, int64_t bins, T y, 
   const DflBins<T> b = dfl_bins(y, bins);
   const T lse = row_logsumexp<T>(x, bins);
   const T nan_guard = b.wl - b.wl;  // 0, or NaN for a NaN target: the whole row NaN
-  for (int64_t c = 0; c < bins; ++c) {
-    T d = exp_neg(lse - static_cast<T>(x[c])) + nan_guard;  // softmax: exp(x - lse)
-    if (c == b.left) d -= b.wl;
-    if (c == b.left + 1) d -= T(1) - b.wl;
+  const T wr = T(1) - b.wl;
+  const int left = static_cast<int>(b.left);  // 32-bit compares: the float lanes' width
+  for (int c = 0; c < static_cast<int>(bins); ++c) {
+    // softmax exp(x - lse), minus the target's two weights (selects: no branch)
+    const T d = exp_neg(lse - static_cast<T>(x[c])) + nan_guard -
+                (c == left ? b.wl : T(0)) - (c == left + 1 ? wr : T(0));
     grad[c] = static_cast<scalar_t>(scale * d);
   }
 }
