@@ -25,7 +25,7 @@ from tood_ext.reference.probiou import probiou_pair
 from tood_ext.reference.tal import _positive_candidates, inside_rotated
 from tood_ext.reference.tal import task_aligned_assign_rotated as ref_tal
 from tood_ext.testing.memory import peak_extra_memory
-from tood_ext.testing.ultralytics_obb import probiou_rounds_to_zero
+from tood_ext.testing.ultralytics_obb import probiou_is_zero, probiou_rounds_to_zero
 
 from conftest import DEVICES, assert_close, dtypes_for
 from test_compat import grid_points
@@ -131,8 +131,7 @@ def _ambiguities(inputs, kw, rel: float = 1e-5, ulps: float = 2.0) -> int:
     t_lo = s.pow(kw["alpha"]) * (u_raw - noise).clamp(min=0).pow(kw["beta"]) * (1 - rel)
     t_hi = s.pow(kw["alpha"]) * (u_raw + noise).clamp(min=0).pow(kw["beta"]) * (1 + rel)
     # exactly 0 everywhere below probiou_rounds_to_zero's band (e.g. every pair at bd = 100)
-    zero = u_raw < 1 - math.sqrt(1 + 0.75 * kw["probiou_eps"])
-    t_hi = torch.where(zero, torch.zeros_like(t_hi), t_hi)
+    t_hi = torch.where(probiou_is_zero(u_raw, kw["probiou_eps"]), torch.zeros_like(t_hi), t_hi)
     if kw["candidates"] == "inside_then_topk":
         key, t_lo, t_hi = (torch.where(inside, x, torch.zeros_like(x)) for x in (t, t_lo, t_hi))
     else:

@@ -20,7 +20,8 @@ import torch
 
 from .ultralytics import STRIDES, random_gt_counts_and_sides
 
-__all__ = ["OBB_KINDS", "obb_assigner_inputs", "probiou_rounds_to_zero", "random_obb_preds",
+__all__ = ["OBB_KINDS", "obb_assigner_inputs", "probiou_is_zero", "probiou_rounds_to_zero",
+           "random_obb_preds",
            "random_obb_targets", "tiny_obb_model"]
 
 OBB_KINDS = ("tiny", "crowded", "mixed", "empty")
@@ -38,7 +39,13 @@ def probiou_rounds_to_zero(u_raw: torch.Tensor, dtype=torch.float32, eps: float 
     (e^-bd < eps / 4, every pair at the clamp bd = 100 included) 1 - e^-bd + eps rounds to
     >= 1 in float32 and float64 alike: u is exactly 0 everywhere, not ambiguous.
     """
-    return (u_raw >= 1 - math.sqrt(1 + 0.75 * eps)) & (u_raw < ulps * torch.finfo(dtype).eps)
+    return ~probiou_is_zero(u_raw, eps) & (u_raw < ulps * torch.finfo(dtype).eps)
+
+
+def probiou_is_zero(u_raw: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Where a float64 ProbIoU before the clamp (``u_raw``) is exactly 0 after it in float32
+    and float64 alike: e^-bd < eps / 4 (see :func:`probiou_rounds_to_zero`)."""
+    return u_raw < 1 - math.sqrt(1 + 0.75 * eps)
 
 
 def tiny_obb_model(nc: int, reg_max: int = 16, device="cpu") -> torch.nn.Module:
